@@ -1,0 +1,62 @@
+// The compute seam: a Backend owns the head's weights and turns batches of hidden states into
+// per-row results (argmax, logsumexp, top-k, requested token logits, optionally full logits).
+#ifndef LMHEAD_KERNELS_BACKEND_H_
+#define LMHEAD_KERNELS_BACKEND_H_
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+#include "kernels/tensor.h"
+
+namespace lmhead {
+
+// What one row of a batch asks for. Ids are < vocab (validated before they reach a backend).
+struct RowSpec {
+  uint32_t top_k = 0;
+  absl::Span<const uint32_t> token_ids;  // logits of these ids; storage owned by the caller
+  bool want_logits = false;              // fill RowOutput::logits with all `vocab` logits
+};
+
+// One batch. hidden is [rows, hidden] row-major fp32 with finite values; specs has `rows`
+// entries. Both are owned by the caller and must outlive the ComputeLogits call.
+struct LogitsBatch {
+  const float* hidden = nullptr;
+  int64_t rows = 0;
+  absl::Span<const RowSpec> specs;
+};
+
+// Results for one row. Logits are after the model's LogitTransform.
+struct RowOutput {
+  uint32_t argmax_id = 0;       // ties: lowest id
+  float max_logit = 0.0f;
+  float logsumexp = 0.0f;
+  std::vector<uint32_t> top_ids;   // top_k ids by descending logit, ties lower id first
+  std::vector<float> top_logits;   // parallel to top_ids
+  std::vector<float> token_logits; // parallel to RowSpec::token_ids
+  std::vector<float> logits;       // [vocab] when want_logits, else empty
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  // "cpu" or "cuda".
+  virtual const char* Name() const = 0;
+  virtual int64_t vocab() const = 0;
+  virtual int64_t hidden() const = 0;
+  // Bytes of weights and scales resident in the backend's memory.
+  virtual int64_t ResidentWeightBytes() const = 0;
+
+  // Computes `batch` into `out` (resized to batch.rows). Not thread-safe: one thread at a time
+  // (the batcher's worker) calls it. Errors: INVALID_ARGUMENT for shapes that do not match the
+  // head or rows whose logits overflow; INTERNAL for device failures.
+  virtual absl::Status ComputeLogits(const LogitsBatch& batch, std::vector<RowOutput>* out) = 0;
+};
+
+}  // namespace lmhead
+
+#endif  // LMHEAD_KERNELS_BACKEND_H_

@@ -1,0 +1,36 @@
+// A unit of work for the batcher: the rows of one unary call or one stream message.
+#ifndef LMHEAD_SERVICE_BATCHING_TASK_H_
+#define LMHEAD_SERVICE_BATCHING_TASK_H_
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "kernels/backend.h"
+
+namespace lmhead {
+
+struct TaskResult {
+  std::vector<RowOutput> rows;  // one per task row
+  absl::Duration queue_time;    // enqueue -> batch start
+  absl::Duration compute_time;  // the batch's backend time
+  int64_t batch_rows = 0;       // rows of the batch that computed this task
+};
+
+struct Task {
+  int64_t rows = 0;
+  std::vector<float> hidden;        // [rows, hidden_size], finite fp32
+  uint32_t top_k = 0;               // every row of a task shares one output spec
+  std::vector<uint32_t> token_ids;  // < vocab
+  bool want_logits = false;
+  // Called exactly once, on the batcher's worker thread, with this task's results or error.
+  std::function<void(absl::StatusOr<TaskResult>)> done;
+
+  int64_t size() const { return rows; }
+};
+
+}  // namespace lmhead
+
+#endif  // LMHEAD_SERVICE_BATCHING_TASK_H_

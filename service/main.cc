@@ -1,0 +1,116 @@
+// lmhead-server: flags -> ServerOptions -> LmHeadServer; SIGTERM/SIGINT drain and exit 0.
+#include <pthread.h>
+#include <signal.h>
+
+#include <string>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "service/server.h"
+#include "service/util/log.h"
+
+ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "gRPC listen address (host:port)");
+ABSL_FLAG(std::string, metrics_listen, "0.0.0.0:9400",
+          "Prometheus metrics address (host:port); empty disables the endpoint");
+ABSL_FLAG(std::string, checkpoint, "", "HuggingFace checkpoint directory (config.json + safetensors)");
+ABSL_FLAG(std::string, weight_name, "",
+          "Head tensor name; default lm_head.weight, or the input embedding for tied models");
+ABSL_FLAG(std::string, weight_format, "fp8_e4m3", "Served weight format: fp8_e4m3 | bf16");
+ABSL_FLAG(std::string, scale_mode, "per_row",
+          "FP8 scaling: per_row | per_tensor | none (unscaled cast, for comparison only)");
+ABSL_FLAG(std::string, backend, "auto", "Compute backend: auto | cpu | cuda");
+ABSL_FLAG(int, device, 0, "CUDA device ordinal");
+ABSL_FLAG(int, threads, 0, "CPU backend and loader threads (0 = all cores)");
+ABSL_FLAG(int, max_rows_per_request, 64, "Most hidden-state rows in one request");
+ABSL_FLAG(int, max_batch_rows, 64, "Most rows the batcher puts in one backend batch");
+ABSL_FLAG(int, max_queued_rows, 4096, "Most rows waiting for compute; beyond it requests get RESOURCE_EXHAUSTED");
+ABSL_FLAG(int, max_top_k, 256, "Largest top_k a request may ask for");
+ABSL_FLAG(int, max_logprob_token_ids, 1024, "Most logprob_token_ids per request");
+ABSL_FLAG(int64_t, max_message_bytes, 64 << 20, "Largest gRPC message sent or received");
+ABSL_FLAG(int, max_stream_outstanding, 64,
+          "Unanswered messages per stream before the server stops reading it");
+ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(30),
+          "How long SIGTERM waits for accepted requests before cancelling them");
+
+namespace {
+
+int Fail(const std::string& message) {
+  LOG_ERROR() << message;
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("lmhead-server --checkpoint=DIR [flags]: serves an LLM's lm_head in FP8");
+  absl::ParseCommandLine(argc, argv);
+
+  // Block the stop signals in every thread; the main thread waits for them with sigwait.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  lmhead::ServerOptions options;
+  options.listen_address = absl::GetFlag(FLAGS_listen);
+  options.metrics_address = absl::GetFlag(FLAGS_metrics_listen);
+  options.head.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint);
+  options.head.weight_name = absl::GetFlag(FLAGS_weight_name);
+  if (options.head.checkpoint_dir.empty()) return Fail("--checkpoint is required");
+  if (!lmhead::ParseWeightFormat(absl::GetFlag(FLAGS_weight_format), &options.head.format)) {
+    return Fail("--weight_format must be fp8_e4m3 or bf16");
+  }
+  if (!lmhead::ParseScaleMode(absl::GetFlag(FLAGS_scale_mode), &options.head.scale_mode)) {
+    return Fail("--scale_mode must be per_row, per_tensor or none");
+  }
+  if (!lmhead::ParseBackendKind(absl::GetFlag(FLAGS_backend), &options.backend.kind)) {
+    return Fail("--backend must be auto, cpu or cuda");
+  }
+  options.backend.device = absl::GetFlag(FLAGS_device);
+  int threads = absl::GetFlag(FLAGS_threads);
+  if (threads < 0) return Fail("--threads must be >= 0");
+  if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
+  options.backend.cpu_threads = threads;
+  options.head.threads = threads;
+
+  const int max_rows = absl::GetFlag(FLAGS_max_rows_per_request);
+  const int max_batch = absl::GetFlag(FLAGS_max_batch_rows);
+  const int max_queued = absl::GetFlag(FLAGS_max_queued_rows);
+  const int max_top_k = absl::GetFlag(FLAGS_max_top_k);
+  const int max_ids = absl::GetFlag(FLAGS_max_logprob_token_ids);
+  const int outstanding = absl::GetFlag(FLAGS_max_stream_outstanding);
+  if (max_rows < 1 || max_batch < 1 || max_top_k < 0 || max_ids < 0 || outstanding < 1) {
+    return Fail("row, batch and stream limits must be positive; top-k and id limits non-negative");
+  }
+  if (max_queued < std::max(max_rows, max_batch)) {
+    return Fail("--max_queued_rows must be at least --max_rows_per_request and --max_batch_rows");
+  }
+  options.max_rows_per_request = static_cast<uint32_t>(max_rows);
+  options.batcher.max_batch_rows = max_batch;
+  options.batcher.max_queued_rows = max_queued;
+  options.max_top_k = static_cast<uint32_t>(max_top_k);
+  options.max_logprob_token_ids = static_cast<uint32_t>(max_ids);
+  options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  options.max_stream_outstanding = outstanding;
+  options.shutdown_grace = absl::GetFlag(FLAGS_shutdown_grace);
+  if (options.shutdown_grace < absl::ZeroDuration()) return Fail("--shutdown_grace must be >= 0");
+
+  auto server = lmhead::LmHeadServer::Start(options);
+  if (!server.ok()) return Fail(std::string(server.status().message()));
+  if (absl::Status loaded = (*server)->LoadAndServe(); !loaded.ok()) {
+    return Fail(absl::StrCat("cannot load the head: ", loaded.message()));
+  }
+
+  int signal = 0;
+  sigwait(&stop_signals, &signal);
+  LOG_INFO() << "received " << (signal == SIGTERM ? "SIGTERM" : "SIGINT")
+             << "; draining accepted requests (grace " << absl::FormatDuration(options.shutdown_grace) << ")";
+  (*server)->Shutdown();
+  LOG_INFO() << "stopped";
+  return 0;
+}

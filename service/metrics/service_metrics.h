@@ -1,0 +1,70 @@
+// Every Prometheus family lmhead exports, built once at startup with label sets resolved up
+// front, so the request path only touches pre-resolved children. Thread-safe (prometheus-cpp
+// metrics are atomic).
+#ifndef LMHEAD_SERVICE_METRICS_SERVICE_METRICS_H_
+#define LMHEAD_SERVICE_METRICS_SERVICE_METRICS_H_
+
+#include <array>
+#include <cstdint>
+#include <string>
+
+#include "prometheus/counter.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+
+namespace lmhead {
+
+enum class Rpc { kComputeLogits = 0, kStreamLogits = 1, kGetModelInfo = 2 };
+inline constexpr int kNumRpcs = 3;
+inline constexpr int kNumStatusCodes = 17;  // grpc::StatusCode 0..16
+
+// Facts about the served head, set once when it is loaded.
+struct ModelFacts {
+  std::string weight_format;  // "fp8_e4m3" | "bf16"
+  int64_t weight_bytes = 0;
+  int64_t reference_bytes = 0;
+  int64_t vocab = 0;
+  int64_t hidden = 0;
+  double load_seconds = 0.0;
+};
+
+class ServiceMetrics {
+ public:
+  // Registers every family in `registry`, which must outlive this object.
+  explicit ServiceMetrics(prometheus::Registry& registry);
+
+  // Call once, after the head is loaded.
+  void SetModel(const ModelFacts& facts);
+  void SetReady(bool ready) { ready_.Set(ready ? 1 : 0); }
+
+  // One finished request (a unary call or one stream message). code: a grpc::StatusCode value.
+  void RecordRequest(Rpc rpc, int code, double seconds, int64_t rows);
+  // One backend batch.
+  void RecordBatch(double compute_seconds, int64_t rows);
+
+  prometheus::Gauge& inflight_requests() { return inflight_; }
+  prometheus::Gauge& queued_rows() { return queued_rows_; }
+  prometheus::Gauge& open_streams() { return open_streams_; }
+
+ private:
+  prometheus::Family<prometheus::Gauge>& weight_bytes_family_;
+  prometheus::Gauge& reference_bytes_;
+  prometheus::Gauge& saved_bytes_;
+  prometheus::Gauge& vocab_size_;
+  prometheus::Gauge& hidden_size_;
+  prometheus::Gauge& load_seconds_;
+  prometheus::Gauge& ready_;
+  prometheus::Gauge& inflight_;
+  prometheus::Gauge& queued_rows_;
+  prometheus::Gauge& open_streams_;
+  std::array<std::array<prometheus::Counter*, kNumStatusCodes>, kNumRpcs> requests_{};
+  std::array<prometheus::Counter*, kNumRpcs> rows_{};
+  std::array<prometheus::Histogram*, kNumRpcs> request_seconds_{};
+  prometheus::Histogram& compute_seconds_;
+  prometheus::Histogram& batch_rows_;
+};
+
+}  // namespace lmhead
+
+#endif  // LMHEAD_SERVICE_METRICS_SERVICE_METRICS_H_

@@ -1,0 +1,82 @@
+#include "service/rpc/lmhead_service.h"
+
+#include <utility>
+
+#include "absl/time/clock.h"
+#include "service/rpc/status_util.h"
+#include "service/rpc/stream_reactor.h"
+
+namespace lmhead {
+
+LmHeadService::LmHeadService(ServiceMetrics* metrics, int max_stream_outstanding)
+    : metrics_(metrics), max_stream_outstanding_(max_stream_outstanding) {}
+
+LmHeadService::~LmHeadService() = default;
+
+void LmHeadService::SetReady(Batcher* batcher, const RequestLimits& limits,
+                             const v1::ModelInfo& info) {
+  ready_storage_ = std::make_unique<Ready>(Ready{batcher, limits, info});
+  ready_.store(ready_storage_.get(), std::memory_order_release);
+}
+
+absl::Status LmHeadService::Submit(const v1::LogitsRequest& request, v1::LogitsResponse* response,
+                                   std::function<void(const absl::Status&)> on_done) {
+  const Ready* ready = this->ready();
+  if (ready == nullptr) return absl::FailedPreconditionError("the head is still loading; retry later");
+  auto task = std::make_unique<Task>();
+  DType logits_dtype;
+  if (absl::Status s = DecodeLogitsRequest(request, ready->limits, task.get(), &logits_dtype); !s.ok()) {
+    return s;
+  }
+  task->done = [request_id = request.request_id(), return_logits = request.output().return_logits(),
+                logits_dtype, response, on_done = std::move(on_done)](
+                   absl::StatusOr<TaskResult> result) mutable {
+    if (!result.ok()) {
+      on_done(result.status());
+      return;
+    }
+    EncodeLogitsResponse(request_id, return_logits, logits_dtype, *result, response);
+    on_done(absl::OkStatus());
+  };
+  return ready->batcher->Schedule(&task);
+}
+
+grpc::ServerUnaryReactor* LmHeadService::ComputeLogits(grpc::CallbackServerContext* context,
+                                                       const v1::LogitsRequest* request,
+                                                       v1::LogitsResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  const absl::Time start = absl::Now();
+  metrics_->inflight_requests().Increment();
+  const int64_t rows = request->hidden().rows();
+  auto finish = [this, reactor, start, rows](const absl::Status& status) {
+    metrics_->RecordRequest(Rpc::kComputeLogits, static_cast<int>(status.code()),
+                            absl::ToDoubleSeconds(absl::Now() - start), rows);
+    metrics_->inflight_requests().Decrement();
+    reactor->Finish(ToGrpcStatus(status));
+  };
+  if (absl::Status s = Submit(*request, response, finish); !s.ok()) finish(s);
+  return reactor;
+}
+
+grpc::ServerBidiReactor<v1::LogitsRequest, v1::LogitsResponse>* LmHeadService::StreamLogits(
+    grpc::CallbackServerContext* context) {
+  return new StreamReactor(this, context);
+}
+
+grpc::ServerUnaryReactor* LmHeadService::GetModelInfo(grpc::CallbackServerContext* context,
+                                                      const v1::ModelInfoRequest*,
+                                                      v1::ModelInfo* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  const absl::Time start = absl::Now();
+  absl::Status status = absl::FailedPreconditionError("the head is still loading; retry later");
+  if (const Ready* ready = this->ready()) {
+    *response = ready->info;
+    status = absl::OkStatus();
+  }
+  metrics_->RecordRequest(Rpc::kGetModelInfo, static_cast<int>(status.code()),
+                          absl::ToDoubleSeconds(absl::Now() - start), 0);
+  reactor->Finish(ToGrpcStatus(status));
+  return reactor;
+}
+
+}  // namespace lmhead

@@ -1,0 +1,178 @@
+#include "service/rpc/request_codec.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/half.h"
+
+namespace lmhead {
+namespace {
+
+absl::Status Invalid(const std::string& message) { return absl::InvalidArgumentError(message); }
+
+bool ToDType(v1::DType proto, DType* out) {
+  switch (proto) {
+    case v1::DTYPE_FP32: *out = DType::kFp32; return true;
+    case v1::DTYPE_BF16: *out = DType::kBf16; return true;
+    case v1::DTYPE_FP16: *out = DType::kFp16; return true;
+    default: return false;
+  }
+}
+
+v1::DType ToProto(DType d) {
+  switch (d) {
+    case DType::kFp32: return v1::DTYPE_FP32;
+    case DType::kBf16: return v1::DTYPE_BF16;
+    case DType::kFp16: return v1::DTYPE_FP16;
+  }
+  return v1::DTYPE_UNSPECIFIED;
+}
+
+float LoadElement(DType d, const uint8_t* p) {
+  switch (d) {
+    case DType::kFp32: { float f; std::memcpy(&f, p, 4); return f; }
+    case DType::kBf16: return Bf16ToFloat(static_cast<uint16_t>(p[0] | (p[1] << 8)));
+    case DType::kFp16: return HalfToFloat(static_cast<uint16_t>(p[0] | (p[1] << 8)));
+  }
+  return NAN;
+}
+
+void StoreLogits(DType d, const std::vector<float>& logits, std::string* out) {
+  const size_t base = out->size();
+  out->resize(base + logits.size() * DTypeSize(d));
+  uint8_t* p = reinterpret_cast<uint8_t*>(out->data() + base);
+  if (d == DType::kFp32) {
+    std::memcpy(p, logits.data(), logits.size() * 4);
+    return;
+  }
+  for (size_t i = 0; i < logits.size(); ++i) {
+    const uint16_t h = d == DType::kBf16 ? FloatToBf16(logits[i]) : FloatToHalf(logits[i]);
+    p[2 * i] = static_cast<uint8_t>(h);
+    p[2 * i + 1] = static_cast<uint8_t>(h >> 8);
+  }
+}
+
+}  // namespace
+
+absl::Status DecodeLogitsRequest(const v1::LogitsRequest& request, const RequestLimits& limits,
+                                 Task* task, DType* logits_dtype) {
+  const v1::HiddenStates& hs = request.hidden();
+  const v1::OutputSpec& spec = request.output();
+  if (!request.has_hidden()) return Invalid("hidden is missing");
+  if (hs.rows() == 0) return Invalid("hidden.rows must be at least 1");
+  if (hs.rows() > limits.max_rows) {
+    return Invalid(absl::StrCat("hidden.rows is ", hs.rows(), ", over the server's limit of ",
+                                limits.max_rows, " rows per request"));
+  }
+  DType dtype;
+  if (hs.dtype() == v1::DTYPE_UNSPECIFIED) {
+    return Invalid("hidden.dtype is unspecified; set DTYPE_FP32, DTYPE_BF16 or DTYPE_FP16");
+  }
+  if (!ToDType(hs.dtype(), &dtype)) {
+    return Invalid(absl::StrCat("hidden.dtype ", static_cast<int>(hs.dtype()), " is not a known DType"));
+  }
+  const size_t elem = DTypeSize(dtype);
+  const uint64_t expected = uint64_t{hs.rows()} * limits.hidden * elem;
+  if (hs.data().size() != expected) {
+    const uint64_t per_row = uint64_t{hs.rows()} * elem;
+    if (hs.data().size() % per_row == 0) {
+      return Invalid(absl::StrCat("hidden.data holds rows of ", hs.data().size() / per_row,
+                                  " elements but the model's hidden_size is ", limits.hidden));
+    }
+    return Invalid(absl::StrCat("hidden.data has ", hs.data().size(), " bytes; expected rows (",
+                                hs.rows(), ") x hidden_size (", limits.hidden, ") x ", elem,
+                                " bytes (", DTypeName(dtype), ") = ", expected));
+  }
+
+  if (spec.top_k() > limits.vocab) {
+    return Invalid(absl::StrCat("output.top_k ", spec.top_k(), " exceeds the vocab size ", limits.vocab));
+  }
+  if (spec.top_k() > limits.max_top_k) {
+    return Invalid(absl::StrCat("output.top_k ", spec.top_k(), " exceeds the server's limit of ",
+                                limits.max_top_k));
+  }
+  if (static_cast<uint32_t>(spec.logprob_token_ids_size()) > limits.max_logprob_token_ids) {
+    return Invalid(absl::StrCat("output.logprob_token_ids has ", spec.logprob_token_ids_size(),
+                                " ids, over the server's limit of ", limits.max_logprob_token_ids));
+  }
+  for (int i = 0; i < spec.logprob_token_ids_size(); ++i) {
+    if (spec.logprob_token_ids(i) >= limits.vocab) {
+      return Invalid(absl::StrCat("output.logprob_token_ids[", i, "] = ", spec.logprob_token_ids(i),
+                                  " is out of range for vocab size ", limits.vocab));
+    }
+  }
+  *logits_dtype = DType::kFp32;
+  if (spec.return_logits()) {
+    if (spec.logits_dtype() != v1::DTYPE_UNSPECIFIED && !ToDType(spec.logits_dtype(), logits_dtype)) {
+      return Invalid(absl::StrCat("output.logits_dtype ", static_cast<int>(spec.logits_dtype()),
+                                  " is not a known DType"));
+    }
+    const int64_t bytes = int64_t{hs.rows()} * limits.vocab * DTypeSize(*logits_dtype);
+    if (bytes > limits.max_message_bytes) {
+      return Invalid(absl::StrCat("the requested logits are ", bytes,
+                                  " bytes, over the server's max message size of ",
+                                  limits.max_message_bytes,
+                                  "; request fewer rows per call or bf16 logits"));
+    }
+  }
+
+  task->rows = hs.rows();
+  task->hidden.resize(task->rows * limits.hidden);
+  const uint8_t* data = reinterpret_cast<const uint8_t*>(hs.data().data());
+  for (int64_t r = 0; r < task->rows; ++r) {
+    for (int64_t c = 0; c < limits.hidden; ++c) {
+      const int64_t i = r * limits.hidden + c;
+      const float v = LoadElement(dtype, data + i * elem);
+      if (!std::isfinite(v)) {
+        return Invalid(absl::StrCat("hidden state row ", r, " has a non-finite value (",
+                                    std::isnan(v) ? "NaN" : "Inf", ") at column ", c));
+      }
+      task->hidden[i] = v;
+    }
+  }
+  task->top_k = spec.top_k();
+  task->token_ids.assign(spec.logprob_token_ids().begin(), spec.logprob_token_ids().end());
+  task->want_logits = spec.return_logits();
+  return absl::OkStatus();
+}
+
+void EncodeLogitsResponse(const std::string& request_id, bool return_logits, DType logits_dtype,
+                          TaskResult& result, v1::LogitsResponse* response) {
+  response->set_request_id(request_id);
+  if (return_logits) {
+    response->set_logits_dtype(ToProto(logits_dtype));
+    response->mutable_logits()->reserve(result.rows.size() * (result.rows.empty() ? 0 : result.rows[0].logits.size()) *
+                                        DTypeSize(logits_dtype));
+  }
+  for (RowOutput& row : result.rows) {
+    v1::RowResult* out = response->add_rows();
+    out->set_argmax_id(row.argmax_id);
+    out->set_max_logit(row.max_logit);
+    out->set_logsumexp(row.logsumexp);
+    for (size_t i = 0; i < row.top_ids.size(); ++i) {
+      out->add_top_ids(row.top_ids[i]);
+      out->add_top_logits(row.top_logits[i]);
+      out->add_top_logprobs(row.top_logits[i] - row.logsumexp);
+    }
+    for (float logit : row.token_logits) out->add_token_logprobs(logit - row.logsumexp);
+    if (return_logits) {
+      StoreLogits(logits_dtype, row.logits, response->mutable_logits());
+      std::vector<float>().swap(row.logits);
+    }
+  }
+  v1::Timing* timing = response->mutable_timing();
+  timing->set_queue_us(static_cast<uint64_t>(absl::ToInt64Microseconds(result.queue_time)));
+  timing->set_compute_us(static_cast<uint64_t>(absl::ToInt64Microseconds(result.compute_time)));
+  timing->set_batch_rows(static_cast<uint32_t>(result.batch_rows));
+}
+
+void EncodeErrorResponse(const std::string& request_id, const absl::Status& status,
+                         v1::LogitsResponse* response) {
+  response->Clear();
+  response->set_request_id(request_id);
+  response->mutable_error()->set_code(static_cast<int32_t>(status.code()));
+  response->mutable_error()->set_message(std::string(status.message()));
+}
+
+}  // namespace lmhead

@@ -1,0 +1,145 @@
+#include "service/server.h"
+
+#include <algorithm>
+#include <chrono>
+#include <exception>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "kernels/status_macros.h"
+#include "service/util/log.h"
+
+namespace lmhead {
+namespace {
+
+constexpr const char* kServiceName = "lmhead.v1.LmHead";
+
+}  // namespace
+
+LmHeadServer::LmHeadServer(const ServerOptions& options) : options_(options) {}
+
+LmHeadServer::~LmHeadServer() { Shutdown(); }
+
+absl::StatusOr<std::unique_ptr<LmHeadServer>> LmHeadServer::Start(const ServerOptions& options) {
+  if (options.max_message_bytes <= 0 || options.max_message_bytes > (int64_t{2} << 30) - 1) {
+    return absl::InvalidArgumentError("max message size must be between 1 byte and 2 GiB");
+  }
+  std::unique_ptr<LmHeadServer> s(new LmHeadServer(options));
+  s->registry_ = std::make_shared<prometheus::Registry>();
+  s->metrics_ = std::make_unique<ServiceMetrics>(*s->registry_);
+  if (!options.metrics_address.empty()) {
+    try {
+      s->exposer_ = std::make_unique<prometheus::Exposer>(options.metrics_address);
+    } catch (const std::exception& e) {
+      return absl::UnavailableError(absl::StrCat("cannot serve metrics on ",
+                                                 options.metrics_address, ": ", e.what()));
+    }
+    s->exposer_->RegisterCollectable(s->registry_);
+  }
+  s->service_ = std::make_unique<LmHeadService>(s->metrics_.get(), options.max_stream_outstanding);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.listen_address, grpc::InsecureServerCredentials(), &s->port_);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
+  builder.RegisterService(s->service_.get());
+  s->server_ = builder.BuildAndStart();
+  if (s->server_ == nullptr || s->port_ == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen_address));
+  }
+  grpc::HealthCheckServiceInterface* health = s->server_->GetHealthCheckService();
+  health->SetServingStatus(false);
+  health->SetServingStatus(kServiceName, false);
+  LOG_INFO() << "listening on port " << s->port_ << " (gRPC)"
+             << (s->exposer_ ? absl::StrCat(", metrics on port ", s->metrics_port()) : "");
+  return s;
+}
+
+int LmHeadServer::metrics_port() const {
+  if (!exposer_) return 0;
+  auto ports = exposer_->GetListeningPorts();
+  return ports.empty() ? 0 : ports.front();
+}
+
+absl::Status LmHeadServer::LoadAndServe() {
+  if (batcher_ != nullptr) return absl::FailedPreconditionError("the head is already loaded");
+  ASSIGN_OR_RETURN(LoadedHead head, LoadHead(options_.head));
+  const HeadWeights& w = head.weights;
+  ModelFacts facts;
+  facts.weight_format = std::string(WeightFormatName(w.format));
+  facts.reference_bytes = w.ReferenceBytes();
+  facts.vocab = w.vocab;
+  facts.hidden = w.hidden;
+  facts.load_seconds = head.load_seconds;
+
+  v1::ModelInfo info;
+  info.set_vocab_size(static_cast<uint32_t>(w.vocab));
+  info.set_hidden_size(static_cast<uint32_t>(w.hidden));
+  info.set_weight_format(facts.weight_format);
+  info.set_scale_mode(w.format == WeightFormat::kFp8E4m3 ? std::string(ScaleModeName(w.scale_mode)) : "");
+  info.set_reference_bytes(static_cast<uint64_t>(facts.reference_bytes));
+  info.set_model_path(options_.head.checkpoint_dir);
+  info.set_model_name(head.config.name_or_path.empty() ? head.config.model_type : head.config.name_or_path);
+  info.set_weight_name(head.weight_name);
+  info.set_source_dtype(head.source_dtype);
+  info.set_tied_embeddings(head.tied);
+  info.set_logit_scale(head.config.logit_scale);
+  info.set_final_logit_softcapping(head.config.final_logit_softcapping);
+  info.set_max_rows_per_request(options_.max_rows_per_request);
+  info.set_max_top_k(options_.max_top_k);
+  info.set_max_message_bytes(static_cast<uint64_t>(options_.max_message_bytes));
+
+  BackendOptions backend_options = options_.backend;
+  backend_options.transform = head.Transform();
+  ASSIGN_OR_RETURN(backend_, NewBackend(backend_options, std::move(head.weights)));
+  facts.weight_bytes = backend_->ResidentWeightBytes();
+  info.set_weight_bytes(static_cast<uint64_t>(facts.weight_bytes));
+  info.set_backend(std::string(backend_->Name()));
+
+  BatcherOptions batcher_options = options_.batcher;
+  batcher_options.max_batch_rows =
+      std::max<int64_t>(batcher_options.max_batch_rows, options_.max_rows_per_request);
+  batcher_ = std::make_unique<Batcher>(backend_.get(), batcher_options, metrics_.get());
+
+  RequestLimits limits;
+  limits.vocab = backend_->vocab();
+  limits.hidden = backend_->hidden();
+  limits.max_rows = options_.max_rows_per_request;
+  limits.max_top_k = options_.max_top_k;
+  limits.max_logprob_token_ids = options_.max_logprob_token_ids;
+  limits.max_message_bytes = options_.max_message_bytes;
+  service_->SetReady(batcher_.get(), limits, info);
+  metrics_->SetModel(facts);
+  metrics_->SetReady(true);
+  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
+  health->SetServingStatus(true);
+  health->SetServingStatus(kServiceName, true);
+  LOG_INFO() << "serving " << w.vocab << "x" << w.hidden << " head on the " << backend_->Name()
+             << " backend: " << facts.weight_bytes << " bytes resident, "
+             << facts.reference_bytes - facts.weight_bytes << " bytes saved against BF16";
+  return absl::OkStatus();
+}
+
+void LmHeadServer::Shutdown() {
+  if (shut_down_) return;
+  shut_down_ = true;
+  if (server_ != nullptr) {
+    grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
+    health->SetServingStatus(false);
+    health->SetServingStatus(kServiceName, false);
+    metrics_->SetReady(false);
+    // Stops accepting calls; calls in flight keep running (the batcher still computes them)
+    // until they finish or the grace period ends, when they are cancelled.
+    server_->Shutdown(std::chrono::system_clock::now() +
+                      absl::ToChronoMilliseconds(options_.shutdown_grace));
+  }
+  if (batcher_ != nullptr) batcher_->Stop();
+  if (server_ != nullptr) server_->Wait();
+}
+
+}  // namespace lmhead
