@@ -1,0 +1,129 @@
+// C++ client for lmhead. Hides the proto: hidden states go in as typed row-major buffers,
+// results come back as plain structs. Thread-safe: one LmHeadClient may be shared by threads;
+// a StreamSession is used by one sender thread and one receiver thread at most.
+#ifndef LMHEAD_CLIENT_LMHEAD_CLIENT_H_
+#define LMHEAD_CLIENT_LMHEAD_CLIENT_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "kernels/tensor.h"
+
+namespace grpc {
+class Channel;
+}
+
+namespace lmhead::client {
+
+using lmhead::DType;
+
+// [rows, hidden] row-major little-endian values in `dtype`.
+struct HiddenStates {
+  int64_t rows = 0;
+  DType dtype = DType::kFp32;
+  std::string data;
+
+  // Converts float values ([rows, hidden]) to `dtype` (round to nearest even).
+  static HiddenStates FromFloats(const std::vector<float>& values, int64_t rows, DType dtype);
+};
+
+struct OutputOptions {
+  uint32_t top_k = 0;
+  std::vector<uint32_t> logprob_token_ids;
+  bool return_logits = false;
+  DType logits_dtype = DType::kFp32;
+};
+
+struct RowResult {
+  uint32_t argmax_id = 0;
+  float max_logit = 0;
+  float logsumexp = 0;
+  std::vector<uint32_t> top_ids;  // descending logit
+  std::vector<float> top_logits;
+  std::vector<float> top_logprobs;
+  std::vector<float> token_logprobs;  // parallel to OutputOptions::logprob_token_ids
+};
+
+struct LogitsResult {
+  std::string request_id;
+  // OK, or this message's own error (streams only; unary errors are the call's status).
+  absl::Status error;
+  std::vector<RowResult> rows;
+  std::vector<float> logits;  // [rows, vocab] when return_logits, converted to float
+  int64_t queue_us = 0;
+  int64_t compute_us = 0;
+  int64_t batch_rows = 0;
+};
+
+struct ModelInfo {
+  int64_t vocab_size = 0;
+  int64_t hidden_size = 0;
+  std::string weight_format;
+  std::string scale_mode;
+  int64_t weight_bytes = 0;
+  int64_t reference_bytes = 0;
+  std::string model_path;
+  std::string model_name;
+  std::string backend;
+  std::string weight_name;
+  std::string source_dtype;
+  bool tied_embeddings = false;
+  float logit_scale = 0;
+  float final_logit_softcapping = 0;
+  int64_t max_rows_per_request = 0;
+  int64_t max_top_k = 0;
+};
+
+struct ClientOptions {
+  // Deadline of each unary call.
+  absl::Duration timeout = absl::Seconds(30);
+  int64_t max_message_bytes = 256 << 20;
+};
+
+class StreamSession;
+
+class LmHeadClient {
+ public:
+  // Creates a channel to `target` (host:port). Does not wait for the server.
+  static std::unique_ptr<LmHeadClient> Connect(const std::string& target, const ClientOptions& options = {});
+  ~LmHeadClient();
+
+  // Errors carry the server's gRPC status code and message.
+  absl::StatusOr<LogitsResult> ComputeLogits(const HiddenStates& hidden, const OutputOptions& output,
+                                             const std::string& request_id = "");
+  absl::StatusOr<ModelInfo> GetModelInfo();
+  // True when the health service reports lmhead.v1.LmHead SERVING.
+  absl::StatusOr<bool> IsServing();
+  // Opens a StreamLogits call.
+  std::unique_ptr<StreamSession> OpenStream();
+
+ private:
+  LmHeadClient(std::shared_ptr<grpc::Channel> channel, const ClientOptions& options);
+  struct Stubs;
+  std::unique_ptr<Stubs> stubs_;
+  ClientOptions options_;
+};
+
+// One StreamLogits call: Send one request per decode step, Receive the responses in order.
+class StreamSession {
+ public:
+  virtual ~StreamSession() = default;
+  // Blocks until the message is handed to gRPC (flow control may hold it).
+  virtual absl::Status Send(const HiddenStates& hidden, const OutputOptions& output,
+                            const std::string& request_id) = 0;
+  // The next response; a bad message's error is in LogitsResult::error and the stream stays
+  // usable. OUT_OF_RANGE after the server has answered everything and closed; other errors are
+  // transport failures (the stream's final status).
+  virtual absl::StatusOr<LogitsResult> Receive() = 0;
+  // Half-closes, drains unread responses, and returns the call's final status. Not concurrently
+  // with Receive.
+  virtual absl::Status Close() = 0;
+};
+
+}  // namespace lmhead::client
+
+#endif  // LMHEAD_CLIENT_LMHEAD_CLIENT_H_
