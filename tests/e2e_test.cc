@@ -1,0 +1,276 @@
+// End to end over a real gRPC channel: an in-process LmHeadServer and the client library.
+#include <atomic>
+#include <cmath>
+#include <random>
+#include <thread>
+
+#include "client/lmhead_client.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "lmhead/v1/lmhead.grpc.pb.h"
+#include "prometheus/text_serializer.h"
+#include "service/server.h"
+#include "tests/test_util.h"
+
+namespace lmhead {
+namespace {
+
+using client::HiddenStates;
+using client::LmHeadClient;
+using client::OutputOptions;
+
+constexpr int64_t kVocab = 1500;
+constexpr int64_t kHidden = 64;
+
+class E2eTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    testing::WriteBf16Checkpoint(dir_.path(), testing::RandomWeights(kVocab, kHidden, 9), kVocab, kHidden,
+                                 "lm_head.weight", ", \"_name_or_path\": \"e2e-model\"");
+    options_.listen_address = "127.0.0.1:0";
+    options_.metrics_address = "";
+    options_.head.checkpoint_dir = dir_.path();
+    options_.head.log_progress = false;
+    options_.backend.kind = BackendKind::kCpu;
+    options_.backend.cpu_threads = 2;
+    options_.max_rows_per_request = 16;
+    options_.max_top_k = 50;
+  }
+
+  void StartAndLoad() {
+    auto s = LmHeadServer::Start(options_);
+    ASSERT_TRUE(s.ok()) << s.status();
+    server_ = std::move(*s);
+    ASSERT_TRUE(server_->LoadAndServe().ok());
+    client_ = LmHeadClient::Connect(Target());
+  }
+
+  std::string Target() const { return "127.0.0.1:" + std::to_string(server_->port()); }
+
+  // The same head computed in-process by the CPU backend.
+  std::vector<RowOutput> Expected(const std::vector<float>& x, int64_t rows, uint32_t top_k) {
+    if (!reference_) {
+      HeadLoadOptions opt = options_.head;
+      reference_ = *NewCpuBackend(std::move(LoadHead(opt)->weights), {}, 1);
+    }
+    std::vector<RowSpec> specs(rows, RowSpec{top_k, {}, false});
+    std::vector<RowOutput> out;
+    EXPECT_TRUE(reference_->ComputeLogits({x.data(), rows, specs}, &out).ok());
+    return out;
+  }
+
+  std::string MetricsText() {
+    return prometheus::TextSerializer().Serialize(server_->registry().Collect());
+  }
+
+  static std::vector<float> Random(int64_t rows, uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<float> n(0, 2);
+    std::vector<float> x(rows * kHidden);
+    for (float& v : x) v = n(rng);
+    return x;
+  }
+
+  testing::TempDir dir_;
+  ServerOptions options_;
+  std::unique_ptr<LmHeadServer> server_;
+  std::unique_ptr<LmHeadClient> client_;
+  std::unique_ptr<Backend> reference_;
+};
+
+TEST_F(E2eTest, NotServingUntilLoaded) {
+  auto s = LmHeadServer::Start(options_);
+  ASSERT_TRUE(s.ok()) << s.status();
+  server_ = std::move(*s);
+  client_ = LmHeadClient::Connect(Target());
+  EXPECT_EQ(*client_->IsServing(), false);
+  EXPECT_EQ(client_->GetModelInfo().status().code(), absl::StatusCode::kFailedPrecondition);
+  auto early = client_->ComputeLogits(HiddenStates::FromFloats(Random(1, 1), 1, DType::kFp32), {});
+  EXPECT_EQ(early.status().code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(server_->LoadAndServe().ok());
+  EXPECT_EQ(*client_->IsServing(), true);
+  server_->Shutdown();
+  EXPECT_FALSE(client_->IsServing().ok() && *client_->IsServing());
+}
+
+TEST_F(E2eTest, ModelInfoReportsTheHead) {
+  StartAndLoad();
+  auto info = client_->GetModelInfo();
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->vocab_size, kVocab);
+  EXPECT_EQ(info->hidden_size, kHidden);
+  EXPECT_EQ(info->weight_format, "fp8_e4m3");
+  EXPECT_EQ(info->scale_mode, "per_row");
+  EXPECT_EQ(info->weight_bytes, kVocab * kHidden + kVocab * 4);
+  EXPECT_EQ(info->reference_bytes, kVocab * kHidden * 2);
+  EXPECT_EQ(info->backend, "cpu");
+  EXPECT_EQ(info->model_name, "e2e-model");
+  EXPECT_EQ(info->weight_name, "lm_head.weight");
+  EXPECT_EQ(info->source_dtype, "BF16");
+  EXPECT_EQ(info->max_rows_per_request, 16);
+}
+
+TEST_F(E2eTest, UnaryMatchesTheBackendForEveryDType) {
+  StartAndLoad();
+  const std::vector<float> x = Random(5, 2);
+  const auto expected = Expected(x, 5, 7);
+  OutputOptions out;
+  out.top_k = 7;
+  out.logprob_token_ids = {3, 1499};
+  out.return_logits = true;
+  auto r = client_->ComputeLogits(HiddenStates::FromFloats(x, 5, DType::kFp32), out, "u1");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->request_id, "u1");
+  ASSERT_EQ(r->rows.size(), 5u);
+  ASSERT_EQ(r->logits.size(), static_cast<size_t>(5 * kVocab));
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(r->rows[i].top_ids, expected[i].top_ids);
+    EXPECT_EQ(r->rows[i].argmax_id, expected[i].argmax_id);
+    EXPECT_EQ(r->rows[i].logsumexp, expected[i].logsumexp);
+    EXPECT_FLOAT_EQ(r->rows[i].token_logprobs[1], r->logits[i * kVocab + 1499] - r->rows[i].logsumexp);
+  }
+  for (DType d : {DType::kBf16, DType::kFp16}) {
+    auto rd = client_->ComputeLogits(HiddenStates::FromFloats(x, 5, d), out);
+    ASSERT_TRUE(rd.ok()) << rd.status();
+    for (int i = 0; i < 5; ++i) EXPECT_NEAR(rd->rows[i].logsumexp, expected[i].logsumexp, 0.05);
+  }
+}
+
+TEST_F(E2eTest, StreamAnswersInOrderAndSurvivesBadMessages) {
+  StartAndLoad();
+  constexpr int kSteps = 40;
+  std::mt19937 rng(4);
+  std::vector<std::vector<float>> inputs;
+  for (int i = 0; i < kSteps; ++i) inputs.push_back(Random(1 + rng() % 4, 100 + i));
+  auto is_bad = [](int i) { return i % 10 == 5; };
+
+  auto stream = client_->OpenStream();
+  std::thread sender([&] {
+    for (int i = 0; i < kSteps; ++i) {
+      const int64_t rows = static_cast<int64_t>(inputs[i].size()) / kHidden;
+      HiddenStates h = HiddenStates::FromFloats(inputs[i], rows, DType::kFp32);
+      if (is_bad(i)) h.data.resize(h.data.size() - 4);  // a malformed message
+      OutputOptions out;
+      out.top_k = 3;
+      EXPECT_TRUE(stream->Send(h, out, "s" + std::to_string(i)).ok());
+    }
+  });
+  for (int i = 0; i < kSteps; ++i) {
+    auto r = stream->Receive();
+    ASSERT_TRUE(r.ok()) << r.status();
+    ASSERT_EQ(r->request_id, "s" + std::to_string(i));
+    if (is_bad(i)) {
+      EXPECT_EQ(r->error.code(), absl::StatusCode::kInvalidArgument);
+      EXPECT_NE(r->error.message().find("hidden_size"), std::string::npos) << r->error;
+      EXPECT_TRUE(r->rows.empty());
+      continue;
+    }
+    ASSERT_TRUE(r->error.ok()) << r->error;
+    const int64_t rows = static_cast<int64_t>(inputs[i].size()) / kHidden;
+    const auto expected = Expected(inputs[i], rows, 3);
+    ASSERT_EQ(r->rows.size(), static_cast<size_t>(rows));
+    for (int64_t k = 0; k < rows; ++k) EXPECT_EQ(r->rows[k].top_ids, expected[k].top_ids);
+  }
+  sender.join();
+  EXPECT_TRUE(stream->Close().ok());
+  const std::string metrics = MetricsText();
+  EXPECT_NE(metrics.find("lmhead_requests_total{code=\"INVALID_ARGUMENT\",rpc=\"StreamLogits\"} 4"),
+            std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("lmhead_requests_total{code=\"OK\",rpc=\"StreamLogits\"} 36"), std::string::npos);
+}
+
+TEST_F(E2eTest, EveryValidationErrorComesBackAsInvalidArgument) {
+  StartAndLoad();
+  auto channel = grpc::CreateChannel(Target(), grpc::InsecureChannelCredentials());
+  auto stub = v1::LmHead::NewStub(channel);
+  auto good = [] {
+    v1::LogitsRequest r;
+    r.mutable_hidden()->set_rows(1);
+    r.mutable_hidden()->set_dtype(v1::DTYPE_FP32);
+    std::vector<float> x(kHidden, 0.5f);
+    r.mutable_hidden()->set_data(std::string(reinterpret_cast<char*>(x.data()), x.size() * 4));
+    return r;
+  };
+  struct Case {
+    const char* what;
+    std::function<void(v1::LogitsRequest&)> mutate;
+  };
+  const Case cases[] = {
+      {"hidden_size is 64", [](auto& r) { r.mutable_hidden()->set_data(std::string(65 * 4, '\0')); }},
+      {"expected rows (1) x hidden_size (64)", [](auto& r) { r.mutable_hidden()->mutable_data()->push_back('x'); }},
+      {"hidden.dtype is unspecified", [](auto& r) { r.mutable_hidden()->set_dtype(v1::DTYPE_UNSPECIFIED); }},
+      {"hidden.rows must be at least 1", [](auto& r) { r.mutable_hidden()->set_rows(0); }},
+      {"over the server's limit of 16 rows", [](auto& r) { r.mutable_hidden()->set_rows(17); }},
+      {"exceeds the vocab size 1500", [](auto& r) { r.mutable_output()->set_top_k(1501); }},
+      {"exceeds the server's limit of 50", [](auto& r) { r.mutable_output()->set_top_k(51); }},
+      {"out of range for vocab size 1500", [](auto& r) { r.mutable_output()->add_logprob_token_ids(1500); }},
+      {"row 0 has a non-finite value (NaN) at column 2", [](auto& r) {
+         float nan = std::nanf("");
+         r.mutable_hidden()->mutable_data()->replace(8, 4, reinterpret_cast<char*>(&nan), 4);
+       }},
+      {"hidden is missing", [](auto& r) { r.clear_hidden(); }},
+  };
+  for (const Case& c : cases) {
+    v1::LogitsRequest r = good();
+    c.mutate(r);
+    grpc::ClientContext ctx;
+    v1::LogitsResponse resp;
+    grpc::Status s = stub->ComputeLogits(&ctx, r, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << c.what;
+    EXPECT_NE(s.error_message().find(c.what), std::string::npos) << s.error_message();
+  }
+  // The bad requests did not disturb a good one.
+  grpc::ClientContext ctx;
+  v1::LogitsResponse resp;
+  EXPECT_TRUE(stub->ComputeLogits(&ctx, good(), &resp).ok());
+  const std::string metrics = MetricsText();
+  EXPECT_NE(metrics.find("lmhead_requests_total{code=\"INVALID_ARGUMENT\",rpc=\"ComputeLogits\"} 10"),
+            std::string::npos);
+  EXPECT_NE(metrics.find("lmhead_weight_saved_bytes " + std::to_string(kVocab * kHidden - 4 * kVocab)),
+            std::string::npos);
+  EXPECT_NE(metrics.find("lmhead_weight_bytes{format=\"fp8_e4m3\"}"), std::string::npos);
+  EXPECT_NE(metrics.find("lmhead_rows_total{rpc=\"ComputeLogits\"} 1"), std::string::npos);
+  EXPECT_NE(metrics.find("lmhead_ready 1"), std::string::npos);
+}
+
+// Every call the service accepted completes OK during a graceful stop. Calls that race the stop
+// are refused with UNAVAILABLE (by the batcher) or CANCELLED (by gRPC, before they reached the
+// service); nothing else may happen, and the server's own count of OK calls equals the client's.
+TEST_F(E2eTest, GracefulShutdownFinishesAcceptedWork) {
+  StartAndLoad();
+  std::atomic<int> ok{0}, refused{0}, other{0};
+  std::vector<std::thread> callers;
+  for (int t = 0; t < 6; ++t) {
+    callers.emplace_back([&, t] {
+      auto c = LmHeadClient::Connect(Target());
+      for (int i = 0; i < 30; ++i) {
+        const std::vector<float> x = Random(4, t * 100 + i);
+        OutputOptions out;
+        out.top_k = 2;
+        auto r = c->ComputeLogits(HiddenStates::FromFloats(x, 4, DType::kFp32), out);
+        if (r.ok() && r->rows.size() == 4) {
+          ++ok;
+        } else if (r.status().code() == absl::StatusCode::kUnavailable ||
+                   r.status().code() == absl::StatusCode::kCancelled) {
+          ++refused;  // sent after the server stopped accepting
+        } else {
+          ++other;
+          ADD_FAILURE() << "unexpected result: " << r.status();
+        }
+      }
+    });
+  }
+  while (ok.load() < 20) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  server_->Shutdown();
+  for (auto& t : callers) t.join();
+  EXPECT_EQ(other.load(), 0);
+  EXPECT_EQ(ok.load() + refused.load(), 180);
+  EXPECT_GE(ok.load(), 20);
+  EXPECT_NE(MetricsText().find("lmhead_requests_total{code=\"OK\",rpc=\"ComputeLogits\"} " +
+                               std::to_string(ok.load()) + "\n"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace lmhead

@@ -1,0 +1,162 @@
+#include "service/rpc/request_codec.h"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "gtest/gtest.h"
+#include "kernels/half.h"
+
+namespace lmhead {
+namespace {
+
+RequestLimits Limits() {
+  RequestLimits l;
+  l.vocab = 100;
+  l.hidden = 4;
+  l.max_rows = 8;
+  l.max_top_k = 10;
+  l.max_logprob_token_ids = 3;
+  l.max_message_bytes = 8 * 100 * 2;  // 8 rows of bf16 logits
+  return l;
+}
+
+v1::LogitsRequest Fp32Request(int rows, std::vector<float> values = {}) {
+  if (values.empty()) values.assign(rows * 4, 0.25f);
+  v1::LogitsRequest r;
+  r.set_request_id("id");
+  r.mutable_hidden()->set_rows(rows);
+  r.mutable_hidden()->set_dtype(v1::DTYPE_FP32);
+  r.mutable_hidden()->set_data(std::string(reinterpret_cast<const char*>(values.data()), values.size() * 4));
+  return r;
+}
+
+std::string DecodeError(const v1::LogitsRequest& r) {
+  Task task;
+  DType dtype;
+  absl::Status s = DecodeLogitsRequest(r, Limits(), &task, &dtype);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  return std::string(s.message());
+}
+
+TEST(RequestCodecTest, DecodesEveryDType) {
+  const std::vector<float> values = {1.5f, -2.0f, 0.375f, 1e-3f};
+  for (auto [proto, dtype] : {std::pair{v1::DTYPE_FP32, DType::kFp32}, std::pair{v1::DTYPE_BF16, DType::kBf16},
+                              std::pair{v1::DTYPE_FP16, DType::kFp16}}) {
+    v1::LogitsRequest r;
+    r.mutable_hidden()->set_rows(1);
+    r.mutable_hidden()->set_dtype(proto);
+    std::string data;
+    for (float v : values) {
+      if (dtype == DType::kFp32) {
+        data.append(reinterpret_cast<const char*>(&v), 4);
+      } else {
+        const uint16_t h = dtype == DType::kBf16 ? FloatToBf16(v) : FloatToHalf(v);
+        data.push_back(static_cast<char>(h & 0xff));
+        data.push_back(static_cast<char>(h >> 8));
+      }
+    }
+    r.mutable_hidden()->set_data(data);
+    r.mutable_output()->set_top_k(3);
+    r.mutable_output()->add_logprob_token_ids(99);
+    Task task;
+    DType logits_dtype;
+    ASSERT_TRUE(DecodeLogitsRequest(r, Limits(), &task, &logits_dtype).ok());
+    EXPECT_EQ(task.rows, 1);
+    EXPECT_EQ(task.top_k, 3u);
+    EXPECT_EQ(task.token_ids, std::vector<uint32_t>{99});
+    for (int i = 0; i < 4; ++i) {
+      const float expected = dtype == DType::kFp32 ? values[i]
+                             : dtype == DType::kBf16 ? Bf16ToFloat(FloatToBf16(values[i]))
+                                                     : HalfToFloat(FloatToHalf(values[i]));
+      EXPECT_EQ(task.hidden[i], expected);
+    }
+  }
+}
+
+TEST(RequestCodecTest, EveryValidationErrorNamesTheProblem) {
+  v1::LogitsRequest r = Fp32Request(1);
+  r.clear_hidden();
+  EXPECT_EQ(DecodeError(r), "hidden is missing");
+
+  EXPECT_EQ(DecodeError(Fp32Request(0)), "hidden.rows must be at least 1");
+  EXPECT_NE(DecodeError(Fp32Request(9)).find("hidden.rows is 9, over the server's limit of 8"), std::string::npos);
+
+  r = Fp32Request(1);
+  r.mutable_hidden()->set_dtype(v1::DTYPE_UNSPECIFIED);
+  EXPECT_NE(DecodeError(r).find("hidden.dtype is unspecified"), std::string::npos);
+  r.mutable_hidden()->set_dtype(static_cast<v1::DType>(9));
+  EXPECT_NE(DecodeError(r).find("hidden.dtype 9 is not a known DType"), std::string::npos);
+
+  r = Fp32Request(2, std::vector<float>(2 * 5, 0.1f));  // rows of 5 values, hidden_size is 4
+  EXPECT_NE(DecodeError(r).find("rows of 5 elements but the model's hidden_size is 4"), std::string::npos);
+  r = Fp32Request(1);
+  r.mutable_hidden()->mutable_data()->append("xyz");
+  EXPECT_NE(DecodeError(r).find("hidden.data has 19 bytes; expected rows (1) x hidden_size (4) x 4 bytes (fp32) = 16"),
+            std::string::npos);
+
+  r = Fp32Request(1);
+  r.mutable_output()->set_top_k(101);
+  EXPECT_NE(DecodeError(r).find("output.top_k 101 exceeds the vocab size 100"), std::string::npos);
+  r.mutable_output()->set_top_k(11);
+  EXPECT_NE(DecodeError(r).find("output.top_k 11 exceeds the server's limit of 10"), std::string::npos);
+
+  r = Fp32Request(1);
+  r.mutable_output()->add_logprob_token_ids(5);
+  r.mutable_output()->add_logprob_token_ids(100);
+  EXPECT_NE(DecodeError(r).find("output.logprob_token_ids[1] = 100 is out of range for vocab size 100"),
+            std::string::npos);
+  for (int i = 0; i < 3; ++i) r.mutable_output()->add_logprob_token_ids(1);
+  EXPECT_NE(DecodeError(r).find("has 5 ids, over the server's limit of 3"), std::string::npos);
+
+  r = Fp32Request(8);
+  r.mutable_output()->set_return_logits(true);  // fp32: 8 x 100 x 4 > 1600
+  EXPECT_NE(DecodeError(r).find("over the server's max message size"), std::string::npos);
+  r.mutable_output()->set_logits_dtype(v1::DTYPE_BF16);
+  Task task;
+  DType dtype;
+  EXPECT_TRUE(DecodeLogitsRequest(r, Limits(), &task, &dtype).ok());
+  EXPECT_EQ(dtype, DType::kBf16);
+  r.mutable_output()->set_logits_dtype(static_cast<v1::DType>(7));
+  EXPECT_NE(DecodeError(r).find("output.logits_dtype 7"), std::string::npos);
+
+  std::vector<float> values(3 * 4, 0.5f);
+  values[2 * 4 + 3] = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_EQ(DecodeError(Fp32Request(3, values)), "hidden state row 2 has a non-finite value (NaN) at column 3");
+  values[2 * 4 + 3] = 0;
+  values[1 * 4 + 0] = -std::numeric_limits<float>::infinity();
+  EXPECT_EQ(DecodeError(Fp32Request(3, values)), "hidden state row 1 has a non-finite value (Inf) at column 0");
+}
+
+TEST(RequestCodecTest, EncodesRowsLogprobsAndLogits) {
+  TaskResult result;
+  RowOutput row;
+  row.argmax_id = 4;
+  row.max_logit = 2.0f;
+  row.logsumexp = 3.0f;
+  row.top_ids = {4, 1};
+  row.top_logits = {2.0f, 1.0f};
+  row.token_logits = {0.5f};
+  row.logits = {1.0f, 1.0f, 0.0f, -1.0f, 2.0f};
+  result.rows.push_back(row);
+  result.queue_time = absl::Microseconds(12);
+  result.compute_time = absl::Microseconds(34);
+  result.batch_rows = 7;
+  v1::LogitsResponse resp;
+  EncodeLogitsResponse("abc", true, DType::kBf16, result, &resp);
+  EXPECT_EQ(resp.request_id(), "abc");
+  ASSERT_EQ(resp.rows_size(), 1);
+  EXPECT_EQ(resp.rows(0).argmax_id(), 4u);
+  EXPECT_EQ(resp.rows(0).top_logprobs(0), -1.0f);
+  EXPECT_EQ(resp.rows(0).top_logprobs(1), -2.0f);
+  EXPECT_EQ(resp.rows(0).token_logprobs(0), -2.5f);
+  EXPECT_EQ(resp.logits_dtype(), v1::DTYPE_BF16);
+  ASSERT_EQ(resp.logits().size(), 10u);
+  EXPECT_EQ(static_cast<uint8_t>(resp.logits()[9]), 0x40);  // bf16 2.0 = 0x4000, little-endian
+  EXPECT_EQ(resp.timing().queue_us(), 12u);
+  EXPECT_EQ(resp.timing().compute_us(), 34u);
+  EXPECT_EQ(resp.timing().batch_rows(), 7u);
+}
+
+}  // namespace
+}  // namespace lmhead
