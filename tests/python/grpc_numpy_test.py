@@ -5,6 +5,7 @@ dtype, the stream RPC, and full logits; the metrics endpoint passes promtool.
 Run: LMHEAD_BUILD_DIR=build .venv/bin/python tests/python/grpc_numpy_test.py
 """
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -116,6 +117,31 @@ class GrpcNumpyTest(unittest.TestCase):
         good = [r for r in responses if r.request_id != "bad"]
         for h, resp in zip(hs, good):
             self.check_rows(resp.rows, decoded(h, pb.DTYPE_BF16), 5, [0, 17, VOCAB - 1])
+
+    def test_cli_reads_npy_and_prints_the_reference_top_tokens(self):
+        h = np.random.default_rng(5).normal(0, 2, (3, HIDDEN)).astype(np.float32)
+        for name, arr in (("h32.npy", h), ("h16.npy", h.astype(np.float16)), ("h1.npy", h[0])):
+            path = os.path.join(self.tmp, name)
+            np.save(path, arr)
+            out = subprocess.run([lib.binary("lmhead"), "logits", f"--target={self.server.target}", f"--npy={path}",
+                                  "--dtype=fp32", "--top_k=3"], check=True, capture_output=True, text=True).stdout
+            seen = np.asarray(arr, dtype=np.float32).reshape(-1, HIDDEN).astype(np.float64)
+            logits, _ = self.reference(seen)
+            argmax = [int(m) for m in re.findall(r"row \d+: argmax=(\d+)", out)]
+            self.assertEqual(argmax, list(np.argmax(logits, axis=1)), out)
+        bad = subprocess.run([lib.binary("lmhead"), "logits", f"--target={self.server.target}",
+                              f"--npy={os.path.join(self.tmp, 'missing.npy')}"], capture_output=True, text=True)
+        self.assertNotEqual(bad.returncode, 0)
+        self.assertIn("cannot open", bad.stderr)
+
+    def test_cli_stream_and_info(self):
+        out = subprocess.run([lib.binary("lmhead"), "stream", f"--target={self.server.target}", "--steps=5"],
+                             check=True, capture_output=True, text=True).stdout
+        self.assertEqual(len(re.findall(r"step-\d+: argmax \d+", out)), 5, out)
+        info = subprocess.run([lib.binary("lmhead"), "info", f"--target={self.server.target}"],
+                              check=True, capture_output=True, text=True).stdout
+        self.assertIn(f"[{VOCAB}, {HIDDEN}]", info)
+        self.assertIn("fp8_e4m3 per_row", info)
 
     def test_model_info(self):
         info = self.stub.GetModelInfo(pb.ModelInfoRequest(), timeout=10)
