@@ -12,8 +12,14 @@
 namespace lmhead {
 
 enum class BackendKind { kAuto, kCpu, kCuda };
+// How the CUDA backend feeds activations to its FP8 GEMM.
+//   kBf16: each row as an E4M3 "high" row plus an E4M3 residual row (about bf16 accuracy;
+//          the weights are still read once).
+//   kFp8:  each row as one E4M3 row with a per-row scale (faster at large batches, less exact).
+enum class ActivationPrecision { kBf16, kFp8 };
 
 bool ParseBackendKind(absl::string_view text, BackendKind* out);  // "auto" | "cpu" | "cuda"
+bool ParseActivationPrecision(absl::string_view text, ActivationPrecision* out);  // "bf16" | "fp8"
 
 struct BackendOptions {
   // kAuto: CUDA when its module and a device are present, else CPU.
@@ -22,10 +28,16 @@ struct BackendOptions {
   int cpu_threads = 1;
   // CUDA device ordinal.
   int device = 0;
+  ActivationPrecision activation_precision = ActivationPrecision::kBf16;
+  // Device bytes for one slice of GEMM output (bounds the rows the CUDA backend computes at once).
+  int64_t gpu_output_workspace_bytes = 192ll << 20;
+  // Path of liblmhead_cuda.so; "" searches next to the executable, then the library path.
+  std::string cuda_module_path;
   LogitTransform transform;
 };
 
-// Builds a backend that owns `weights`.
+// Builds a backend that owns `weights`. kCuda fails with UNAVAILABLE when the module or a device
+// is missing; kAuto then falls back to the CPU backend.
 absl::StatusOr<std::unique_ptr<Backend>> NewBackend(const BackendOptions& options,
                                                     HeadWeights weights);
 

@@ -24,6 +24,10 @@ ABSL_FLAG(std::string, scale_mode, "per_row",
           "FP8 scaling: per_row | per_tensor | none (unscaled cast, for comparison only)");
 ABSL_FLAG(std::string, backend, "auto", "Compute backend: auto | cpu | cuda");
 ABSL_FLAG(int, device, 0, "CUDA device ordinal");
+ABSL_FLAG(std::string, activation_precision, "bf16",
+          "CUDA backend activations: bf16 (FP8 high + residual rows, bf16-level accuracy) | fp8 (one FP8 row per token)");
+ABSL_FLAG(int, gpu_workspace_mb, 192, "CUDA backend: device memory for one slice of GEMM output (MiB)");
+ABSL_FLAG(std::string, cuda_module, "", "Path of liblmhead_cuda.so (default: next to the server, then the library path)");
 ABSL_FLAG(int, threads, 0, "CPU backend and loader threads (0 = all cores)");
 ABSL_FLAG(int, max_rows_per_request, 64, "Most hidden-state rows in one request");
 ABSL_FLAG(int, max_batch_rows, 64, "Most rows the batcher puts in one backend batch");
@@ -72,6 +76,13 @@ int main(int argc, char** argv) {
     return Fail("--backend must be auto, cpu or cuda");
   }
   options.backend.device = absl::GetFlag(FLAGS_device);
+  if (!lmhead::ParseActivationPrecision(absl::GetFlag(FLAGS_activation_precision),
+                                        &options.backend.activation_precision)) {
+    return Fail("--activation_precision must be bf16 or fp8");
+  }
+  if (absl::GetFlag(FLAGS_gpu_workspace_mb) < 1) return Fail("--gpu_workspace_mb must be positive");
+  options.backend.gpu_output_workspace_bytes = int64_t{absl::GetFlag(FLAGS_gpu_workspace_mb)} << 20;
+  options.backend.cuda_module_path = absl::GetFlag(FLAGS_cuda_module);
   int threads = absl::GetFlag(FLAGS_threads);
   if (threads < 0) return Fail("--threads must be >= 0");
   if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());

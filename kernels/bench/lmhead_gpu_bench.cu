@@ -1,0 +1,289 @@
+// lmhead-gpu-bench: speed of the CUDA backend against cuBLASLt BF16, cuBLASLt FP8 with tensor-wise
+// scales, and the seed's path (FP8 weights upcast to BF16, then a BF16 GEMM), with the byte floor
+// (device-to-device copy bandwidth) and compute floor (FP8 GEMM rate) measured in the same run.
+//
+//   lmhead-gpu-bench [--shapes=128256x4096,131072x5120,152064x8192]
+//                    [--batches=1,8,32,64,128,256,512,2048,8192] [--out=results.md]
+//
+// lmhead columns are end-to-end ComputeLogits calls (host fp32 rows in, host results out,
+// synchronised), median of repeated calls. Baseline columns time the GEMM alone with CUDA events.
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/cuda_util.h"
+#include "kernels/cuda/lt_gemm.h"
+#include "kernels/fp8.h"
+#include "kernels/half.h"
+
+namespace {
+
+using lmhead::cuda::DeviceBuffer;
+using lmhead::cuda::LtGemm;
+
+#define CHECK_OK(expr)                                                          \
+  do {                                                                          \
+    absl::Status s_ = (expr);                                                   \
+    if (!s_.ok()) {                                                             \
+      std::fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, s_.ToString().c_str()); \
+      std::exit(1);                                                             \
+    }                                                                           \
+  } while (0)
+#define CHECK_CUDA(expr) CHECK_OK(lmhead::cuda::CudaStatus((expr), #expr))
+
+__global__ void UpcastKernel(const __nv_fp8_e4m3* q, const float* scales, int64_t rows, int64_t cols,
+                             __nv_bfloat16* out) {
+  const int64_t n = rows * cols;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+    out[i] = __float2bfloat16(static_cast<float>(q[i]) * scales[i / cols]);
+  }
+}
+
+std::vector<int64_t> ParseList(const std::string& text) {
+  std::vector<int64_t> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) out.push_back(std::stoll(item));
+  return out;
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Median milliseconds of fn() on `stream`, timed with events after two warm-up calls.
+template <typename Fn>
+double TimeDevice(cudaStream_t stream, int reps, Fn fn) {
+  cudaEvent_t a, b;
+  CHECK_CUDA(cudaEventCreate(&a));
+  CHECK_CUDA(cudaEventCreate(&b));
+  fn();
+  fn();
+  std::vector<double> ms;
+  for (int i = 0; i < reps; ++i) {
+    CHECK_CUDA(cudaEventRecord(a, stream));
+    fn();
+    CHECK_CUDA(cudaEventRecord(b, stream));
+    CHECK_CUDA(cudaEventSynchronize(b));
+    float t;
+    CHECK_CUDA(cudaEventElapsedTime(&t, a, b));
+    ms.push_back(t);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  return Median(ms);
+}
+
+template <typename Fn>
+double TimeHost(int reps, Fn fn) {
+  fn();
+  fn();
+  std::vector<double> ms;
+  for (int i = 0; i < reps; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    fn();
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return Median(ms);
+}
+
+// Synthetic head: per-row std lognormal around 0.02, as FP8 codes + per-row scales and as BF16.
+struct Head {
+  int64_t vocab, hidden;
+  std::vector<uint8_t> fp8;
+  std::vector<float> scales;
+  std::vector<uint16_t> bf16;
+};
+
+Head MakeHead(int64_t vocab, int64_t hidden) {
+  Head h{vocab, hidden, std::vector<uint8_t>(vocab * hidden), std::vector<float>(vocab),
+         std::vector<uint16_t>(vocab * hidden)};
+  const int threads = std::max(1u, std::thread::hardware_concurrency());
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      std::vector<float> row(hidden);
+      uint64_t state = 0x9E3779B97F4A7C15ull * (t + 1);
+      auto uniform = [&] {
+        state ^= state << 13, state ^= state >> 7, state ^= state << 17;
+        return (static_cast<double>(state >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+      };
+      auto normal = [&] { return std::sqrt(-2 * std::log(uniform())) * std::cos(6.283185307179586 * uniform()); };
+      for (int64_t r = t; r < vocab; r += threads) {
+        const double std = 0.02 * std::exp(0.25 * normal());
+        float amax = 0;
+        for (int64_t c = 0; c < hidden; ++c) {
+          row[c] = static_cast<float>(std * normal());
+          amax = std::max(amax, std::fabs(row[c]));
+          h.bf16[r * hidden + c] = lmhead::FloatToBf16(row[c]);
+        }
+        h.scales[r] = lmhead::Fp8ScaleForAmax(amax);
+        lmhead::QuantizeFp8(row.data(), hidden, h.scales[r], h.fp8.data() + r * hidden);
+      }
+    });
+  }
+  for (auto& t : pool) t.join();
+  return h;
+}
+
+std::unique_ptr<lmhead::Backend> MakeBackend(const Head& h, bool fp8_activations) {
+  lmhead::HeadWeights w;
+  w.vocab = h.vocab;
+  w.hidden = h.hidden;
+  w.data = h.fp8;
+  w.row_scales = h.scales;
+  lmhead::CudaModuleArgs args;
+  args.fp8_activations = fp8_activations;
+  args.weights = &w;
+  auto b = lmhead::cuda::NewCudaBackend(args);
+  CHECK_OK(b.status());
+  return std::move(*b);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string shapes = "128256x4096,131072x5120,152064x8192";
+  std::string batches = "1,8,32,64,128,256,512,2048,8192";
+  std::string out_path = "gpu_bench_results.md";
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a.rfind("--shapes=", 0) == 0) shapes = a.substr(9);
+    else if (a.rfind("--batches=", 0) == 0) batches = a.substr(10);
+    else if (a.rfind("--out=", 0) == 0) out_path = a.substr(6);
+    else { std::fprintf(stderr, "unknown argument %s\n", a.c_str()); return 2; }
+  }
+  cudaDeviceProp prop;
+  CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
+  cudaStream_t stream;
+  CHECK_CUDA(cudaStreamCreate(&stream));
+
+  // Ceilings: copy bandwidth (bytes read + written) and FP8 / BF16 GEMM rates at 8192^3.
+  double copy_bw;
+  {
+    const size_t bytes = size_t{2} << 30;
+    DeviceBuffer<uint8_t> a, b;
+    CHECK_OK(a.Allocate(bytes));
+    CHECK_OK(b.Allocate(bytes));
+    CHECK_CUDA(cudaMemset(a.get(), 1, bytes));
+    const double ms = TimeDevice(stream, 20, [&] { cudaMemcpyAsync(b.get(), a.get(), bytes, cudaMemcpyDeviceToDevice, stream); });
+    copy_bw = 2.0 * bytes / (ms * 1e-3);
+  }
+  double fp8_rate, bf16_rate;
+  {
+    const int64_t n = 8192;
+    DeviceBuffer<uint8_t> w, x;
+    DeviceBuffer<float> d;
+    CHECK_OK(w.Allocate(n * n * 2));
+    CHECK_OK(x.Allocate(n * n * 2));
+    CHECK_OK(d.Allocate(n * n));
+    CHECK_CUDA(cudaMemset(w.get(), 0x3a, w.bytes()));  // nonzero operands (1.25 in E4M3; small bf16)
+    CHECK_CUDA(cudaMemset(x.get(), 0x3a, x.bytes()));
+    for (int fp8 = 1; fp8 >= 0; --fp8) {
+      auto g = LtGemm::Create(fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF, n, n, 32u << 20);
+      CHECK_OK(g.status());
+      const double ms = TimeDevice(stream, 10, [&] { CHECK_OK((*g)->Run(w.get(), x.get(), n, d.get(), stream)); });
+      (fp8 ? fp8_rate : bf16_rate) = 2.0 * n * n * n / (ms * 1e-3);
+    }
+  }
+  std::ostringstream md;
+  md << "# lmhead GPU benchmark\n\nCard: " << prop.name << " (" << prop.multiProcessorCount << " SMs, "
+     << prop.totalGlobalMem / (1 << 20) << " MiB). Measured in this run: device-to-device copy "
+     << copy_bw / 1e12 << " TB/s (read + write), cuBLASLt FP8 " << fp8_rate / 1e12 << " TFLOP/s, BF16 "
+     << bf16_rate / 1e12 << " TFLOP/s (8192^3).\n\n"
+     << "Times in ms (median). lmhead = end-to-end `ComputeLogits` (host rows in, results on the host): "
+        "`argmax` returns argmax + logsumexp; `top20` adds top-20 logprobs and 2 token logprobs. "
+        "`bf16 act` = activations as FP8 high + residual rows (default); `fp8 act` = one FP8 row per token. "
+        "Baselines are the GEMM alone (CUDA events): cuBLASLt BF16 (BF16 weights), cuBLASLt FP8 tensor-wise "
+        "(FP8 weights and activations, no scales), and the seed (upcast FP8 -> BF16 every call, then BF16 GEMM). "
+        "Byte floor = (FP8 weights + scales + fp32 inputs) / copy bandwidth; compute floor = 2*B*V*H / FP8 rate.\n\n"
+     << "| shape | B | lmhead bf16 act argmax | lmhead bf16 act top20 | lmhead fp8 act argmax | cuBLASLt BF16 | "
+        "cuBLASLt FP8 tensor-wise | seed upcast+BF16 | byte floor | compute floor | lmhead/floor | lmhead/BF16 |\n"
+     << "|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+  std::printf("%s", md.str().c_str());
+
+  for (const std::string& shape : [&] {
+         std::vector<std::string> v;
+         std::stringstream ss(shapes);
+         std::string s;
+         while (std::getline(ss, s, ',')) v.push_back(s);
+         return v;
+       }()) {
+    const int64_t vocab = std::stoll(shape.substr(0, shape.find('x')));
+    const int64_t hidden = std::stoll(shape.substr(shape.find('x') + 1));
+    Head head = MakeHead(vocab, hidden);
+    auto split = MakeBackend(head, false);
+    auto fp8act = MakeBackend(head, true);
+    DeviceBuffer<uint8_t> w8, w16, up16, act;
+    DeviceBuffer<float> scales, d;
+    CHECK_OK(w8.Allocate(head.fp8.size()));
+    CHECK_OK(w16.Allocate(head.bf16.size() * 2));
+    CHECK_OK(up16.Allocate(head.bf16.size() * 2));
+    CHECK_OK(scales.Allocate(vocab));
+    CHECK_CUDA(cudaMemcpy(w8.get(), head.fp8.data(), head.fp8.size(), cudaMemcpyHostToDevice));
+    CHECK_CUDA(cudaMemcpy(w16.get(), head.bf16.data(), head.bf16.size() * 2, cudaMemcpyHostToDevice));
+    CHECK_CUDA(cudaMemcpy(scales.get(), head.scales.data(), vocab * 4, cudaMemcpyHostToDevice));
+    auto g8 = LtGemm::Create(CUDA_R_8F_E4M3, vocab, hidden, 32u << 20);
+    auto g16 = LtGemm::Create(CUDA_R_16BF, vocab, hidden, 32u << 20);
+    CHECK_OK(g8.status());
+    CHECK_OK(g16.status());
+    head.bf16.clear();
+    head.bf16.shrink_to_fit();
+
+    for (int64_t b : ParseList(batches)) {
+      const int reps = b <= 512 ? 30 : 5;
+      const int64_t n = LtGemm::PadRows(b);
+      CHECK_OK(act.Allocate(n * hidden * 2));
+      CHECK_CUDA(cudaMemset(act.get(), 0x3a, act.bytes()));
+      CHECK_OK(d.Allocate(n * vocab));
+      std::vector<float> x(b * hidden);
+      uint64_t st = 12345 + b;
+      for (float& v : x) {
+        st = st * 6364136223846793005ull + 1442695040888963407ull;
+        v = static_cast<float>(static_cast<int64_t>(st >> 33) % 2001 - 1000) / 500.0f;
+      }
+      const std::vector<uint32_t> ids = {0, static_cast<uint32_t>(vocab - 1)};
+      std::vector<lmhead::RowSpec> argmax_specs(b, lmhead::RowSpec{0, {}, false});
+      std::vector<lmhead::RowSpec> top_specs(b, lmhead::RowSpec{20, ids, false});
+      std::vector<lmhead::RowOutput> out;
+      auto call = [&](lmhead::Backend& be, std::vector<lmhead::RowSpec>& specs) {
+        CHECK_OK(be.ComputeLogits({x.data(), b, specs}, &out));
+      };
+      const double t_split = TimeHost(reps, [&] { call(*split, argmax_specs); });
+      const double t_top = TimeHost(reps, [&] { call(*split, top_specs); });
+      const double t_fp8 = TimeHost(reps, [&] { call(*fp8act, argmax_specs); });
+      const double t_bf16 = TimeDevice(stream, reps, [&] { CHECK_OK((*g16)->Run(w16.get(), act.get(), n, d.get(), stream)); });
+      const double t_fp8tw = TimeDevice(stream, reps, [&] { CHECK_OK((*g8)->Run(w8.get(), act.get(), n, d.get(), stream)); });
+      const double t_seed = TimeDevice(stream, reps, [&] {
+        UpcastKernel<<<4096, 256, 0, stream>>>(reinterpret_cast<const __nv_fp8_e4m3*>(w8.get()), scales.get(), vocab,
+                                               hidden, reinterpret_cast<__nv_bfloat16*>(up16.get()));
+        CHECK_OK((*g16)->Run(up16.get(), act.get(), n, d.get(), stream));
+      });
+      const double byte_floor = (vocab * hidden + vocab * 4.0 + b * hidden * 4.0) / copy_bw * 1e3;
+      const double compute_floor = 2.0 * b * vocab * hidden / fp8_rate * 1e3;
+      const double floor = std::max(byte_floor, compute_floor);
+      char row[512];
+      std::snprintf(row, sizeof(row),
+                    "| %lldx%lld | %lld | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | %.2f | %.2f |\n",
+                    static_cast<long long>(vocab), static_cast<long long>(hidden), static_cast<long long>(b), t_split,
+                    t_top, t_fp8, t_bf16, t_fp8tw, t_seed, byte_floor, compute_floor, t_split / floor, t_split / t_bf16);
+      std::printf("%s", row);
+      std::fflush(stdout);
+      md << row;
+    }
+  }
+  std::ofstream(out_path) << md.str();
+  return 0;
+}

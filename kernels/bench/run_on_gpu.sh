@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine (device tool) from the repository root, with .gpu/bundle.tgz carried:
+# the CUDA conformance tests, a server smoke test on the CUDA backend, and the benchmark.
+# Logs and results go to $OUT. Usage: bash kernels/bench/run_on_gpu.sh [bench args...]
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p /tmp/lmhead "$OUT"
+tar xzf .gpu/bundle.tgz -C /tmp/lmhead
+export LD_LIBRARY_PATH=/tmp/lmhead/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+BIN=/tmp/lmhead/bin
+nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv | tee "$OUT/gpu.txt"
+
+echo "== conformance"
+$BIN/cuda_backend_test 2>&1 | tee "$OUT/conformance.log" | grep -E "^\[  (PASSED|FAILED|SKIPPED) |OK \]|FAILED|Failure|seed" | head -40
+
+echo "== server smoke test on the CUDA backend"
+$BIN/lmhead-make-checkpoint --out=/tmp/ckpt --vocab=131072 --hidden=5120 > /dev/null 2>&1
+$BIN/lmhead-server --checkpoint=/tmp/ckpt --backend=cuda --listen=127.0.0.1:50051 --metrics_listen=127.0.0.1:9400 \
+  --threads=16 > "$OUT/server.log" 2>&1 &
+SERVER=$!
+for _ in $(seq 1 300); do $BIN/lmhead health > /dev/null 2>&1 && break; sleep 0.2; done
+$BIN/lmhead info && $BIN/lmhead logits --rows=2 --top_k=3 && $BIN/lmhead stream --steps=20 --top_k=1 | tail -2
+python3 -c "import urllib.request;print('\n'.join(l for l in urllib.request.urlopen('http://127.0.0.1:9400/metrics').read().decode().splitlines() if l.startswith(('lmhead_weight','lmhead_compute_duration_seconds_sum','lmhead_compute_duration_seconds_count'))))"
+nvidia-smi --query-compute-apps=pid,used_memory --format=csv | tee "$OUT/server_memory.txt"
+kill -TERM $SERVER; wait $SERVER; echo "server exit $?"
+tail -3 "$OUT/server.log"
+
+echo "== benchmark"
+$BIN/lmhead-gpu-bench --out="$OUT/gpu_bench.md" "$@" 2>&1 | tee "$OUT/bench.log"

@@ -1,0 +1,283 @@
+#include "kernels/cuda/cuda_backend.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cuda/cuda_util.h"
+#include "kernels/cuda/kernels.h"
+#include "kernels/cuda/lt_gemm.h"
+#include "kernels/status_macros.h"
+
+namespace lmhead::cuda {
+namespace {
+
+int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+class CudaBackend final : public Backend {
+ public:
+  const char* Name() const override { return "cuda"; }
+  int64_t vocab() const override { return vocab_; }
+  int64_t hidden() const override { return hidden_; }
+  int64_t ResidentWeightBytes() const override {
+    return static_cast<int64_t>(weights_.bytes() + row_scales_.bytes());
+  }
+  absl::Status ComputeLogits(const LogitsBatch& batch, std::vector<RowOutput>* out) override;
+
+  absl::Status Init(const CudaModuleArgs& args);
+
+ private:
+  absl::Status EnsureTokenCapacity(int64_t max_ids);
+  absl::Status ComputeSlice(const LogitsBatch& batch, int64_t start, int64_t n, int top_k, int64_t max_ids,
+                            std::vector<RowOutput>* out);
+
+  int device_ = 0;
+  bool fp8_ = true;         // FP8 weights (else BF16)
+  bool split_ = true;       // FP8 activations as high + residual rows
+  LogitTransform transform_;
+  int64_t vocab_ = 0, hidden_ = 0, vocab_pad_ = 0, hidden_pad_ = 0;
+  int64_t slice_rows_ = 0;  // rows computed per GEMM
+
+  Stream stream_;
+  DeviceBuffer<uint8_t> weights_;   // [vocab_pad, hidden_pad] E4M3 codes or bf16
+  DeviceBuffer<float> row_scales_;  // [vocab_pad]; empty for bf16
+  std::unique_ptr<LtGemm> gemm_;
+
+  PinnedBuffer<float> x_host_;        // [slice, hidden]
+  DeviceBuffer<float> x_dev_;         // [slice, hidden]
+  DeviceBuffer<uint8_t> act_;         // [n_pad, hidden_pad] E4M3 or bf16
+  DeviceBuffer<float> act_scales_;    // [n_pad]
+  DeviceBuffer<float> raw_;           // [n_pad, vocab_pad]
+  DeviceBuffer<float> part_max_, part_sum_;
+  DeviceBuffer<int32_t> part_arg_;
+  DeviceBuffer<float> d_max_, d_lse_, d_top_logits_, d_token_logits_;
+  DeviceBuffer<int32_t> d_arg_, d_top_ids_, d_token_ids_;
+  PinnedBuffer<float> h_max_, h_lse_, h_top_logits_, h_token_logits_;
+  PinnedBuffer<int32_t> h_arg_, h_top_ids_, h_token_ids_;
+  int64_t token_capacity_ = 0;  // ids per row the token buffers hold
+};
+
+absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
+  HeadWeights& w = *args.weights;
+  device_ = args.device;
+  transform_ = args.transform;
+  fp8_ = w.format == WeightFormat::kFp8E4m3;
+  split_ = fp8_ && !args.fp8_activations;
+  vocab_ = w.vocab;
+  hidden_ = w.hidden;
+  vocab_pad_ = RoundUp(vocab_, 16);
+  hidden_pad_ = RoundUp(hidden_, 16);
+  int count = 0;
+  CUDA_RETURN_IF_ERROR(cudaGetDeviceCount(&count));
+  if (device_ < 0 || device_ >= count) {
+    return absl::InvalidArgumentError(absl::StrCat("--device=", device_, " but ", count, " CUDA device(s) are visible"));
+  }
+  CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  RETURN_IF_ERROR(stream_.Create());
+
+  // Weights: padded rows and columns are zero (their logits are never read).
+  const size_t elem = fp8_ ? 1 : 2;
+  RETURN_IF_ERROR(weights_.Allocate(vocab_pad_ * hidden_pad_ * elem));
+  CUDA_RETURN_IF_ERROR(cudaMemset(weights_.get(), 0, weights_.bytes()));
+  CUDA_RETURN_IF_ERROR(cudaMemcpy2D(weights_.get(), hidden_pad_ * elem, w.data.data(), hidden_ * elem,
+                                    hidden_ * elem, vocab_, cudaMemcpyHostToDevice));
+  if (fp8_) {
+    RETURN_IF_ERROR(row_scales_.Allocate(vocab_pad_));
+    CUDA_RETURN_IF_ERROR(cudaMemset(row_scales_.get(), 0, row_scales_.bytes()));
+    CUDA_RETURN_IF_ERROR(cudaMemcpy(row_scales_.get(), w.row_scales.data(), vocab_ * sizeof(float),
+                                    cudaMemcpyHostToDevice));
+  }
+  std::vector<uint8_t>().swap(w.data);  // the host copy is no longer needed
+  std::vector<float>().swap(w.row_scales);
+  ASSIGN_OR_RETURN(gemm_, LtGemm::Create(fp8_ ? CUDA_R_8F_E4M3 : CUDA_R_16BF, vocab_pad_, hidden_pad_, 32u << 20));
+
+  // Rows per slice: as many as the output workspace holds (GEMM rows = 2 per row when split).
+  const int64_t per_row = vocab_pad_ * sizeof(float) * (split_ ? 2 : 1);
+  slice_rows_ = std::clamp<int64_t>(args.output_workspace_bytes / per_row / 16 * 16, 16, 4096);
+  const int64_t n_pad = LtGemm::PadRows(split_ ? 2 * slice_rows_ : slice_rows_);
+  const int64_t chunks = PartialChunks(vocab_);
+  RETURN_IF_ERROR(x_host_.Allocate(slice_rows_ * hidden_));
+  RETURN_IF_ERROR(x_dev_.Allocate(slice_rows_ * hidden_));
+  RETURN_IF_ERROR(act_.Allocate(n_pad * hidden_pad_ * elem));
+  RETURN_IF_ERROR(act_scales_.Allocate(n_pad));
+  RETURN_IF_ERROR(raw_.Allocate(n_pad * vocab_pad_));
+  RETURN_IF_ERROR(part_max_.Allocate(slice_rows_ * chunks));
+  RETURN_IF_ERROR(part_sum_.Allocate(slice_rows_ * chunks));
+  RETURN_IF_ERROR(part_arg_.Allocate(slice_rows_ * chunks));
+  for (auto* b : {&d_max_, &d_lse_}) RETURN_IF_ERROR(b->Allocate(slice_rows_));
+  RETURN_IF_ERROR(d_arg_.Allocate(slice_rows_));
+  RETURN_IF_ERROR(d_top_logits_.Allocate(slice_rows_ * kMaxTopK));
+  RETURN_IF_ERROR(d_top_ids_.Allocate(slice_rows_ * kMaxTopK));
+  for (auto* b : {&h_max_, &h_lse_}) RETURN_IF_ERROR(b->Allocate(slice_rows_));
+  RETURN_IF_ERROR(h_arg_.Allocate(slice_rows_));
+  RETURN_IF_ERROR(h_top_logits_.Allocate(slice_rows_ * kMaxTopK));
+  RETURN_IF_ERROR(h_top_ids_.Allocate(slice_rows_ * kMaxTopK));
+  RETURN_IF_ERROR(EnsureTokenCapacity(16));
+
+  // Warm up: builds and times the GEMM plans of the small-batch buckets on real data.
+  std::mt19937 rng(1);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (int64_t rows : {1, 8, 16, 32, 64}) {
+    if (rows > slice_rows_) break;
+    std::vector<float> x(rows * hidden_);
+    for (float& v : x) v = normal(rng);
+    std::vector<RowSpec> specs(rows, RowSpec{1, {}, false});
+    std::vector<RowOutput> out;
+    RETURN_IF_ERROR(ComputeLogits({x.data(), rows, specs}, &out));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::EnsureTokenCapacity(int64_t max_ids) {
+  if (max_ids <= token_capacity_) return absl::OkStatus();
+  const int64_t cap = std::max<int64_t>(max_ids, 2 * token_capacity_);
+  RETURN_IF_ERROR(d_token_ids_.Allocate(slice_rows_ * cap));
+  RETURN_IF_ERROR(d_token_logits_.Allocate(slice_rows_ * cap));
+  RETURN_IF_ERROR(h_token_ids_.Allocate(slice_rows_ * cap));
+  RETURN_IF_ERROR(h_token_logits_.Allocate(slice_rows_ * cap));
+  token_capacity_ = cap;
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::ComputeLogits(const LogitsBatch& batch, std::vector<RowOutput>* out) {
+  const int64_t rows = batch.rows;
+  if (rows <= 0 || batch.hidden == nullptr || static_cast<int64_t>(batch.specs.size()) != rows) {
+    return absl::InvalidArgumentError(absl::StrCat("batch has ", rows, " rows and ", batch.specs.size(), " row specs"));
+  }
+  int top_k = 0;
+  int64_t max_ids = 0;
+  for (int64_t b = 0; b < rows; ++b) {
+    const RowSpec& spec = batch.specs[b];
+    if (spec.top_k > std::min<int64_t>(vocab_, kMaxTopK)) {
+      return absl::InvalidArgumentError(absl::StrCat("row ", b, ": top_k ", spec.top_k, " exceeds ",
+                                                     std::min<int64_t>(vocab_, kMaxTopK),
+                                                     " (the vocab size or the CUDA backend's limit)"));
+    }
+    for (uint32_t id : spec.token_ids) {
+      if (id >= vocab_) return absl::InvalidArgumentError(absl::StrCat("row ", b, ": token id ", id, " >= vocab size ", vocab_));
+    }
+    top_k = std::max<int>(top_k, static_cast<int>(spec.top_k));
+    max_ids = std::max<int64_t>(max_ids, static_cast<int64_t>(spec.token_ids.size()));
+  }
+  CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  RETURN_IF_ERROR(EnsureTokenCapacity(max_ids));
+  out->assign(rows, RowOutput{});
+  for (int64_t start = 0; start < rows; start += slice_rows_) {
+    RETURN_IF_ERROR(ComputeSlice(batch, start, std::min(slice_rows_, rows - start), top_k, max_ids, out));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::ComputeSlice(const LogitsBatch& batch, int64_t start, int64_t n, int top_k,
+                                       int64_t max_ids, std::vector<RowOutput>* out) {
+  cudaStream_t s = stream_.get();
+  std::memcpy(x_host_.get(), batch.hidden + start * hidden_, n * hidden_ * sizeof(float));
+  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(x_dev_.get(), x_host_.get(), n * hidden_ * sizeof(float),
+                                       cudaMemcpyHostToDevice, s));
+  const int64_t n_pad = LtGemm::PadRows(split_ ? 2 * n : n);
+  if (fp8_) {
+    CUDA_RETURN_IF_ERROR(LaunchQuantizeActivations(x_dev_.get(), n, hidden_, hidden_pad_, split_, n_pad,
+                                                   reinterpret_cast<__nv_fp8_e4m3*>(act_.get()),
+                                                   act_scales_.get(), s));
+  } else {
+    CUDA_RETURN_IF_ERROR(LaunchConvertActivationsBf16(x_dev_.get(), n, hidden_, hidden_pad_, n_pad,
+                                                      reinterpret_cast<__nv_bfloat16*>(act_.get()),
+                                                      act_scales_.get(), s));
+  }
+  RETURN_IF_ERROR(gemm_->Run(weights_.get(), act_.get(), n_pad, raw_.get(), s));
+
+  if (max_ids > 0) {
+    int32_t* ids = h_token_ids_.get();
+    for (int64_t r = 0; r < n; ++r) {
+      const RowSpec& spec = batch.specs[start + r];
+      for (int64_t i = 0; i < max_ids; ++i) {
+        ids[r * max_ids + i] = i < static_cast<int64_t>(spec.token_ids.size()) ? static_cast<int32_t>(spec.token_ids[i]) : -1;
+      }
+    }
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d_token_ids_.get(), ids, n * max_ids * sizeof(int32_t),
+                                         cudaMemcpyHostToDevice, s));
+  }
+  EpilogueParams p;
+  p.raw = raw_.get();
+  p.ld = vocab_pad_;
+  p.act_scales = act_scales_.get();
+  p.row_scales = fp8_ ? row_scales_.get() : nullptr;
+  p.rows = n;
+  p.vocab = vocab_;
+  p.split = split_;
+  p.logit_scale = transform_.scale;
+  p.softcap = transform_.softcap;
+  p.max_logit = d_max_.get();
+  p.argmax = d_arg_.get();
+  p.logsumexp = d_lse_.get();
+  p.top_k = top_k;
+  p.top_ids = d_top_ids_.get();
+  p.top_logits = d_top_logits_.get();
+  p.token_ids = d_token_ids_.get();
+  p.max_token_ids = static_cast<int>(max_ids);
+  p.token_logits = d_token_logits_.get();
+  p.part_max = part_max_.get();
+  p.part_arg = part_arg_.get();
+  p.part_sum = part_sum_.get();
+  CUDA_RETURN_IF_ERROR(LaunchEpilogue(p, s));
+
+  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(h_max_.get(), d_max_.get(), n * sizeof(float), cudaMemcpyDeviceToHost, s));
+  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(h_lse_.get(), d_lse_.get(), n * sizeof(float), cudaMemcpyDeviceToHost, s));
+  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(h_arg_.get(), d_arg_.get(), n * sizeof(int32_t), cudaMemcpyDeviceToHost, s));
+  if (top_k > 0) {
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(h_top_ids_.get(), d_top_ids_.get(), n * top_k * sizeof(int32_t),
+                                         cudaMemcpyDeviceToHost, s));
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(h_top_logits_.get(), d_top_logits_.get(), n * top_k * sizeof(float),
+                                         cudaMemcpyDeviceToHost, s));
+  }
+  if (max_ids > 0) {
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(h_token_logits_.get(), d_token_logits_.get(), n * max_ids * sizeof(float),
+                                         cudaMemcpyDeviceToHost, s));
+  }
+  for (int64_t r = 0; r < n; ++r) {
+    if (!batch.specs[start + r].want_logits) continue;
+    std::vector<float>& logits = (*out)[start + r].logits;
+    logits.resize(vocab_);
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(logits.data(), raw_.get() + r * vocab_pad_, vocab_ * sizeof(float),
+                                         cudaMemcpyDeviceToHost, s));
+  }
+  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(s));
+
+  for (int64_t r = 0; r < n; ++r) {
+    const RowSpec& spec = batch.specs[start + r];
+    RowOutput& o = (*out)[start + r];
+    o.max_logit = h_max_.get()[r];
+    o.logsumexp = h_lse_.get()[r];
+    o.argmax_id = static_cast<uint32_t>(h_arg_.get()[r]);
+    if (!std::isfinite(o.max_logit) || !std::isfinite(o.logsumexp)) {
+      return absl::InvalidArgumentError(absl::StrCat("row ", start + r,
+                                                     ": logits are not finite (hidden-state magnitudes too large)"));
+    }
+    for (uint32_t k = 0; k < spec.top_k; ++k) {
+      o.top_ids.push_back(static_cast<uint32_t>(h_top_ids_.get()[r * top_k + k]));
+      o.top_logits.push_back(h_top_logits_.get()[r * top_k + k]);
+    }
+    for (size_t i = 0; i < spec.token_ids.size(); ++i) o.token_logits.push_back(h_token_logits_.get()[r * max_ids + i]);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Backend>> NewCudaBackend(const CudaModuleArgs& args) {
+  if (args.weights == nullptr || args.weights->vocab <= 0 || args.weights->hidden <= 0) {
+    return absl::InvalidArgumentError("the CUDA backend needs a loaded head");
+  }
+  auto backend = std::make_unique<CudaBackend>();
+  RETURN_IF_ERROR(backend->Init(args));
+  return std::unique_ptr<Backend>(std::move(backend));
+}
+
+}  // namespace lmhead::cuda

@@ -1,0 +1,41 @@
+// The one C entry point of the dlopen'ed CUDA module (liblmhead_cuda.so), shared by the module
+// and kernels/backend_factory.cc. Both sides are built from this tree with the same compiler,
+// so C++ types may cross; kCudaModuleAbi guards against a stale module.
+#ifndef LMHEAD_KERNELS_CUDA_CUDA_MODULE_API_H_
+#define LMHEAD_KERNELS_CUDA_CUDA_MODULE_API_H_
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/backend.h"
+#include "kernels/tensor.h"
+
+namespace lmhead {
+
+inline constexpr int kCudaModuleAbi = 1;
+inline constexpr char kCudaModuleFile[] = "liblmhead_cuda.so";
+inline constexpr char kCreateCudaBackendSymbol[] = "lmhead_cuda_create_backend";
+inline constexpr char kCudaDeviceCountSymbol[] = "lmhead_cuda_device_count";
+
+struct CudaModuleArgs {
+  int abi = kCudaModuleAbi;
+  int device = 0;
+  LogitTransform transform;
+  // true: activations as one E4M3 row each (per-token scale); false: an E4M3 "high" row plus an
+  // E4M3 residual row (bf16-level accuracy, the same weight bytes read once).
+  bool fp8_activations = false;
+  // Device bytes for the GEMM output of one slice of rows (bounds the rows computed at once).
+  int64_t output_workspace_bytes = 192ll << 20;
+  HeadWeights* weights = nullptr;  // moved from on success
+};
+
+// Returns 0 and *backend (caller owns) on success; otherwise an absl::StatusCode value and a
+// message in error[error_len].
+using CreateCudaBackendFn = int (*)(const CudaModuleArgs* args, Backend** backend, char* error,
+                                    size_t error_len);
+// Number of CUDA devices visible (0 when none or no driver).
+using CudaDeviceCountFn = int (*)();
+
+}  // namespace lmhead
+
+#endif  // LMHEAD_KERNELS_CUDA_CUDA_MODULE_API_H_

@@ -1,0 +1,319 @@
+#include "kernels/cuda/kernels.h"
+
+#include <cfloat>
+#include <cub/block/block_radix_sort.cuh>
+#include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
+
+namespace lmhead::cuda {
+namespace {
+
+constexpr int kQuantThreads = 256;
+constexpr int kPartThreads = 256;
+constexpr int kPartItems = 16;
+constexpr int kChunk = kPartThreads * kPartItems;  // vocab entries per first-pass block
+constexpr int kFinalThreads = 512;
+constexpr int kSortItems = kMaxTopK / kFinalThreads;
+
+__device__ __forceinline__ float BlockMaxAbs(float v, float* shared) {
+  using Reduce = cub::BlockReduce<float, kQuantThreads>;
+  __shared__ typename Reduce::TempStorage temp;
+  const float m = Reduce(temp).Reduce(v, [](float a, float b) { return fmaxf(a, b); });
+  if (threadIdx.x == 0) *shared = m;
+  __syncthreads();
+  const float out = *shared;
+  __syncthreads();
+  return out;
+}
+
+__device__ __forceinline__ float DecodeE4m3(__nv_fp8_e4m3 q) { return static_cast<float>(q); }
+
+__global__ void QuantizeActivationsKernel(const float* __restrict__ x, int64_t rows, int64_t hidden,
+                                          int64_t ld, bool split, __nv_fp8_e4m3* __restrict__ out,
+                                          float* __restrict__ scales) {
+  __shared__ float shared;
+  const int64_t r = blockIdx.x;
+  const float* row = x + r * hidden;
+  float amax = 0.0f;
+  for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) amax = fmaxf(amax, fabsf(row[i]));
+  amax = BlockMaxAbs(amax, &shared);
+  const float s_hi = amax > 0.0f ? amax / 448.0f : 1.0f;
+  __nv_fp8_e4m3* hi = out + r * ld;
+  float ramax = 0.0f;
+  for (int64_t i = threadIdx.x; i < ld; i += blockDim.x) {
+    const float v = i < hidden ? row[i] : 0.0f;
+    const __nv_fp8_e4m3 q(v / s_hi);  // round to nearest even, saturating to finite
+    hi[i] = q;
+    ramax = fmaxf(ramax, fabsf(v - DecodeE4m3(q) * s_hi));
+  }
+  if (threadIdx.x == 0) scales[r] = s_hi;
+  if (!split) return;
+  ramax = BlockMaxAbs(ramax, &shared);
+  const float s_lo = ramax > 0.0f ? ramax / 448.0f : 1.0f;
+  __nv_fp8_e4m3* lo = out + (rows + r) * ld;
+  for (int64_t i = threadIdx.x; i < ld; i += blockDim.x) {
+    const float residual = i < hidden ? row[i] - DecodeE4m3(hi[i]) * s_hi : 0.0f;
+    lo[i] = __nv_fp8_e4m3(residual / s_lo);
+  }
+  if (threadIdx.x == 0) scales[rows + r] = ramax > 0.0f ? s_lo : 0.0f;
+}
+
+__global__ void ConvertBf16Kernel(const float* __restrict__ x, int64_t rows, int64_t hidden, int64_t ld,
+                                  __nv_bfloat16* __restrict__ out) {
+  const int64_t count = rows * ld;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < count; i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t r = i / ld, c = i % ld;
+    out[i] = __float2bfloat16_rn(c < hidden ? x[r * hidden + c] : 0.0f);
+  }
+}
+
+__global__ void FillKernel(float* p, int64_t count, float v) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < count; i += int64_t{gridDim.x} * blockDim.x) p[i] = v;
+}
+
+// (max, argmax, sum of exp(l - max)) with ties on the lower id; sum == 0 marks "empty".
+struct Stat {
+  float m;
+  int32_t a;
+  float s;
+};
+
+__device__ __forceinline__ Stat Combine(Stat x, Stat y) {
+  if (x.s == 0.0f) return y;
+  if (y.s == 0.0f) return x;
+  Stat r;
+  r.m = fmaxf(x.m, y.m);
+  r.a = (x.m > y.m || (x.m == y.m && x.a < y.a)) ? x.a : y.a;
+  r.s = x.s * expf(x.m - r.m) + y.s * expf(y.m - r.m);
+  return r;
+}
+
+struct CombineOp {
+  __device__ __forceinline__ Stat operator()(const Stat& x, const Stat& y) const { return Combine(x, y); }
+};
+
+__global__ void PartialsKernel(EpilogueParams p) {
+  const int64_t b = blockIdx.y;
+  const int64_t chunk = blockIdx.x;
+  float* logits = p.raw + b * p.ld;
+  const float* lo = p.split ? p.raw + (p.rows + b) * p.ld : nullptr;
+  const float s_hi = p.act_scales[b];
+  const float s_lo = p.split ? p.act_scales[p.rows + b] : 0.0f;
+  Stat st{-FLT_MAX, 0, 0.0f};
+  const int64_t begin = chunk * kChunk;
+  const int64_t end = min(begin + kChunk, p.vocab);
+  for (int64_t v = begin + threadIdx.x; v < end; v += kPartThreads) {
+    float l = logits[v] * s_hi;
+    if (lo != nullptr) l += lo[v] * s_lo;
+    if (p.row_scales != nullptr) l *= p.row_scales[v];
+    l *= p.logit_scale;
+    if (p.softcap > 0.0f) l = p.softcap * tanhf(l / p.softcap);
+    logits[v] = l;
+    st = Combine(st, Stat{l, static_cast<int32_t>(v), 1.0f});
+  }
+  using Reduce = cub::BlockReduce<Stat, kPartThreads>;
+  __shared__ typename Reduce::TempStorage temp;
+  const Stat total = Reduce(temp).Reduce(st, CombineOp());
+  if (threadIdx.x == 0) {
+    const int64_t i = b * gridDim.x + chunk;
+    p.part_max[i] = total.m;
+    p.part_arg[i] = total.a;
+    p.part_sum[i] = total.s;
+  }
+}
+
+// Order-preserving map of floats onto uint32 (larger float -> larger key).
+__device__ __forceinline__ uint32_t FloatKey(float f) {
+  const uint32_t u = __float_as_uint(f);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+__device__ __forceinline__ float KeyFloat(uint32_t k) {
+  return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
+struct FinalShared {
+  union {
+    typename cub::BlockReduce<Stat, kFinalThreads>::TempStorage reduce;
+    typename cub::BlockScan<int, kFinalThreads>::TempStorage scan;
+    typename cub::BlockRadixSort<uint64_t, kFinalThreads, kSortItems>::TempStorage sort;
+  };
+  int hist[2048];
+  uint64_t candidates[kMaxTopK];
+  int count;
+  int taken;
+  uint32_t prefix;
+  int remaining;
+  int equal_count;
+};
+
+__global__ void __launch_bounds__(kFinalThreads) FinalizeKernel(EpilogueParams p, int chunks) {
+  extern __shared__ unsigned char smem_raw[];
+  FinalShared& sh = *reinterpret_cast<FinalShared*>(smem_raw);
+  const int64_t b = blockIdx.x;
+  const float* logits = p.raw + b * p.ld;
+
+  // 1. argmax, max, logsumexp from the first pass's partials.
+  Stat st{-FLT_MAX, 0, 0.0f};
+  for (int c = threadIdx.x; c < chunks; c += kFinalThreads) {
+    const int64_t i = b * chunks + c;
+    st = Combine(st, Stat{p.part_max[i], p.part_arg[i], p.part_sum[i]});
+  }
+  const Stat total = cub::BlockReduce<Stat, kFinalThreads>(sh.reduce).Reduce(st, CombineOp());
+  if (threadIdx.x == 0) {
+    p.max_logit[b] = total.m;
+    p.argmax[b] = total.a;
+    p.logsumexp[b] = total.m + logf(total.s);
+  }
+  // 2. Requested token logits.
+  for (int i = threadIdx.x; i < p.max_token_ids; i += kFinalThreads) {
+    const int32_t id = p.token_ids[b * p.max_token_ids + i];
+    p.token_logits[b * p.max_token_ids + i] = id >= 0 ? logits[id] : 0.0f;
+  }
+  if (p.top_k == 0) return;
+  __syncthreads();
+
+  // 3. Radix-select the k-th largest key: digits of 11, 11 and 10 bits.
+  if (threadIdx.x == 0) {
+    sh.prefix = 0;
+    sh.remaining = p.top_k;
+  }
+  uint32_t mask_so_far = 0;
+  const int shifts[3] = {21, 10, 0};
+  const int widths[3] = {11, 11, 10};
+  for (int pass = 0; pass < 3; ++pass) {
+    const int shift = shifts[pass];
+    const uint32_t digit_mask = (1u << widths[pass]) - 1u;
+    for (int i = threadIdx.x; i < 2048; i += kFinalThreads) sh.hist[i] = 0;
+    __syncthreads();
+    const uint32_t prefix = sh.prefix;
+    for (int64_t v = threadIdx.x; v < p.vocab; v += kFinalThreads) {
+      const uint32_t key = FloatKey(logits[v]);
+      if ((key & mask_so_far) == prefix) atomicAdd(&sh.hist[(key >> shift) & digit_mask], 1);
+    }
+    __syncthreads();
+    // Suffix sums over the bins (highest digit first): thread t owns bins 2047-4t .. 2044-4t.
+    int counts[4];
+    int local = 0;
+    for (int j = 0; j < 4; ++j) {
+      counts[j] = sh.hist[2047 - (threadIdx.x * 4 + j)];
+      local += counts[j];
+    }
+    int before;
+    cub::BlockScan<int, kFinalThreads>(sh.scan).ExclusiveSum(local, before);
+    const int remaining = sh.remaining;
+    __syncthreads();
+    for (int j = 0; j < 4; ++j) {
+      if (before < remaining && before + counts[j] >= remaining) {
+        const uint32_t digit = 2047u - (threadIdx.x * 4 + j);
+        sh.prefix = prefix | (digit << shift);
+        sh.remaining = remaining - before;
+        sh.equal_count = counts[j];
+      }
+      before += counts[j];
+    }
+    mask_so_far |= digit_mask << shift;
+    __syncthreads();
+  }
+  // sh.prefix is now the k-th largest key; sh.remaining of the keys equal to it are needed.
+  const uint32_t kth = sh.prefix;
+  const int need_equal = sh.remaining;
+  const bool all_equal_fit = sh.equal_count == need_equal;
+  if (threadIdx.x == 0) {
+    sh.count = 0;
+    sh.taken = 0;
+  }
+  __syncthreads();
+  // Candidate = (key << 32) | ~id: sorting descending puts higher logits first, then lower ids.
+  for (int64_t v = threadIdx.x; v < p.vocab; v += kFinalThreads) {
+    const uint32_t key = FloatKey(logits[v]);
+    if (key > kth || (all_equal_fit && key == kth)) {
+      const int slot = atomicAdd(&sh.count, 1);
+      sh.candidates[slot] = (uint64_t{key} << 32) | (0xffffffffu - static_cast<uint32_t>(v));
+    }
+  }
+  __syncthreads();
+  if (!all_equal_fit) {
+    // More ties than needed: take the lowest ids, scanning in id order.
+    const int base = sh.count;
+    for (int64_t start = 0; start < p.vocab; start += kFinalThreads) {
+      const int64_t v = start + threadIdx.x;
+      const int flag = v < p.vocab && FloatKey(logits[v]) == kth;
+      int pos, tile_total;
+      cub::BlockScan<int, kFinalThreads>(sh.scan).ExclusiveSum(flag, pos, tile_total);
+      const int taken = sh.taken;
+      if (flag && taken + pos < need_equal) {
+        sh.candidates[base + taken + pos] = (uint64_t{kth} << 32) | (0xffffffffu - static_cast<uint32_t>(v));
+      }
+      __syncthreads();
+      if (threadIdx.x == 0) sh.taken = taken + tile_total;
+      __syncthreads();
+      if (sh.taken >= need_equal) break;
+    }
+  }
+  __syncthreads();
+  // 4. Sort the k candidates (padding sorts last) and write them out.
+  uint64_t items[kSortItems];
+  for (int j = 0; j < kSortItems; ++j) {
+    const int i = threadIdx.x * kSortItems + j;
+    items[j] = i < p.top_k ? sh.candidates[i] : 0;
+  }
+  __syncthreads();
+  cub::BlockRadixSort<uint64_t, kFinalThreads, kSortItems>(sh.sort).SortDescendingBlockedToStriped(items);
+  for (int j = 0; j < kSortItems; ++j) {
+    const int i = j * kFinalThreads + threadIdx.x;
+    if (i < p.top_k) {
+      p.top_ids[b * p.top_k + i] = static_cast<int32_t>(0xffffffffu - static_cast<uint32_t>(items[j]));
+      p.top_logits[b * p.top_k + i] = KeyFloat(static_cast<uint32_t>(items[j] >> 32));
+    }
+  }
+}
+
+int Blocks(int64_t count, int threads) {
+  return static_cast<int>(std::min<int64_t>((count + threads - 1) / threads, 4096));
+}
+
+}  // namespace
+
+int64_t PartialChunks(int64_t vocab) { return (vocab + kChunk - 1) / kChunk; }
+
+cudaError_t LaunchQuantizeActivations(const float* x, int64_t rows, int64_t hidden, int64_t ld, bool split,
+                                      int64_t n_pad, __nv_fp8_e4m3* out, float* scales,
+                                      cudaStream_t stream) {
+  const int64_t used = split ? 2 * rows : rows;
+  if (n_pad > used) {
+    cudaError_t e = cudaMemsetAsync(out + used * ld, 0, (n_pad - used) * ld, stream);
+    if (e != cudaSuccess) return e;
+    e = cudaMemsetAsync(scales + used, 0, (n_pad - used) * sizeof(float), stream);
+    if (e != cudaSuccess) return e;
+  }
+  QuantizeActivationsKernel<<<static_cast<unsigned>(rows), kQuantThreads, 0, stream>>>(x, rows, hidden, ld, split, out, scales);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchConvertActivationsBf16(const float* x, int64_t rows, int64_t hidden, int64_t ld,
+                                         int64_t n_pad, __nv_bfloat16* out, float* scales,
+                                         cudaStream_t stream) {
+  if (n_pad > rows) {
+    cudaError_t e = cudaMemsetAsync(out + rows * ld, 0, (n_pad - rows) * ld * sizeof(__nv_bfloat16), stream);
+    if (e != cudaSuccess) return e;
+  }
+  ConvertBf16Kernel<<<Blocks(rows * ld, 256), 256, 0, stream>>>(x, rows, hidden, ld, out);
+  FillKernel<<<Blocks(n_pad, 256), 256, 0, stream>>>(scales, n_pad, 1.0f);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchEpilogue(const EpilogueParams& p, cudaStream_t stream) {
+  if (p.top_k < 0 || p.top_k > kMaxTopK) return cudaErrorInvalidValue;
+  const int chunks = static_cast<int>(PartialChunks(p.vocab));
+  PartialsKernel<<<dim3(chunks, static_cast<unsigned>(p.rows)), kPartThreads, 0, stream>>>(p);
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) return e;
+  const size_t smem = sizeof(FinalShared);
+  e = cudaFuncSetAttribute(FinalizeKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (e != cudaSuccess) return e;
+  FinalizeKernel<<<static_cast<unsigned>(p.rows), kFinalThreads, smem, stream>>>(p, chunks);
+  return cudaGetLastError();
+}
+
+}  // namespace lmhead::cuda

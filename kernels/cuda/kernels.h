@@ -1,0 +1,68 @@
+// CUDA kernels of the lmhead backend. Launchers take device pointers, sizes and a stream, and
+// return the launch error; they know nothing of the service. Shapes are row-major.
+#ifndef LMHEAD_KERNELS_CUDA_KERNELS_H_
+#define LMHEAD_KERNELS_CUDA_KERNELS_H_
+
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace lmhead::cuda {
+
+// Most top_k the fused selection supports.
+inline constexpr int kMaxTopK = 1024;
+
+// Quantizes activations to E4M3 with one scale per row. x: [rows, hidden] fp32.
+// split = false: out rows [0, rows) hold q = RNE(x / s), s = max|x_row| / 448.
+// split = true:  rows [0, rows) hold that "high" part and rows [rows, 2*rows) an E4M3 residual
+//                of x - q*s with its own scale, so q_hi*s_hi + q_lo*s_lo carries ~bf16 accuracy.
+// out: [n_pad, ld] with ld >= hidden (columns past hidden zeroed); scales: [n_pad]; rows past
+// the used ones are zeroed (scale 0).
+cudaError_t LaunchQuantizeActivations(const float* x, int64_t rows, int64_t hidden, int64_t ld, bool split,
+                                      int64_t n_pad, __nv_fp8_e4m3* out, float* scales,
+                                      cudaStream_t stream);
+
+// x: [rows, hidden] fp32 -> out: [n_pad, ld] bf16 (padding zeroed), scales[n_pad] = 1.
+cudaError_t LaunchConvertActivationsBf16(const float* x, int64_t rows, int64_t hidden, int64_t ld,
+                                         int64_t n_pad, __nv_bfloat16* out, float* scales,
+                                         cudaStream_t stream);
+
+struct EpilogueParams {
+  // [n_pad, ld] raw dot products: row b (and row rows + b when split) for batch row b.
+  float* raw = nullptr;
+  int64_t ld = 0;  // row stride of raw (>= vocab)
+  const float* act_scales = nullptr;  // [n_pad]
+  const float* row_scales = nullptr;  // [vocab], or null for unscaled weights
+  int64_t rows = 0;
+  int64_t vocab = 0;
+  bool split = false;
+  float logit_scale = 1.0f;
+  float softcap = 0.0f;  // 0 = none
+  // Outputs. Logits overwrite raw rows [0, rows) in place ([rows, ld], first vocab columns).
+  float* max_logit = nullptr;   // [rows]
+  int32_t* argmax = nullptr;    // [rows]
+  float* logsumexp = nullptr;   // [rows]
+  // Selection: top `top_k` per row (0 = none), and logits of requested ids.
+  int top_k = 0;
+  int32_t* top_ids = nullptr;    // [rows, top_k]
+  float* top_logits = nullptr;   // [rows, top_k]
+  const int32_t* token_ids = nullptr;  // [rows, max_token_ids]; -1 = unused slot
+  int max_token_ids = 0;
+  float* token_logits = nullptr;  // [rows, max_token_ids]
+  // Scratch: [rows, PartialChunks(vocab)] each.
+  float* part_max = nullptr;
+  int32_t* part_arg = nullptr;
+  float* part_sum = nullptr;
+};
+
+// Number of vocab chunks of the first epilogue pass (sizes the part_* scratch).
+int64_t PartialChunks(int64_t vocab);
+
+// Logits (in place), argmax, logsumexp, top-k (ties: lower id first) and token logits.
+cudaError_t LaunchEpilogue(const EpilogueParams& p, cudaStream_t stream);
+
+}  // namespace lmhead::cuda
+
+#endif  // LMHEAD_KERNELS_CUDA_KERNELS_H_
