@@ -55,6 +55,10 @@ class Backend {
   // (the batcher's worker) calls it. Errors: INVALID_ARGUMENT for shapes that do not match the
   // head or rows whose logits overflow; INTERNAL for device failures.
   virtual absl::Status ComputeLogits(const LogitsBatch& batch, std::vector<RowOutput>* out) = 0;
+
+  // Diagnostics: per-stage time averages since the last call, when the backend was built to
+  // record them (the CUDA backend's profile_stages); empty otherwise. Same thread as ComputeLogits.
+  virtual std::string TakeStageTimings() { return {}; }
 };
 
 }  // namespace lmhead

@@ -146,6 +146,7 @@ std::unique_ptr<lmhead::Backend> MakeBackend(const Head& h, bool fp8_activations
   w.row_scales = h.scales;
   lmhead::CudaModuleArgs args;
   args.fp8_activations = fp8_activations;
+  args.profile_stages = true;
   args.weights = &w;
   auto b = lmhead::cuda::NewCudaBackend(args);
   CHECK_OK(b.status());
@@ -261,9 +262,18 @@ int main(int argc, char** argv) {
       auto call = [&](lmhead::Backend& be, std::vector<lmhead::RowSpec>& specs) {
         CHECK_OK(be.ComputeLogits({x.data(), b, specs}, &out));
       };
+      split->TakeStageTimings();
+      fp8act->TakeStageTimings();
       const double t_split = TimeHost(reps, [&] { call(*split, argmax_specs); });
+      const std::string stages_split = split->TakeStageTimings();
       const double t_top = TimeHost(reps, [&] { call(*split, top_specs); });
+      const std::string stages_top = split->TakeStageTimings();
       const double t_fp8 = TimeHost(reps, [&] { call(*fp8act, argmax_specs); });
+      const std::string stages_fp8 = fp8act->TakeStageTimings();
+      std::fprintf(stderr, "stages %s B=%lld bf16-act argmax: %s\nstages %s B=%lld bf16-act top20: %s\n"
+                   "stages %s B=%lld fp8-act argmax: %s\n", shape.c_str(), static_cast<long long>(b),
+                   stages_split.c_str(), shape.c_str(), static_cast<long long>(b), stages_top.c_str(),
+                   shape.c_str(), static_cast<long long>(b), stages_fp8.c_str());
       const double t_bf16 = TimeDevice(stream, reps, [&] { CHECK_OK((*g16)->Run(w16.get(), act.get(), n, d.get(), stream)); });
       const double t_fp8tw = TimeDevice(stream, reps, [&] { CHECK_OK((*g8)->Run(w8.get(), act.get(), n, d.get(), stream)); });
       const double t_seed = TimeDevice(stream, reps, [&] {

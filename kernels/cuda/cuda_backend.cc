@@ -4,6 +4,7 @@
 #include <cuda_fp8.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -30,8 +31,12 @@ class CudaBackend final : public Backend {
     return static_cast<int64_t>(weights_.bytes() + row_scales_.bytes());
   }
   absl::Status ComputeLogits(const LogitsBatch& batch, std::vector<RowOutput>* out) override;
+  std::string TakeStageTimings() override;
 
   absl::Status Init(const CudaModuleArgs& args);
+  ~CudaBackend() override {
+    for (cudaEvent_t e : events_) cudaEventDestroy(e);
+  }
 
  private:
   absl::Status EnsureTokenCapacity(int64_t max_ids);
@@ -50,19 +55,56 @@ class CudaBackend final : public Backend {
   DeviceBuffer<float> row_scales_;  // [vocab_pad]; empty for bf16
   std::unique_ptr<LtGemm> gemm_;
 
-  PinnedBuffer<float> x_host_;        // [slice, hidden]
   DeviceBuffer<float> x_dev_;         // [slice, hidden]
   DeviceBuffer<uint8_t> act_;         // [n_pad, hidden_pad] E4M3 or bf16
   DeviceBuffer<float> act_scales_;    // [n_pad]
   DeviceBuffer<float> raw_;           // [n_pad, vocab_pad]
   DeviceBuffer<float> part_max_, part_sum_;
   DeviceBuffer<int32_t> part_arg_;
-  DeviceBuffer<float> d_max_, d_lse_, d_top_logits_, d_token_logits_;
-  DeviceBuffer<int32_t> d_arg_, d_top_ids_, d_token_ids_;
-  PinnedBuffer<float> h_max_, h_lse_, h_top_logits_, h_token_logits_;
-  PinnedBuffer<int32_t> h_arg_, h_top_ids_, h_token_ids_;
+  // Per-slice results, packed so that one copy brings them back (see ResultLayout).
+  DeviceBuffer<uint8_t> d_results_;
+  PinnedBuffer<uint8_t> h_results_;
+  DeviceBuffer<int32_t> d_token_ids_;
+  PinnedBuffer<int32_t> h_token_ids_;
   int64_t token_capacity_ = 0;  // ids per row the token buffers hold
+
+  // Byte offsets of each result array for n rows, top_k and max_ids; `end` = bytes used.
+  struct ResultLayout {
+    size_t max, lse, arg, top_ids, top_logits, token_logits, end;
+    ResultLayout(int64_t n, int64_t top_k, int64_t max_ids) {
+      max = 0;
+      lse = max + n * 4;
+      arg = lse + n * 4;
+      top_ids = arg + n * 4;
+      top_logits = top_ids + n * top_k * 4;
+      token_logits = top_logits + n * top_k * 4;
+      end = token_logits + n * max_ids * 4;
+    }
+  };
+
+  // Stage profiling (profile_stages): events between stages and their summed times.
+  static constexpr int kStages = 5;  // h2d, activations, gemm, epilogue, d2h
+  std::vector<cudaEvent_t> events_;
+  double stage_ms_[kStages] = {};
+  double host_copy_ms_ = 0;
+  int64_t profiled_slices_ = 0;
+  void Mark(int i) {
+    if (!events_.empty()) cudaEventRecord(events_[i], stream_.get());
+  }
 };
+
+std::string CudaBackend::TakeStageTimings() {
+  if (events_.empty() || profiled_slices_ == 0) return "";
+  const char* names[kStages] = {"h2d", "activations", "gemm", "epilogue", "d2h"};
+  std::string out = absl::StrCat("slices=", profiled_slices_, " host_copy=", host_copy_ms_ / profiled_slices_, "ms");
+  for (int i = 0; i < kStages; ++i) {
+    absl::StrAppend(&out, " ", names[i], "=", stage_ms_[i] / profiled_slices_, "ms");
+    stage_ms_[i] = 0;
+  }
+  host_copy_ms_ = 0;
+  profiled_slices_ = 0;
+  return out;
+}
 
 absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
   HeadWeights& w = *args.weights;
@@ -81,6 +123,10 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
   }
   CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
   RETURN_IF_ERROR(stream_.Create());
+  if (args.profile_stages) {
+    events_.resize(kStages + 1);
+    for (cudaEvent_t& e : events_) CUDA_RETURN_IF_ERROR(cudaEventCreate(&e));
+  }
 
   // Weights: padded rows and columns are zero (their logits are never read).
   const size_t elem = fp8_ ? 1 : 2;
@@ -103,7 +149,6 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
   slice_rows_ = std::clamp<int64_t>(args.output_workspace_bytes / per_row / 16 * 16, 16, 4096);
   const int64_t n_pad = LtGemm::PadRows(split_ ? 2 * slice_rows_ : slice_rows_);
   const int64_t chunks = PartialChunks(vocab_);
-  RETURN_IF_ERROR(x_host_.Allocate(slice_rows_ * hidden_));
   RETURN_IF_ERROR(x_dev_.Allocate(slice_rows_ * hidden_));
   RETURN_IF_ERROR(act_.Allocate(n_pad * hidden_pad_ * elem));
   RETURN_IF_ERROR(act_scales_.Allocate(n_pad));
@@ -111,14 +156,6 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
   RETURN_IF_ERROR(part_max_.Allocate(slice_rows_ * chunks));
   RETURN_IF_ERROR(part_sum_.Allocate(slice_rows_ * chunks));
   RETURN_IF_ERROR(part_arg_.Allocate(slice_rows_ * chunks));
-  for (auto* b : {&d_max_, &d_lse_}) RETURN_IF_ERROR(b->Allocate(slice_rows_));
-  RETURN_IF_ERROR(d_arg_.Allocate(slice_rows_));
-  RETURN_IF_ERROR(d_top_logits_.Allocate(slice_rows_ * kMaxTopK));
-  RETURN_IF_ERROR(d_top_ids_.Allocate(slice_rows_ * kMaxTopK));
-  for (auto* b : {&h_max_, &h_lse_}) RETURN_IF_ERROR(b->Allocate(slice_rows_));
-  RETURN_IF_ERROR(h_arg_.Allocate(slice_rows_));
-  RETURN_IF_ERROR(h_top_logits_.Allocate(slice_rows_ * kMaxTopK));
-  RETURN_IF_ERROR(h_top_ids_.Allocate(slice_rows_ * kMaxTopK));
   RETURN_IF_ERROR(EnsureTokenCapacity(16));
 
   // Warm up: builds and times the GEMM plans of the small-batch buckets on real data.
@@ -139,9 +176,10 @@ absl::Status CudaBackend::EnsureTokenCapacity(int64_t max_ids) {
   if (max_ids <= token_capacity_) return absl::OkStatus();
   const int64_t cap = std::max<int64_t>(max_ids, 2 * token_capacity_);
   RETURN_IF_ERROR(d_token_ids_.Allocate(slice_rows_ * cap));
-  RETURN_IF_ERROR(d_token_logits_.Allocate(slice_rows_ * cap));
   RETURN_IF_ERROR(h_token_ids_.Allocate(slice_rows_ * cap));
-  RETURN_IF_ERROR(h_token_logits_.Allocate(slice_rows_ * cap));
+  const size_t bytes = ResultLayout(slice_rows_, kMaxTopK, cap).end;
+  RETURN_IF_ERROR(d_results_.Allocate(bytes));
+  RETURN_IF_ERROR(h_results_.Allocate(bytes));
   token_capacity_ = cap;
   return absl::OkStatus();
 }
@@ -178,9 +216,16 @@ absl::Status CudaBackend::ComputeLogits(const LogitsBatch& batch, std::vector<Ro
 absl::Status CudaBackend::ComputeSlice(const LogitsBatch& batch, int64_t start, int64_t n, int top_k,
                                        int64_t max_ids, std::vector<RowOutput>* out) {
   cudaStream_t s = stream_.get();
-  std::memcpy(x_host_.get(), batch.hidden + start * hidden_, n * hidden_ * sizeof(float));
-  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(x_dev_.get(), x_host_.get(), n * hidden_ * sizeof(float),
+  // Straight from the caller's (pageable) rows: the driver stages the copy, so the rows cross
+  // host memory once instead of twice (a memcpy into pinned memory, then the DMA).
+  const auto copy_start = std::chrono::steady_clock::now();
+  Mark(0);
+  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(x_dev_.get(), batch.hidden + start * hidden_, n * hidden_ * sizeof(float),
                                        cudaMemcpyHostToDevice, s));
+  if (!events_.empty()) {
+    host_copy_ms_ += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - copy_start).count();
+  }
+  Mark(1);
   const int64_t n_pad = LtGemm::PadRows(split_ ? 2 * n : n);
   if (fp8_) {
     CUDA_RETURN_IF_ERROR(LaunchQuantizeActivations(x_dev_.get(), n, hidden_, hidden_pad_, split_, n_pad,
@@ -191,7 +236,9 @@ absl::Status CudaBackend::ComputeSlice(const LogitsBatch& batch, int64_t start, 
                                                       reinterpret_cast<__nv_bfloat16*>(act_.get()),
                                                       act_scales_.get(), s));
   }
+  Mark(2);
   RETURN_IF_ERROR(gemm_->Run(weights_.get(), act_.get(), n_pad, raw_.get(), s));
+  Mark(3);
 
   if (max_ids > 0) {
     int32_t* ids = h_token_ids_.get();
@@ -204,6 +251,9 @@ absl::Status CudaBackend::ComputeSlice(const LogitsBatch& batch, int64_t start, 
     CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d_token_ids_.get(), ids, n * max_ids * sizeof(int32_t),
                                          cudaMemcpyHostToDevice, s));
   }
+  const ResultLayout layout(n, top_k, max_ids);
+  uint8_t* d = d_results_.get();
+  const uint8_t* h = h_results_.get();
   EpilogueParams p;
   p.raw = raw_.get();
   p.ld = vocab_pad_;
@@ -214,33 +264,22 @@ absl::Status CudaBackend::ComputeSlice(const LogitsBatch& batch, int64_t start, 
   p.split = split_;
   p.logit_scale = transform_.scale;
   p.softcap = transform_.softcap;
-  p.max_logit = d_max_.get();
-  p.argmax = d_arg_.get();
-  p.logsumexp = d_lse_.get();
+  p.max_logit = reinterpret_cast<float*>(d + layout.max);
+  p.argmax = reinterpret_cast<int32_t*>(d + layout.arg);
+  p.logsumexp = reinterpret_cast<float*>(d + layout.lse);
   p.top_k = top_k;
-  p.top_ids = d_top_ids_.get();
-  p.top_logits = d_top_logits_.get();
+  p.top_ids = reinterpret_cast<int32_t*>(d + layout.top_ids);
+  p.top_logits = reinterpret_cast<float*>(d + layout.top_logits);
   p.token_ids = d_token_ids_.get();
   p.max_token_ids = static_cast<int>(max_ids);
-  p.token_logits = d_token_logits_.get();
+  p.token_logits = reinterpret_cast<float*>(d + layout.token_logits);
   p.part_max = part_max_.get();
   p.part_arg = part_arg_.get();
   p.part_sum = part_sum_.get();
   CUDA_RETURN_IF_ERROR(LaunchEpilogue(p, s));
+  Mark(4);
 
-  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(h_max_.get(), d_max_.get(), n * sizeof(float), cudaMemcpyDeviceToHost, s));
-  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(h_lse_.get(), d_lse_.get(), n * sizeof(float), cudaMemcpyDeviceToHost, s));
-  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(h_arg_.get(), d_arg_.get(), n * sizeof(int32_t), cudaMemcpyDeviceToHost, s));
-  if (top_k > 0) {
-    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(h_top_ids_.get(), d_top_ids_.get(), n * top_k * sizeof(int32_t),
-                                         cudaMemcpyDeviceToHost, s));
-    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(h_top_logits_.get(), d_top_logits_.get(), n * top_k * sizeof(float),
-                                         cudaMemcpyDeviceToHost, s));
-  }
-  if (max_ids > 0) {
-    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(h_token_logits_.get(), d_token_logits_.get(), n * max_ids * sizeof(float),
-                                         cudaMemcpyDeviceToHost, s));
-  }
+  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(h_results_.get(), d, layout.end, cudaMemcpyDeviceToHost, s));
   for (int64_t r = 0; r < n; ++r) {
     if (!batch.specs[start + r].want_logits) continue;
     std::vector<float>& logits = (*out)[start + r].logits;
@@ -248,23 +287,38 @@ absl::Status CudaBackend::ComputeSlice(const LogitsBatch& batch, int64_t start, 
     CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(logits.data(), raw_.get() + r * vocab_pad_, vocab_ * sizeof(float),
                                          cudaMemcpyDeviceToHost, s));
   }
+  Mark(5);
   CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(s));
+  if (!events_.empty()) {
+    for (int i = 0; i < kStages; ++i) {
+      float ms = 0;
+      CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, events_[i], events_[i + 1]));
+      stage_ms_[i] += ms;
+    }
+    ++profiled_slices_;
+  }
 
+  const float* h_max = reinterpret_cast<const float*>(h + layout.max);
+  const float* h_lse = reinterpret_cast<const float*>(h + layout.lse);
+  const int32_t* h_arg = reinterpret_cast<const int32_t*>(h + layout.arg);
+  const int32_t* h_top_ids = reinterpret_cast<const int32_t*>(h + layout.top_ids);
+  const float* h_top_logits = reinterpret_cast<const float*>(h + layout.top_logits);
+  const float* h_token_logits = reinterpret_cast<const float*>(h + layout.token_logits);
   for (int64_t r = 0; r < n; ++r) {
     const RowSpec& spec = batch.specs[start + r];
     RowOutput& o = (*out)[start + r];
-    o.max_logit = h_max_.get()[r];
-    o.logsumexp = h_lse_.get()[r];
-    o.argmax_id = static_cast<uint32_t>(h_arg_.get()[r]);
+    o.max_logit = h_max[r];
+    o.logsumexp = h_lse[r];
+    o.argmax_id = static_cast<uint32_t>(h_arg[r]);
     if (!std::isfinite(o.max_logit) || !std::isfinite(o.logsumexp)) {
       return absl::InvalidArgumentError(absl::StrCat("row ", start + r,
                                                      ": logits are not finite (hidden-state magnitudes too large)"));
     }
     for (uint32_t k = 0; k < spec.top_k; ++k) {
-      o.top_ids.push_back(static_cast<uint32_t>(h_top_ids_.get()[r * top_k + k]));
-      o.top_logits.push_back(h_top_logits_.get()[r * top_k + k]);
+      o.top_ids.push_back(static_cast<uint32_t>(h_top_ids[r * top_k + k]));
+      o.top_logits.push_back(h_top_logits[r * top_k + k]);
     }
-    for (size_t i = 0; i < spec.token_ids.size(); ++i) o.token_logits.push_back(h_token_logits_.get()[r * max_ids + i]);
+    for (size_t i = 0; i < spec.token_ids.size(); ++i) o.token_logits.push_back(h_token_logits[r * max_ids + i]);
   }
   return absl::OkStatus();
 }

@@ -26,6 +26,8 @@ struct CudaModuleArgs {
   bool fp8_activations = false;
   // Device bytes for the GEMM output of one slice of rows (bounds the rows computed at once).
   int64_t output_workspace_bytes = 192ll << 20;
+  // Record per-stage GPU times (see Backend::TakeStageTimings); costs a little per call.
+  bool profile_stages = false;
   HeadWeights* weights = nullptr;  // moved from on success
 };
 

@@ -1,7 +1,6 @@
 #include "kernels/cuda/kernels.h"
 
 #include <cfloat>
-#include <cub/block/block_radix_sort.cuh>
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 
@@ -13,7 +12,10 @@ constexpr int kPartThreads = 256;
 constexpr int kPartItems = 16;
 constexpr int kChunk = kPartThreads * kPartItems;  // vocab entries per first-pass block
 constexpr int kFinalThreads = 512;
-constexpr int kSortItems = kMaxTopK / kFinalThreads;
+constexpr int kMaxCandidates = 4096;  // top-k candidates a row may collect before the exact sort
+constexpr int kBins = 512;            // histogram of (max - logit) in bins of 1/32 (16 units)
+constexpr float kBinsPerUnit = 32.0f;
+constexpr int kFinalWarps = kFinalThreads / 32;
 
 __device__ __forceinline__ float BlockMaxAbs(float v, float* shared) {
   using Reduce = cub::BlockReduce<float, kQuantThreads>;
@@ -28,11 +30,18 @@ __device__ __forceinline__ float BlockMaxAbs(float v, float* shared) {
 
 __device__ __forceinline__ float DecodeE4m3(__nv_fp8_e4m3 q) { return static_cast<float>(q); }
 
+// Blocks [0, rows) quantize one row each; blocks past that zero one padding row each.
 __global__ void QuantizeActivationsKernel(const float* __restrict__ x, int64_t rows, int64_t hidden,
                                           int64_t ld, bool split, __nv_fp8_e4m3* __restrict__ out,
                                           float* __restrict__ scales) {
   __shared__ float shared;
   const int64_t r = blockIdx.x;
+  if (r >= rows) {
+    const int64_t pad = (split ? 2 * rows : rows) + (r - rows);
+    for (int64_t i = threadIdx.x; i < ld; i += blockDim.x) out[pad * ld + i] = __nv_fp8_e4m3(0.0f);
+    if (threadIdx.x == 0) scales[pad] = 0.0f;
+    return;
+  }
   const float* row = x + r * hidden;
   float amax = 0.0f;
   for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) amax = fmaxf(amax, fabsf(row[i]));
@@ -44,7 +53,8 @@ __global__ void QuantizeActivationsKernel(const float* __restrict__ x, int64_t r
     const float v = i < hidden ? row[i] : 0.0f;
     const __nv_fp8_e4m3 q(v / s_hi);  // round to nearest even, saturating to finite
     hi[i] = q;
-    ramax = fmaxf(ramax, fabsf(v - DecodeE4m3(q) * s_hi));
+    // __fmul_rn/__fsub_rn: no FMA contraction, so the residual is reproducible on the CPU.
+    ramax = fmaxf(ramax, fabsf(__fsub_rn(v, __fmul_rn(DecodeE4m3(q), s_hi))));
   }
   if (threadIdx.x == 0) scales[r] = s_hi;
   if (!split) return;
@@ -52,7 +62,7 @@ __global__ void QuantizeActivationsKernel(const float* __restrict__ x, int64_t r
   const float s_lo = ramax > 0.0f ? ramax / 448.0f : 1.0f;
   __nv_fp8_e4m3* lo = out + (rows + r) * ld;
   for (int64_t i = threadIdx.x; i < ld; i += blockDim.x) {
-    const float residual = i < hidden ? row[i] - DecodeE4m3(hi[i]) * s_hi : 0.0f;
+    const float residual = i < hidden ? __fsub_rn(row[i], __fmul_rn(DecodeE4m3(hi[i]), s_hi)) : 0.0f;
     lo[i] = __nv_fp8_e4m3(residual / s_lo);
   }
   if (threadIdx.x == 0) scales[rows + r] = ramax > 0.0f ? s_lo : 0.0f;
@@ -136,10 +146,12 @@ struct FinalShared {
   union {
     typename cub::BlockReduce<Stat, kFinalThreads>::TempStorage reduce;
     typename cub::BlockScan<int, kFinalThreads>::TempStorage scan;
-    typename cub::BlockRadixSort<uint64_t, kFinalThreads, kSortItems>::TempStorage sort;
   };
-  int hist[2048];
-  uint64_t candidates[kMaxTopK];
+  union {
+    int hist[2048];                   // the exact radix select's digit histogram
+    int warp_hist[kFinalWarps][kBins];  // one private (max - logit) histogram per warp
+  };
+  uint64_t candidates[kMaxCandidates];
   int count;
   int taken;
   uint32_t prefix;
@@ -147,33 +159,10 @@ struct FinalShared {
   int equal_count;
 };
 
-__global__ void __launch_bounds__(kFinalThreads) FinalizeKernel(EpilogueParams p, int chunks) {
-  extern __shared__ unsigned char smem_raw[];
-  FinalShared& sh = *reinterpret_cast<FinalShared*>(smem_raw);
-  const int64_t b = blockIdx.x;
-  const float* logits = p.raw + b * p.ld;
-
-  // 1. argmax, max, logsumexp from the first pass's partials.
-  Stat st{-FLT_MAX, 0, 0.0f};
-  for (int c = threadIdx.x; c < chunks; c += kFinalThreads) {
-    const int64_t i = b * chunks + c;
-    st = Combine(st, Stat{p.part_max[i], p.part_arg[i], p.part_sum[i]});
-  }
-  const Stat total = cub::BlockReduce<Stat, kFinalThreads>(sh.reduce).Reduce(st, CombineOp());
-  if (threadIdx.x == 0) {
-    p.max_logit[b] = total.m;
-    p.argmax[b] = total.a;
-    p.logsumexp[b] = total.m + logf(total.s);
-  }
-  // 2. Requested token logits.
-  for (int i = threadIdx.x; i < p.max_token_ids; i += kFinalThreads) {
-    const int32_t id = p.token_ids[b * p.max_token_ids + i];
-    p.token_logits[b * p.max_token_ids + i] = id >= 0 ? logits[id] : 0.0f;
-  }
-  if (p.top_k == 0) return;
-  __syncthreads();
-
-  // 3. Radix-select the k-th largest key: digits of 11, 11 and 10 bits.
+// Exact fallback: radix-selects the k-th largest key, then collects the k best candidates
+// (ties: lowest ids) into sh.candidates[0, k).
+__device__ void SelectExact(const EpilogueParams& p, const float* logits, FinalShared& sh) {
+  // Radix-select the k-th largest key: digits of 11, 11 and 10 bits.
   if (threadIdx.x == 0) {
     sh.prefix = 0;
     sh.remaining = p.top_k;
@@ -252,22 +241,93 @@ __global__ void __launch_bounds__(kFinalThreads) FinalizeKernel(EpilogueParams p
     }
   }
   __syncthreads();
-  // 4. Sort the k candidates (padding sorts last) and write them out.
-  uint64_t items[kSortItems];
-  for (int j = 0; j < kSortItems; ++j) {
-    const int i = threadIdx.x * kSortItems + j;
-    items[j] = i < p.top_k ? sh.candidates[i] : 0;
+}
+
+__global__ void __launch_bounds__(kFinalThreads) FinalizeKernel(EpilogueParams p, int chunks) {
+  extern __shared__ unsigned char smem_raw[];
+  FinalShared& sh = *reinterpret_cast<FinalShared*>(smem_raw);
+  const int64_t b = blockIdx.x;
+  const float* logits = p.raw + b * p.ld;
+
+  // 1. argmax, max, logsumexp from the first pass's partials.
+  Stat st{-FLT_MAX, 0, 0.0f};
+  for (int c = threadIdx.x; c < chunks; c += kFinalThreads) {
+    const int64_t i = b * chunks + c;
+    st = Combine(st, Stat{p.part_max[i], p.part_arg[i], p.part_sum[i]});
   }
+  const Stat total = cub::BlockReduce<Stat, kFinalThreads>(sh.reduce).Reduce(st, CombineOp());
+  if (threadIdx.x == 0) {
+    p.max_logit[b] = total.m;
+    p.argmax[b] = total.a;
+    p.logsumexp[b] = total.m + logf(total.s);
+  }
+  // 2. Requested token logits.
+  for (int i = threadIdx.x; i < p.max_token_ids; i += kFinalThreads) {
+    const int32_t id = p.token_ids[b * p.max_token_ids + i];
+    p.token_logits[b * p.max_token_ids + i] = id >= 0 ? logits[id] : 0.0f;
+  }
+  if (p.top_k == 0) return;
   __syncthreads();
-  cub::BlockRadixSort<uint64_t, kFinalThreads, kSortItems>(sh.sort).SortDescendingBlockedToStriped(items);
-  for (int j = 0; j < kSortItems; ++j) {
-    const int i = j * kFinalThreads + threadIdx.x;
-    if (i < p.top_k) {
-      p.top_ids[b * p.top_k + i] = static_cast<int32_t>(0xffffffffu - static_cast<uint32_t>(items[j]));
-      p.top_logits[b * p.top_k + i] = KeyFloat(static_cast<uint32_t>(items[j] >> 32));
+
+  // 3. Candidates: a histogram of (max - logit) in bins of 1/32 finds the bin holding the k-th
+  //    largest logit; everything at or above that bin is collected and sorted exactly. When that
+  //    is more than kMaxCandidates (or lies past the histogram), an exact radix select is used.
+  const float row_max = total.m;  // every thread holds the reduction result after the broadcast below
+  __shared__ float shared_max;
+  if (threadIdx.x == 0) shared_max = row_max;
+  for (int i = threadIdx.x; i < kFinalWarps * kBins; i += kFinalThreads) (&sh.warp_hist[0][0])[i] = 0;
+  __syncthreads();
+  const float m = shared_max;
+  auto bin_of = [m](float l) { return min(static_cast<int>((m - l) * kBinsPerUnit), kBins - 1); };
+  int* my_hist = sh.warp_hist[threadIdx.x / 32];
+  for (int64_t v = threadIdx.x; v < p.vocab; v += kFinalThreads) atomicAdd(&my_hist[bin_of(logits[v])], 1);
+  __syncthreads();
+  {
+    // Thread t owns bin t (kBins == kFinalThreads): total over the warps, then a prefix sum.
+    static_assert(kBins == kFinalThreads, "one bin per thread");
+    int count = 0;
+    for (int w = 0; w < kFinalWarps; ++w) count += sh.warp_hist[w][threadIdx.x];
+    int before;
+    cub::BlockScan<int, kFinalThreads>(sh.scan).ExclusiveSum(count, before);
+    if (threadIdx.x == 0) sh.remaining = -1;
+    __syncthreads();
+    if (before < p.top_k && before + count >= p.top_k) {
+      sh.remaining = threadIdx.x;           // the cut bin
+      sh.equal_count = before + count;      // candidates at or above it
+    }
+    __syncthreads();
+  }
+  const int cut = sh.remaining;
+  const bool use_histogram = cut >= 0 && cut < kBins - 1 && sh.equal_count <= kMaxCandidates;
+  __syncthreads();
+  if (use_histogram) {
+    if (threadIdx.x == 0) sh.count = 0;
+    __syncthreads();
+    for (int64_t v = threadIdx.x; v < p.vocab; v += kFinalThreads) {
+      const float l = logits[v];
+      if (bin_of(l) <= cut) {
+        const int slot = atomicAdd(&sh.count, 1);
+        sh.candidates[slot] = (uint64_t{FloatKey(l)} << 32) | (0xffffffffu - static_cast<uint32_t>(v));
+      }
+    }
+    __syncthreads();
+  } else {
+    SelectExact(p, logits, sh);
+  }
+  const int candidate_count = use_histogram ? sh.count : p.top_k;
+  // 4. Order the candidates exactly: each one's rank is the number of better candidates (higher
+  //    key, then lower id — one comparison of the packed value). Few candidates: O(c^2 / threads).
+  for (int i = threadIdx.x; i < candidate_count; i += kFinalThreads) {
+    const uint64_t mine = sh.candidates[i];
+    int rank = 0;
+    for (int j = 0; j < candidate_count; ++j) rank += sh.candidates[j] > mine;
+    if (rank < p.top_k) {
+      p.top_ids[b * p.top_k + rank] = static_cast<int32_t>(0xffffffffu - static_cast<uint32_t>(mine));
+      p.top_logits[b * p.top_k + rank] = KeyFloat(static_cast<uint32_t>(mine >> 32));
     }
   }
 }
+
 
 int Blocks(int64_t count, int threads) {
   return static_cast<int>(std::min<int64_t>((count + threads - 1) / threads, 4096));
@@ -281,13 +341,9 @@ cudaError_t LaunchQuantizeActivations(const float* x, int64_t rows, int64_t hidd
                                       int64_t n_pad, __nv_fp8_e4m3* out, float* scales,
                                       cudaStream_t stream) {
   const int64_t used = split ? 2 * rows : rows;
-  if (n_pad > used) {
-    cudaError_t e = cudaMemsetAsync(out + used * ld, 0, (n_pad - used) * ld, stream);
-    if (e != cudaSuccess) return e;
-    e = cudaMemsetAsync(scales + used, 0, (n_pad - used) * sizeof(float), stream);
-    if (e != cudaSuccess) return e;
-  }
-  QuantizeActivationsKernel<<<static_cast<unsigned>(rows), kQuantThreads, 0, stream>>>(x, rows, hidden, ld, split, out, scales);
+  const int64_t blocks = rows + std::max<int64_t>(0, n_pad - used);
+  QuantizeActivationsKernel<<<static_cast<unsigned>(blocks), kQuantThreads, 0, stream>>>(x, rows, hidden, ld, split,
+                                                                                        out, scales);
   return cudaGetLastError();
 }
 
