@@ -56,6 +56,12 @@ class Backend {
   // head or rows whose logits overflow; INTERNAL for device failures.
   virtual absl::Status ComputeLogits(const LogitsBatch& batch, std::vector<RowOutput>* out) = 0;
 
+  // Device memory in use and in total on the backend's device (all processes), when it has one.
+  // Thread-safe: only queries the driver.
+  virtual bool DeviceMemory(int64_t* used, int64_t* total) const { return false; }
+  // Bytes of working memory (beyond the weights) the backend holds on its device.
+  virtual int64_t WorkspaceBytes() const { return 0; }
+
   // Diagnostics: per-stage time averages since the last call, when the backend was built to
   // record them (the CUDA backend's profile_stages); empty otherwise. Same thread as ComputeLogits.
   virtual std::string TakeStageTimings() { return {}; }

@@ -114,6 +114,7 @@ absl::Status LmHeadServer::LoadAndServe() {
   limits.max_logprob_token_ids = options_.max_logprob_token_ids;
   limits.max_message_bytes = options_.max_message_bytes;
   service_->SetReady(batcher_.get(), limits, info);
+  memory_thread_ = std::thread([this] { MemoryGaugeLoop(); });
   metrics_->SetModel(facts);
   metrics_->SetReady(true);
   grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
@@ -125,9 +126,26 @@ absl::Status LmHeadServer::LoadAndServe() {
   return absl::OkStatus();
 }
 
+void LmHeadServer::MemoryGaugeLoop() {
+  std::unique_lock<std::mutex> lock(memory_mu_);
+  do {
+    int64_t used = 0, total = 0;
+    backend_->DeviceMemory(&used, &total);
+    metrics_->SetDeviceMemory(used, total, backend_->WorkspaceBytes());
+  } while (!memory_cv_.wait_for(lock, std::chrono::seconds(5), [this] { return memory_stop_; }));
+}
+
 void LmHeadServer::Shutdown() {
   if (shut_down_) return;
   shut_down_ = true;
+  if (memory_thread_.joinable()) {
+    {
+      std::lock_guard<std::mutex> lock(memory_mu_);
+      memory_stop_ = true;
+    }
+    memory_cv_.notify_all();
+    memory_thread_.join();
+  }
   if (server_ != nullptr) {
     grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
     health->SetServingStatus(false);

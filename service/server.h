@@ -8,7 +8,10 @@
 #ifndef LMHEAD_SERVICE_SERVER_H_
 #define LMHEAD_SERVICE_SERVER_H_
 
+#include <condition_variable>
 #include <memory>
+#include <mutex>
+#include <thread>
 
 #include "absl/status/statusor.h"
 #include "grpcpp/grpcpp.h"
@@ -51,6 +54,13 @@ class LmHeadServer {
   std::unique_ptr<Batcher> batcher_;
   int port_ = 0;
   bool shut_down_ = false;
+
+  // Refreshes the device-memory gauges every few seconds while serving.
+  void MemoryGaugeLoop();
+  std::thread memory_thread_;
+  std::mutex memory_mu_;
+  std::condition_variable memory_cv_;
+  bool memory_stop_ = false;  // guarded by memory_mu_
 };
 
 }  // namespace lmhead

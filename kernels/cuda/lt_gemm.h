@@ -30,6 +30,11 @@ class LtGemm {
   // d = x · wᵀ for n = PadRows(n) rows. w: [vocab, hidden]; x: [n, hidden]; d: [n, vocab].
   absl::Status Run(const void* w, const void* x, int64_t n, float* d, cudaStream_t stream);
 
+  // Builds (and times) the plan for n rows now, so that a later Run can be graph-captured.
+  absl::Status Prepare(const void* w, const void* x, int64_t n, float* d, cudaStream_t stream) {
+    return GetPlan(w, x, n, d, stream).status();
+  }
+
   size_t workspace_bytes() const { return workspace_.bytes(); }
 
  private:

@@ -45,6 +45,11 @@ ServiceMetrics::ServiceMetrics(prometheus::Registry& r)
                             "Requests (unary calls and stream messages) being processed")),
       queued_rows_(SimpleGauge(r, "lmhead_queued_rows", "Rows waiting for a batch")),
       open_streams_(SimpleGauge(r, "lmhead_open_streams", "Open StreamLogits streams")),
+      gpu_used_(SimpleGauge(r, "lmhead_gpu_memory_used_bytes",
+                            "Memory in use on the backend's GPU, all processes (0 without a GPU)")),
+      gpu_total_(SimpleGauge(r, "lmhead_gpu_memory_total_bytes", "Memory of the backend's GPU (0 without a GPU)")),
+      workspace_(SimpleGauge(r, "lmhead_backend_workspace_bytes",
+                             "Working memory the backend holds beyond the weights")),
       compute_seconds_(prometheus::BuildHistogram()
                            .Name("lmhead_compute_duration_seconds")
                            .Help("Backend time per batch")
@@ -83,6 +88,12 @@ void ServiceMetrics::SetModel(const ModelFacts& facts) {
   vocab_size_.Set(static_cast<double>(facts.vocab));
   hidden_size_.Set(static_cast<double>(facts.hidden));
   load_seconds_.Set(facts.load_seconds);
+}
+
+void ServiceMetrics::SetDeviceMemory(int64_t used, int64_t total, int64_t workspace) {
+  gpu_used_.Set(static_cast<double>(used));
+  gpu_total_.Set(static_cast<double>(total));
+  workspace_.Set(static_cast<double>(workspace));
 }
 
 void ServiceMetrics::RecordRequest(Rpc rpc, int code, double seconds, int64_t rows) {

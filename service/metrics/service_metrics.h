@@ -43,6 +43,10 @@ class ServiceMetrics {
   // One backend batch.
   void RecordBatch(double compute_seconds, int64_t rows);
 
+  // Device memory of the backend's GPU (used by all processes, and total), and the backend's own
+  // working memory beyond the weights.
+  void SetDeviceMemory(int64_t used, int64_t total, int64_t workspace);
+
   prometheus::Gauge& inflight_requests() { return inflight_; }
   prometheus::Gauge& queued_rows() { return queued_rows_; }
   prometheus::Gauge& open_streams() { return open_streams_; }
@@ -58,6 +62,9 @@ class ServiceMetrics {
   prometheus::Gauge& inflight_;
   prometheus::Gauge& queued_rows_;
   prometheus::Gauge& open_streams_;
+  prometheus::Gauge& gpu_used_;
+  prometheus::Gauge& gpu_total_;
+  prometheus::Gauge& workspace_;
   std::array<std::array<prometheus::Counter*, kNumStatusCodes>, kNumRpcs> requests_{};
   std::array<prometheus::Counter*, kNumRpcs> rows_{};
   std::array<prometheus::Histogram*, kNumRpcs> request_seconds_{};

@@ -39,8 +39,9 @@ void StreamReactor::OnReadDone(bool ok) {
   slot->request_id = request_.request_id();
   service_->metrics().inflight_requests().Increment();
   {
+    // read_in_flight_ stays set until request_ has been consumed below, so that OnWriteDone
+    // cannot start a read into it meanwhile.
     std::lock_guard<std::mutex> lock(mu_);
-    read_in_flight_ = false;
     slots_.push_back(std::move(owned));
   }
   absl::Status submitted = service_->Submit(
@@ -49,6 +50,7 @@ void StreamReactor::OnReadDone(bool ok) {
   std::optional<grpc::Status> finish;
   {
     std::lock_guard<std::mutex> lock(mu_);
+    read_in_flight_ = false;
     if (!broken_ && !reads_done_ && static_cast<int>(slots_.size()) < service_->max_stream_outstanding()) {
       StartReadLocked();
     }

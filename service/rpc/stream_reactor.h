@@ -50,7 +50,8 @@ class StreamReactor final : public grpc::ServerBidiReactor<v1::LogitsRequest, v1
   std::optional<grpc::Status> MaybeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   LmHeadService* const service_;
-  v1::LogitsRequest request_;  // the read buffer; only touched between StartRead and OnReadDone
+  v1::LogitsRequest request_;  // the read buffer: owned by gRPC from StartRead until OnReadDone,
+                               // then by OnReadDone until it clears read_in_flight_
 
   std::mutex mu_;
   std::deque<std::unique_ptr<Slot>> slots_ ABSL_GUARDED_BY(mu_);  // unanswered, arrival order
