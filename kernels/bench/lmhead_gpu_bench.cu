@@ -168,6 +168,17 @@ int main(int argc, char** argv) {
   }
   cudaDeviceProp prop;
   CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
+  // Baseline for the server's memory: a CUDA context plus one cuBLASLt handle, nothing else.
+  double context_mib;
+  {
+    CHECK_CUDA(cudaFree(nullptr));
+    cublasLtHandle_t handle;
+    if (cublasLtCreate(&handle) != CUBLAS_STATUS_SUCCESS) return 1;
+    size_t free_bytes, total_bytes;
+    CHECK_CUDA(cudaMemGetInfo(&free_bytes, &total_bytes));
+    context_mib = (total_bytes - free_bytes) / 1048576.0;
+    cublasLtDestroy(handle);
+  }
   cudaStream_t stream;
   CHECK_CUDA(cudaStreamCreate(&stream));
 
@@ -203,7 +214,8 @@ int main(int argc, char** argv) {
   md << "# lmhead GPU benchmark\n\nCard: " << prop.name << " (" << prop.multiProcessorCount << " SMs, "
      << prop.totalGlobalMem / (1 << 20) << " MiB). Measured in this run: device-to-device copy "
      << copy_bw / 1e12 << " TB/s (read + write), cuBLASLt FP8 " << fp8_rate / 1e12 << " TFLOP/s, BF16 "
-     << bf16_rate / 1e12 << " TFLOP/s (8192^3).\n\n"
+     << bf16_rate / 1e12 << " TFLOP/s (8192^3). Device memory in use with only a CUDA context and a cuBLASLt "
+     << "handle: " << context_mib << " MiB.\n\n"
      << "Times in ms (median). lmhead = end-to-end `ComputeLogits` (host rows in, results on the host): "
         "`argmax` returns argmax + logsumexp; `top20` adds top-20 logprobs and 2 token logprobs. "
         "`bf16 act` = activations as FP8 high + residual rows (default); `fp8 act` = one FP8 row per token. "

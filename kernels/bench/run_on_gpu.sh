@@ -20,7 +20,7 @@ $BIN/lmhead-server --checkpoint=/tmp/ckpt --backend=cuda --listen=127.0.0.1:5005
 SERVER=$!
 for _ in $(seq 1 300); do $BIN/lmhead health > /dev/null 2>&1 && break; sleep 0.2; done
 $BIN/lmhead info && $BIN/lmhead logits --rows=2 --top_k=3 && $BIN/lmhead stream --steps=20 --top_k=1 | tail -2
-python3 -c "import urllib.request;print('\n'.join(l for l in urllib.request.urlopen('http://127.0.0.1:9400/metrics').read().decode().splitlines() if l.startswith(('lmhead_weight','lmhead_compute_duration_seconds_sum','lmhead_compute_duration_seconds_count'))))"
+python3 -c "import urllib.request;print('\n'.join(l for l in urllib.request.urlopen('http://127.0.0.1:9400/metrics').read().decode().splitlines() if l.startswith(('lmhead_weight','lmhead_gpu','lmhead_backend','lmhead_compute_duration_seconds_sum','lmhead_compute_duration_seconds_count'))))"
 nvidia-smi --query-compute-apps=pid,used_memory --format=csv | tee "$OUT/server_memory.txt"
 kill -TERM $SERVER; wait $SERVER; echo "server exit $?"
 tail -3 "$OUT/server.log"
