@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "kernels/tensor.h"
 
@@ -61,6 +62,9 @@ class Backend {
   virtual bool DeviceMemory(int64_t* used, int64_t* total) const { return false; }
   // Bytes of working memory (beyond the weights) the backend holds on its device.
   virtual int64_t WorkspaceBytes() const { return 0; }
+
+  // The weights as served (unpadded, on the host): for inspection and tests.
+  virtual absl::StatusOr<HeadWeights> ExportWeights() const = 0;
 
   // Diagnostics: per-stage time averages since the last call, when the backend was built to
   // record them (the CUDA backend's profile_stages); empty otherwise. Same thread as ComputeLogits.

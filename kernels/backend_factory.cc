@@ -8,6 +8,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/head_quantizer.h"
+#include "kernels/status_macros.h"
 #include "kernels/cuda/cuda_module_api.h"
 
 namespace lmhead {
@@ -43,7 +45,8 @@ absl::StatusOr<void*> OpenCudaModule(const std::string& explicit_path) {
   return absl::UnavailableError(absl::StrCat("cannot load the CUDA backend module:", errors));
 }
 
-absl::StatusOr<std::unique_ptr<Backend>> NewCudaBackend(const BackendOptions& options, HeadWeights& weights) {
+absl::StatusOr<std::unique_ptr<Backend>> NewCudaBackend(const BackendOptions& options, const HeadSource& source,
+                                                        const QuantizeOptions& quantize) {
   void* module;
   {
     auto opened = OpenCudaModule(options.cuda_module_path);
@@ -61,7 +64,8 @@ absl::StatusOr<std::unique_ptr<Backend>> NewCudaBackend(const BackendOptions& op
   args.transform = options.transform;
   args.fp8_activations = options.activation_precision == ActivationPrecision::kFp8;
   args.output_workspace_bytes = options.gpu_output_workspace_bytes;
-  args.weights = &weights;
+  args.source = &source;
+  args.quantize = quantize;
   Backend* backend = nullptr;
   char error[1024] = {0};
   const int code = create(&args, &backend, error, sizeof(error));
@@ -84,10 +88,25 @@ bool ParseActivationPrecision(absl::string_view text, ActivationPrecision* out) 
   return false;
 }
 
+absl::StatusOr<std::unique_ptr<Backend>> NewBackend(const BackendOptions& options, const HeadSource& source,
+                                                    const QuantizeOptions& quantize) {
+  if (options.kind != BackendKind::kCpu) {
+    auto cuda = NewCudaBackend(options, source, quantize);
+    // Only "not available here" falls back; a real CUDA failure is reported.
+    if (cuda.ok() || options.kind == BackendKind::kCuda || cuda.status().code() != absl::StatusCode::kUnavailable) {
+      return cuda;
+    }
+  }
+  ASSIGN_OR_RETURN(HeadWeights weights, QuantizeHead(source, quantize));
+  return NewCpuBackend(std::move(weights), options.transform, options.cpu_threads);
+}
+
 absl::StatusOr<std::unique_ptr<Backend>> NewBackend(const BackendOptions& options, HeadWeights weights) {
   if (options.kind != BackendKind::kCpu) {
-    auto cuda = NewCudaBackend(options, weights);
-    // Only "not available here" falls back; a real CUDA failure is reported.
+    QuantizeOptions as_is;
+    as_is.format = weights.format;
+    as_is.scale_mode = weights.scale_mode;
+    auto cuda = NewCudaBackend(options, SourceOf(weights), as_is);
     if (cuda.ok() || options.kind == BackendKind::kCuda || cuda.status().code() != absl::StatusCode::kUnavailable) {
       return cuda;
     }

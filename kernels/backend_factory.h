@@ -8,6 +8,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "kernels/backend.h"
+#include "kernels/head_source.h"
 
 namespace lmhead {
 
@@ -36,10 +37,14 @@ struct BackendOptions {
   LogitTransform transform;
 };
 
-// Builds a backend that owns `weights`. kCuda fails with UNAVAILABLE when the module or a device
-// is missing; kAuto then falls back to the CPU backend.
-absl::StatusOr<std::unique_ptr<Backend>> NewBackend(const BackendOptions& options,
-                                                    HeadWeights weights);
+// Builds a backend serving `source`, quantized per `quantize` (by the CUDA backend on the GPU, or
+// on the host for the CPU backend); `source` is only read during the call. kCuda fails with
+// UNAVAILABLE when the module or a device is missing; kAuto then falls back to the CPU backend.
+absl::StatusOr<std::unique_ptr<Backend>> NewBackend(const BackendOptions& options, const HeadSource& source,
+                                                    const QuantizeOptions& quantize);
+
+// Builds a backend serving already-quantized `weights` as they are.
+absl::StatusOr<std::unique_ptr<Backend>> NewBackend(const BackendOptions& options, HeadWeights weights);
 
 }  // namespace lmhead
 

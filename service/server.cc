@@ -68,38 +68,46 @@ int LmHeadServer::metrics_port() const {
 
 absl::Status LmHeadServer::LoadAndServe() {
   if (batcher_ != nullptr) return absl::FailedPreconditionError("the head is already loaded");
-  ASSIGN_OR_RETURN(LoadedHead head, LoadHead(options_.head));
-  const HeadWeights& w = head.weights;
+  ASSIGN_OR_RETURN(std::unique_ptr<OpenedHead> head, OpenHead(options_.head));
+  const HeadSource& source = head->source;
+  const ModelConfig& config = head->checkpoint.config;
+  const WeightFormat format = options_.head.format;
+  const ScaleMode scale_mode = EffectiveScaleMode(source, options_.head.scale_mode);
   ModelFacts facts;
-  facts.weight_format = std::string(WeightFormatName(w.format));
-  facts.reference_bytes = w.ReferenceBytes();
-  facts.vocab = w.vocab;
-  facts.hidden = w.hidden;
-  facts.load_seconds = head.load_seconds;
+  facts.weight_format = WeightFormatName(format);
+  facts.reference_bytes = source.rows * source.cols * 2;
+  facts.vocab = source.rows;
+  facts.hidden = source.cols;
 
   v1::ModelInfo info;
-  info.set_vocab_size(static_cast<uint32_t>(w.vocab));
-  info.set_hidden_size(static_cast<uint32_t>(w.hidden));
+  info.set_vocab_size(static_cast<uint32_t>(source.rows));
+  info.set_hidden_size(static_cast<uint32_t>(source.cols));
   info.set_weight_format(facts.weight_format);
-  info.set_scale_mode(w.format == WeightFormat::kFp8E4m3 ? std::string(ScaleModeName(w.scale_mode)) : "");
+  info.set_scale_mode(format == WeightFormat::kFp8E4m3 ? ScaleModeName(scale_mode) : "");
   info.set_reference_bytes(static_cast<uint64_t>(facts.reference_bytes));
   info.set_model_path(options_.head.checkpoint_dir);
-  info.set_model_name(head.config.name_or_path.empty() ? head.config.model_type : head.config.name_or_path);
-  info.set_weight_name(head.weight_name);
-  info.set_source_dtype(head.source_dtype);
-  info.set_tied_embeddings(head.tied);
-  info.set_logit_scale(head.config.logit_scale);
-  info.set_final_logit_softcapping(head.config.final_logit_softcapping);
+  info.set_model_name(config.name_or_path.empty() ? config.model_type : config.name_or_path);
+  info.set_weight_name(head->checkpoint.weight_name);
+  info.set_source_dtype(head->source_dtype);
+  info.set_tied_embeddings(head->checkpoint.tied);
+  info.set_logit_scale(config.logit_scale);
+  info.set_final_logit_softcapping(config.final_logit_softcapping);
   info.set_max_rows_per_request(options_.max_rows_per_request);
   info.set_max_top_k(options_.max_top_k);
   info.set_max_message_bytes(static_cast<uint64_t>(options_.max_message_bytes));
 
   BackendOptions backend_options = options_.backend;
-  backend_options.transform = head.Transform();
-  ASSIGN_OR_RETURN(backend_, NewBackend(backend_options, std::move(head.weights)));
+  backend_options.transform = head->Transform();
+  ASSIGN_OR_RETURN(backend_, NewBackend(backend_options, source, head->Quantize(options_.head)));
+  facts.load_seconds = absl::ToDoubleSeconds(absl::Now() - head->opened_at);
   facts.weight_bytes = backend_->ResidentWeightBytes();
   info.set_weight_bytes(static_cast<uint64_t>(facts.weight_bytes));
-  info.set_backend(std::string(backend_->Name()));
+  info.set_backend(backend_->Name());
+  LOG_INFO() << "loaded " << head->checkpoint.weight_name << " [" << source.rows << ", " << source.cols << "] "
+             << head->source_dtype << " -> " << facts.weight_format << " "
+             << (format == WeightFormat::kFp8E4m3 ? ScaleModeName(scale_mode) : "") << " on the " << backend_->Name()
+             << " backend in " << facts.load_seconds << " s";
+  head.reset();  // unmaps the checkpoint
 
   BatcherOptions batcher_options = options_.batcher;
   batcher_options.max_batch_rows =
@@ -120,7 +128,7 @@ absl::Status LmHeadServer::LoadAndServe() {
   grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
   health->SetServingStatus(true);
   health->SetServingStatus(kServiceName, true);
-  LOG_INFO() << "serving " << w.vocab << "x" << w.hidden << " head on the " << backend_->Name()
+  LOG_INFO() << "serving " << facts.vocab << "x" << facts.hidden << " head on the " << backend_->Name()
              << " backend: " << facts.weight_bytes << " bytes resident, "
              << facts.reference_bytes - facts.weight_bytes << " bytes saved against BF16";
   return absl::OkStatus();

@@ -5,7 +5,7 @@
 
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
-#include "service/weights/head_quantizer.h"
+#include "kernels/head_quantizer.h"
 #include "tests/test_util.h"
 
 namespace lmhead {
@@ -17,7 +17,7 @@ constexpr int64_t kHidden = 24;
 std::unique_ptr<Backend> RealBackend() {
   const std::vector<float> w = testing::RandomWeights(kVocab, kHidden, 5);
   HeadSource s;
-  s.dtype = StDType::kF32;
+  s.dtype = SourceDType::kF32;
   s.rows = kVocab;
   s.cols = kHidden;
   s.data = reinterpret_cast<const uint8_t*>(w.data());
@@ -33,6 +33,7 @@ class GatedBackend : public Backend {
   int64_t vocab() const override { return inner_->vocab(); }
   int64_t hidden() const override { return inner_->hidden(); }
   int64_t ResidentWeightBytes() const override { return inner_->ResidentWeightBytes(); }
+  absl::StatusOr<HeadWeights> ExportWeights() const override { return inner_->ExportWeights(); }
   absl::Status ComputeLogits(const LogitsBatch& batch, std::vector<RowOutput>* out) override {
     std::unique_lock<std::mutex> lock(mu_);
     batch_sizes_.push_back(batch.rows);

@@ -9,7 +9,7 @@
 #include "gtest/gtest.h"
 #include "kernels/fp8.h"
 #include "kernels/half.h"
-#include "service/weights/head_quantizer.h"
+#include "kernels/head_quantizer.h"
 #include "tests/test_util.h"
 
 namespace lmhead {
@@ -20,7 +20,7 @@ constexpr int64_t kHidden = 136;  // exercises the vector tail
 
 HeadWeights Quantized(WeightFormat format, const std::vector<float>& w) {
   HeadSource s;
-  s.dtype = StDType::kF32;
+  s.dtype = SourceDType::kF32;
   s.rows = kVocab;
   s.cols = kHidden;
   s.data = reinterpret_cast<const uint8_t*>(w.data());

@@ -1,4 +1,4 @@
-#include "service/weights/head_quantizer.h"
+#include "kernels/head_quantizer.h"
 
 #include <cmath>
 #include <limits>
@@ -15,7 +15,7 @@ constexpr int64_t kHidden = 80;
 
 HeadSource F32Source(const std::vector<float>& w) {
   HeadSource s;
-  s.dtype = StDType::kF32;
+  s.dtype = SourceDType::kF32;
   s.rows = kVocab;
   s.cols = kHidden;
   s.data = reinterpret_cast<const uint8_t*>(w.data());
@@ -164,7 +164,7 @@ TEST(HeadQuantizerTest, Fp8SourceKeepsCodesAndScales) {
   std::vector<uint8_t> codes(kVocab * kHidden);
   for (size_t i = 0; i < codes.size(); ++i) codes[i] = static_cast<uint8_t>((i * 37) % 0x7e);
   HeadSource s;
-  s.dtype = StDType::kF8E4M3;
+  s.dtype = SourceDType::kF8E4M3;
   s.rows = kVocab;
   s.cols = kHidden;
   s.data = codes.data();

@@ -147,7 +147,8 @@ std::unique_ptr<lmhead::Backend> MakeBackend(const Head& h, bool fp8_activations
   lmhead::CudaModuleArgs args;
   args.fp8_activations = fp8_activations;
   args.profile_stages = true;
-  args.weights = &w;
+  const lmhead::HeadSource source = lmhead::SourceOf(w);
+  args.source = &source;
   auto b = lmhead::cuda::NewCudaBackend(args);
   CHECK_OK(b.status());
   return std::move(*b);

@@ -23,7 +23,7 @@ $BIN/lmhead info && $BIN/lmhead logits --rows=2 --top_k=3 && $BIN/lmhead stream 
 python3 -c "import urllib.request;print('\n'.join(l for l in urllib.request.urlopen('http://127.0.0.1:9400/metrics').read().decode().splitlines() if l.startswith(('lmhead_weight','lmhead_gpu','lmhead_backend','lmhead_compute_duration_seconds_sum','lmhead_compute_duration_seconds_count'))))"
 nvidia-smi --query-compute-apps=pid,used_memory --format=csv | tee "$OUT/server_memory.txt"
 kill -TERM $SERVER; wait $SERVER; echo "server exit $?"
-tail -3 "$OUT/server.log"
+grep -E "loaded|serving" "$OUT/server.log"; tail -2 "$OUT/server.log"
 
 echo "== benchmark"
 $BIN/lmhead-gpu-bench --out="$OUT/gpu_bench.md" "$@" 2>&1 | tee "$OUT/bench.log"

@@ -80,6 +80,7 @@ class CpuBackend final : public Backend {
   int64_t ResidentWeightBytes() const override { return w_.ResidentBytes(); }
 
   absl::Status ComputeLogits(const LogitsBatch& batch, std::vector<RowOutput>* out) override;
+  absl::StatusOr<HeadWeights> ExportWeights() const override { return w_; }
 
  private:
   // Writes row v's weights, without its scale, as fp32 into dst[hidden].

@@ -17,6 +17,7 @@
 #include "kernels/cuda/cuda_util.h"
 #include "kernels/cuda/kernels.h"
 #include "kernels/cuda/lt_gemm.h"
+#include "kernels/cuda/weight_quant.h"
 #include "kernels/status_macros.h"
 
 namespace lmhead::cuda {
@@ -34,6 +35,7 @@ class CudaBackend final : public Backend {
   }
   absl::Status ComputeLogits(const LogitsBatch& batch, std::vector<RowOutput>* out) override;
   std::string TakeStageTimings() override;
+  absl::StatusOr<HeadWeights> ExportWeights() const override;
   bool DeviceMemory(int64_t* used, int64_t* total) const override {
     size_t free_bytes = 0, total_bytes = 0;
     if (cudaSetDevice(device_) != cudaSuccess || cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) return false;
@@ -55,6 +57,8 @@ class CudaBackend final : public Backend {
 
  private:
   absl::Status EnsureTokenCapacity(int64_t max_ids);
+  // Quantizes (or copies) the source into the device weights, chunk by chunk.
+  absl::Status UploadWeights(const HeadSource& src, const QuantizeOptions& q);
   absl::Status ComputeSlice(const LogitsBatch& batch, int64_t start, int64_t n, int top_k, int64_t max_ids,
                             std::vector<RowOutput>* out);
   // Enqueues one slice's device work on the stream: rows from x_src (host), then activations,
@@ -68,6 +72,7 @@ class CudaBackend final : public Backend {
   int device_ = 0;
   bool fp8_ = true;         // FP8 weights (else BF16)
   bool split_ = true;       // FP8 activations as high + residual rows
+  ScaleMode scale_mode_ = ScaleMode::kPerRow;
   LogitTransform transform_;
   int64_t vocab_ = 0, hidden_ = 0, vocab_pad_ = 0, hidden_pad_ = 0;
   int64_t slice_rows_ = 0;  // rows computed per GEMM
@@ -138,13 +143,13 @@ std::string CudaBackend::TakeStageTimings() {
 }
 
 absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
-  HeadWeights& w = *args.weights;
+  const HeadSource& src = *args.source;
   device_ = args.device;
   transform_ = args.transform;
-  fp8_ = w.format == WeightFormat::kFp8E4m3;
+  fp8_ = args.quantize.format == WeightFormat::kFp8E4m3;
   split_ = fp8_ && !args.fp8_activations;
-  vocab_ = w.vocab;
-  hidden_ = w.hidden;
+  vocab_ = src.rows;
+  hidden_ = src.cols;
   vocab_pad_ = RoundUp(vocab_, 16);
   hidden_pad_ = RoundUp(hidden_, 16);
   int count = 0;
@@ -159,20 +164,7 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
     for (cudaEvent_t& e : events_) CUDA_RETURN_IF_ERROR(cudaEventCreate(&e));
   }
 
-  // Weights: padded rows and columns are zero (their logits are never read).
-  const size_t elem = fp8_ ? 1 : 2;
-  RETURN_IF_ERROR(weights_.Allocate(vocab_pad_ * hidden_pad_ * elem));
-  CUDA_RETURN_IF_ERROR(cudaMemset(weights_.get(), 0, weights_.bytes()));
-  CUDA_RETURN_IF_ERROR(cudaMemcpy2D(weights_.get(), hidden_pad_ * elem, w.data.data(), hidden_ * elem,
-                                    hidden_ * elem, vocab_, cudaMemcpyHostToDevice));
-  if (fp8_) {
-    RETURN_IF_ERROR(row_scales_.Allocate(vocab_pad_));
-    CUDA_RETURN_IF_ERROR(cudaMemset(row_scales_.get(), 0, row_scales_.bytes()));
-    CUDA_RETURN_IF_ERROR(cudaMemcpy(row_scales_.get(), w.row_scales.data(), vocab_ * sizeof(float),
-                                    cudaMemcpyHostToDevice));
-  }
-  std::vector<uint8_t>().swap(w.data);  // the host copy is no longer needed
-  std::vector<float>().swap(w.row_scales);
+  RETURN_IF_ERROR(UploadWeights(src, args.quantize));
   ASSIGN_OR_RETURN(gemm_, LtGemm::Create(fp8_ ? CUDA_R_8F_E4M3 : CUDA_R_16BF, vocab_pad_, hidden_pad_, 32u << 20));
 
   // Rows per slice: as many as the output workspace holds (GEMM rows = 2 per row when split).
@@ -182,7 +174,7 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
   const int64_t chunks = PartialChunks(vocab_);
   RETURN_IF_ERROR(x_dev_.Allocate(slice_rows_ * hidden_));
   RETURN_IF_ERROR(x_host_.Allocate(std::min(slice_rows_, kGraphRows) * hidden_));
-  RETURN_IF_ERROR(act_.Allocate(n_pad * hidden_pad_ * elem));
+  RETURN_IF_ERROR(act_.Allocate(n_pad * hidden_pad_ * (fp8_ ? 1 : 2)));
   RETURN_IF_ERROR(act_scales_.Allocate(n_pad));
   RETURN_IF_ERROR(raw_.Allocate(n_pad * vocab_pad_));
   RETURN_IF_ERROR(part_max_.Allocate(slice_rows_ * chunks));
@@ -202,6 +194,128 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
     RETURN_IF_ERROR(ComputeLogits({x.data(), rows, specs}, &out));
   }
   return absl::OkStatus();
+}
+
+absl::Status CudaBackend::UploadWeights(const HeadSource& src, const QuantizeOptions& q) {
+  // Padded rows and columns are zero (their logits are never read).
+  const size_t elem = fp8_ ? 1 : 2;
+  RETURN_IF_ERROR(weights_.Allocate(vocab_pad_ * hidden_pad_ * elem));
+  CUDA_RETURN_IF_ERROR(cudaMemset(weights_.get(), 0, weights_.bytes()));
+  if (fp8_) {
+    RETURN_IF_ERROR(row_scales_.Allocate(vocab_pad_));
+    CUDA_RETURN_IF_ERROR(cudaMemset(row_scales_.get(), 0, row_scales_.bytes()));
+  }
+  const bool fp8_source = src.dtype == SourceDType::kF8E4M3;
+  if (fp8_source && !src.fp8_scales.empty() && src.fp8_scales.size() != 1 &&
+      static_cast<int64_t>(src.fp8_scales.size()) != src.rows) {
+    return absl::InvalidArgumentError("FP8 head scales must have 1 or `rows` values");
+  }
+  // Per-row multipliers of an FP8 source (1 when it has none).
+  std::vector<float> source_scales;
+  if (fp8_source) {
+    source_scales.assign(src.rows, 1.0f);
+    for (int64_t r = 0; r < src.rows && !src.fp8_scales.empty(); ++r) {
+      source_scales[r] = src.fp8_scales.size() == 1 ? src.fp8_scales[0] : src.fp8_scales[r];
+    }
+  }
+  const int64_t chunk = std::max<int64_t>(1, q.chunk_rows);
+  const size_t src_row_bytes = src.cols * SourceDTypeSize(src.dtype);
+  DeviceBuffer<uint8_t> staging;
+  DeviceBuffer<float> staged_scales, amax;
+  DeviceBuffer<unsigned long long> bad_row;
+  RETURN_IF_ERROR(staging.Allocate(chunk * src_row_bytes));
+  RETURN_IF_ERROR(staged_scales.Allocate(chunk));
+  RETURN_IF_ERROR(bad_row.Allocate(1));
+  CUDA_RETURN_IF_ERROR(cudaMemset(bad_row.get(), 0xff, sizeof(unsigned long long)));
+  auto upload_chunk = [&](int64_t begin, int64_t end) -> absl::Status {
+    CUDA_RETURN_IF_ERROR(cudaMemcpy(staging.get(), src.data + begin * src_row_bytes, (end - begin) * src_row_bytes,
+                                    cudaMemcpyHostToDevice));
+    return absl::OkStatus();
+  };
+
+  // Per-tensor scaling needs the whole tensor's amax first: one pass of row maxima.
+  float fixed_scale = 1.0f;
+  if (fp8_ && !fp8_source && q.scale_mode == ScaleMode::kPerTensor) {
+    RETURN_IF_ERROR(amax.Allocate(src.rows));
+    for (int64_t begin = 0; begin < src.rows; begin += chunk) {
+      const int64_t end = std::min(src.rows, begin + chunk);
+      RETURN_IF_ERROR(upload_chunk(begin, end));
+      CUDA_RETURN_IF_ERROR(LaunchRowAmax(staging.get(), src.dtype, end - begin, src.cols, amax.get() + begin,
+                                         bad_row.get(), begin, nullptr));
+    }
+    std::vector<float> host_amax(src.rows);
+    CUDA_RETURN_IF_ERROR(cudaMemcpy(host_amax.data(), amax.get(), src.rows * sizeof(float), cudaMemcpyDeviceToHost));
+    const float m = *std::max_element(host_amax.begin(), host_amax.end());
+    fixed_scale = m > 0.0f ? m / 448.0f : 1.0f;
+  }
+
+  for (int64_t begin = 0; begin < src.rows; begin += chunk) {
+    const int64_t end = std::min(src.rows, begin + chunk);
+    if (fp8_source && fp8_) {
+      // Pre-quantized FP8 goes up as it is: codes and the checkpoint's scales.
+      CUDA_RETURN_IF_ERROR(cudaMemcpy2D(weights_.get() + begin * hidden_pad_, hidden_pad_,
+                                        src.data + begin * src.cols, src.cols, src.cols, end - begin,
+                                        cudaMemcpyHostToDevice));
+      CUDA_RETURN_IF_ERROR(cudaMemcpy(row_scales_.get() + begin, source_scales.data() + begin,
+                                      (end - begin) * sizeof(float), cudaMemcpyHostToDevice));
+      for (int64_t i = begin * src.cols; i < end * src.cols; ++i) {
+        if ((src.data[i] & 0x7f) == 0x7f) {
+          return absl::InvalidArgumentError(absl::StrCat("head weight row ", i / src.cols, " has a NaN or infinite value"));
+        }
+      }
+    } else {
+      RETURN_IF_ERROR(upload_chunk(begin, end));
+      WeightRowsParams p;
+      p.src = staging.get();
+      p.src_dtype = src.dtype;
+      p.rows = end - begin;
+      p.cols = src.cols;
+      p.ld = hidden_pad_;
+      p.out = weights_.get() + begin * hidden_pad_ * elem;
+      p.bad_row = bad_row.get();
+      p.row_offset = begin;
+      if (fp8_) {
+        p.kind = q.scale_mode == ScaleMode::kPerRow ? RowOutputKind::kFp8PerRow : RowOutputKind::kFp8Fixed;
+        p.fixed_scale = fixed_scale;
+        p.scales = row_scales_.get() + begin;
+      } else {
+        p.kind = RowOutputKind::kBf16;
+        if (fp8_source) {
+          CUDA_RETURN_IF_ERROR(cudaMemcpy(staged_scales.get(), source_scales.data() + begin,
+                                          (end - begin) * sizeof(float), cudaMemcpyHostToDevice));
+          p.src_scales = staged_scales.get();
+        }
+      }
+      CUDA_RETURN_IF_ERROR(LaunchQuantizeWeightRows(p, nullptr));
+      CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());  // staging is reused by the next chunk
+    }
+    if (src.release) src.release(begin * src_row_bytes, (end - begin) * src_row_bytes);
+    if (q.on_progress) q.on_progress(end, src.rows);
+  }
+  unsigned long long bad = 0;
+  CUDA_RETURN_IF_ERROR(cudaMemcpy(&bad, bad_row.get(), sizeof(bad), cudaMemcpyDeviceToHost));
+  if (bad != ~0ull) return absl::InvalidArgumentError(absl::StrCat("head weight row ", bad, " has a NaN or infinite value"));
+  scale_mode_ = EffectiveScaleMode(src, q.scale_mode);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<HeadWeights> CudaBackend::ExportWeights() const {
+  HeadWeights w;
+  w.format = fp8_ ? WeightFormat::kFp8E4m3 : WeightFormat::kBf16;
+  w.scale_mode = scale_mode_;
+  w.vocab = vocab_;
+  w.hidden = hidden_;
+  const size_t elem = fp8_ ? 1 : 2;
+  w.data.resize(vocab_ * hidden_ * elem);
+  CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  CUDA_RETURN_IF_ERROR(cudaMemcpy2D(w.data.data(), hidden_ * elem, weights_.get(), hidden_pad_ * elem, hidden_ * elem,
+                                    vocab_, cudaMemcpyDeviceToHost));
+  if (fp8_) {
+    w.row_scales.resize(vocab_);
+    CUDA_RETURN_IF_ERROR(cudaMemcpy(w.row_scales.data(), row_scales_.get(), vocab_ * sizeof(float),
+                                    cudaMemcpyDeviceToHost));
+  }
+  return w;
 }
 
 absl::Status CudaBackend::EnsureTokenCapacity(int64_t max_ids) {
@@ -396,7 +510,7 @@ absl::Status CudaBackend::ComputeSlice(const LogitsBatch& batch, int64_t start, 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Backend>> NewCudaBackend(const CudaModuleArgs& args) {
-  if (args.weights == nullptr || args.weights->vocab <= 0 || args.weights->hidden <= 0) {
+  if (args.source == nullptr || args.source->rows <= 0 || args.source->cols <= 0 || args.source->data == nullptr) {
     return absl::InvalidArgumentError("the CUDA backend needs a loaded head");
   }
   auto backend = std::make_unique<CudaBackend>();

@@ -8,11 +8,12 @@
 #include <cstdint>
 
 #include "kernels/backend.h"
+#include "kernels/head_source.h"
 #include "kernels/tensor.h"
 
 namespace lmhead {
 
-inline constexpr int kCudaModuleAbi = 1;
+inline constexpr int kCudaModuleAbi = 2;
 inline constexpr char kCudaModuleFile[] = "liblmhead_cuda.so";
 inline constexpr char kCreateCudaBackendSymbol[] = "lmhead_cuda_create_backend";
 inline constexpr char kCudaDeviceCountSymbol[] = "lmhead_cuda_device_count";
@@ -28,7 +29,10 @@ struct CudaModuleArgs {
   int64_t output_workspace_bytes = 192ll << 20;
   // Record per-stage GPU times (see Backend::TakeStageTimings); costs a little per call.
   bool profile_stages = false;
-  HeadWeights* weights = nullptr;  // moved from on success
+  // The head to serve, quantized on the GPU in row chunks of quantize.chunk_rows (an FP8 source
+  // goes up as it is). Only read during the call.
+  const HeadSource* source = nullptr;
+  QuantizeOptions quantize;
 };
 
 // Returns 0 and *backend (caller owns) on success; otherwise an absl::StatusCode value and a

@@ -4,72 +4,97 @@
 
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "kernels/head_quantizer.h"
 #include "kernels/status_macros.h"
 #include "service/util/log.h"
-#include "service/weights/checkpoint.h"
-#include "service/weights/head_quantizer.h"
 
 namespace lmhead {
+namespace {
 
-LogitTransform LoadedHead::Transform() const {
+LogitTransform TransformOf(const ModelConfig& config) {
   LogitTransform t;
   if (config.logit_scale > 0.0f) t.scale = config.logit_scale;
   t.softcap = config.final_logit_softcapping;
   return t;
 }
 
-absl::StatusOr<LoadedHead> LoadHead(const HeadLoadOptions& options) {
-  const absl::Time start = absl::Now();
-  ASSIGN_OR_RETURN(Checkpoint ckpt, OpenCheckpoint(options.checkpoint_dir, options.weight_name));
-  const StTensorInfo& info = *ckpt.weight.info;
+SourceDType SourceDTypeOf(StDType t) {
+  switch (t) {
+    case StDType::kF32: return SourceDType::kF32;
+    case StDType::kF16: return SourceDType::kF16;
+    case StDType::kF8E4M3: return SourceDType::kF8E4M3;
+    default: return SourceDType::kBF16;  // OpenCheckpoint admits only these four
+  }
+}
 
-  HeadSource source;
-  source.dtype = info.dtype;
+}  // namespace
+
+LogitTransform OpenedHead::Transform() const { return TransformOf(checkpoint.config); }
+LogitTransform LoadedHead::Transform() const { return TransformOf(config); }
+
+absl::StatusOr<std::unique_ptr<OpenedHead>> OpenHead(const HeadLoadOptions& options) {
+  auto head = std::make_unique<OpenedHead>();
+  head->opened_at = absl::Now();
+  ASSIGN_OR_RETURN(head->checkpoint, OpenCheckpoint(options.checkpoint_dir, options.weight_name));
+  const TensorRef& w = head->checkpoint.weight;
+  const StTensorInfo& info = *w.info;
+  head->source_dtype = StDTypeName(info.dtype);
+  HeadSource& source = head->source;
+  source.dtype = SourceDTypeOf(info.dtype);
   source.rows = info.shape[0];
   source.cols = info.shape[1];
-  source.data = ckpt.weight.file->Data(info);
-  source.release = [&](uint64_t offset, uint64_t len) { ckpt.weight.file->Release(info, offset, len); };
-  if (const StTensorInfo* s = ckpt.weight_scale.info) {
+  source.data = w.file->Data(info);
+  source.release = [file = w.file, info_ptr = w.info](uint64_t offset, uint64_t len) {
+    file->Release(*info_ptr, offset, len);
+  };
+  if (const StTensorInfo* s = head->checkpoint.weight_scale.info) {
+    if (s->dtype != StDType::kF32 && s->dtype != StDType::kBF16 && s->dtype != StDType::kF16) {
+      return absl::InvalidArgumentError("weight_scale must be F32, BF16 or F16");
+    }
     source.fp8_scales.resize(s->NumElements());
-    SourceToFloat(s->dtype, ckpt.weight_scale.file->Data(*s), s->NumElements(), source.fp8_scales.data());
+    SourceToFloat(SourceDTypeOf(s->dtype), head->checkpoint.weight_scale.file->Data(*s), s->NumElements(),
+                  source.fp8_scales.data());
   }
+  return head;
+}
 
+QuantizeOptions OpenedHead::Quantize(const HeadLoadOptions& options) const {
   QuantizeOptions q;
   q.format = options.format;
   q.scale_mode = options.scale_mode;
   q.threads = options.threads;
   q.chunk_rows = options.chunk_rows;
-  const double source_mb = static_cast<double>(info.end - info.begin) / 1e6;
-  absl::Time last_log = start;
   if (options.log_progress) {
-    q.on_progress = [&](int64_t done, int64_t total) {
+    const double source_mb = source.rows * source.cols * SourceDTypeSize(source.dtype) / 1e6;
+    auto last_log = std::make_shared<absl::Time>(opened_at);
+    q.on_progress = [source_mb, last_log, start = opened_at, name = checkpoint.weight_name](int64_t done,
+                                                                                          int64_t total) {
       const absl::Time now = absl::Now();
-      if (done != total && now - last_log < absl::Seconds(1)) return;
-      last_log = now;
+      if (done != total && now - *last_log < absl::Seconds(1)) return;
+      *last_log = now;
       const double seconds = absl::ToDoubleSeconds(now - start);
-      LOG_INFO() << absl::StrFormat("loading %s: %d/%d rows (%.0f%%), %.0f MB/s", ckpt.weight_name,
-                                    done, total, 100.0 * done / total,
-                                    source_mb * done / total / std::max(seconds, 1e-9));
+      LOG_INFO() << absl::StrFormat("loading %s: %d/%d rows (%.0f%%), %.0f MB/s", name, done, total,
+                                    100.0 * done / total, source_mb * done / total / std::max(seconds, 1e-9));
     };
   }
-  ASSIGN_OR_RETURN(HeadWeights weights, QuantizeHead(source, q));
+  return q;
+}
 
+absl::StatusOr<LoadedHead> LoadHead(const HeadLoadOptions& options) {
+  ASSIGN_OR_RETURN(std::unique_ptr<OpenedHead> opened, OpenHead(options));
+  ASSIGN_OR_RETURN(HeadWeights weights, QuantizeHead(opened->source, opened->Quantize(options)));
   LoadedHead head;
   head.weights = std::move(weights);
-  head.config = ckpt.config;
-  head.weight_name = ckpt.weight_name;
-  head.source_dtype = StDTypeName(info.dtype);
-  head.tied = ckpt.tied;
-  head.load_seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  head.config = opened->checkpoint.config;
+  head.weight_name = opened->checkpoint.weight_name;
+  head.source_dtype = opened->source_dtype;
+  head.tied = opened->checkpoint.tied;
+  head.load_seconds = absl::ToDoubleSeconds(absl::Now() - opened->opened_at);
   if (options.log_progress) {
-    LOG_INFO() << absl::StrFormat(
-        "loaded %s [%d, %d] %s -> %s%s%s in %.2f s: %.1f MiB resident, %.1f MiB in BF16",
-        head.weight_name, head.weights.vocab, head.weights.hidden, head.source_dtype,
-        WeightFormatName(head.weights.format),
-        head.weights.format == WeightFormat::kFp8E4m3 ? " " : "",
-        head.weights.format == WeightFormat::kFp8E4m3 ? ScaleModeName(head.weights.scale_mode) : "",
-        head.load_seconds, head.weights.ResidentBytes() / 1048576.0,
-        head.weights.ReferenceBytes() / 1048576.0);
+    LOG_INFO() << absl::StrFormat("quantized %s [%d, %d] %s -> %s %s on the host in %.2f s", head.weight_name,
+                                  head.weights.vocab, head.weights.hidden, head.source_dtype,
+                                  WeightFormatName(head.weights.format), ScaleModeName(head.weights.scale_mode),
+                                  head.load_seconds);
   }
   return head;
 }

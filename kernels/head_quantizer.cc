@@ -1,4 +1,4 @@
-#include "service/weights/head_quantizer.h"
+#include "kernels/head_quantizer.h"
 
 #include <algorithm>
 #include <atomic>
@@ -22,7 +22,7 @@ int64_t ForEachRow(ThreadPool& pool, const HeadSource& src, int64_t begin, int64
                    const std::function<bool(int64_t, const float*)>& fn) {
   std::atomic<int64_t> bad{kNoBadRow};
   const int parts = pool.threads();
-  const size_t elem = StDTypeSize(src.dtype);
+  const size_t elem = SourceDTypeSize(src.dtype);
   pool.ParallelFor(parts, [&](int p) {
     std::vector<float> row(src.cols);
     const int64_t lo = begin + (end - begin) * p / parts;
@@ -58,31 +58,25 @@ absl::Status BadRow(int64_t row, const char* what) {
 
 }  // namespace
 
-void SourceToFloat(StDType dtype, const uint8_t* src, int64_t n, float* dst) {
+void SourceToFloat(SourceDType dtype, const uint8_t* src, int64_t n, float* dst) {
   switch (dtype) {
-    case StDType::kF32:
+    case SourceDType::kF32:
       std::memcpy(dst, src, n * 4);
       break;
-    case StDType::kBF16:
+    case SourceDType::kBF16:
       for (int64_t i = 0; i < n; ++i) dst[i] = Bf16ToFloat(static_cast<uint16_t>(src[2 * i] | (src[2 * i + 1] << 8)));
       break;
-    case StDType::kF16:
+    case SourceDType::kF16:
       for (int64_t i = 0; i < n; ++i) dst[i] = HalfToFloat(static_cast<uint16_t>(src[2 * i] | (src[2 * i + 1] << 8)));
       break;
-    case StDType::kF8E4M3:
+    case SourceDType::kF8E4M3:
       for (int64_t i = 0; i < n; ++i) dst[i] = Fp8E4m3Decode(src[i]);
       break;
-    default:
-      std::fill(dst, dst + n, std::numeric_limits<float>::quiet_NaN());
   }
 }
 
 absl::StatusOr<HeadWeights> QuantizeHead(const HeadSource& src, const QuantizeOptions& options) {
-  if (src.dtype != StDType::kBF16 && src.dtype != StDType::kF16 && src.dtype != StDType::kF32 &&
-      src.dtype != StDType::kF8E4M3) {
-    return absl::InvalidArgumentError(absl::StrCat("cannot serve a ", StDTypeName(src.dtype), " head"));
-  }
-  const bool fp8_source = src.dtype == StDType::kF8E4M3;
+  const bool fp8_source = src.dtype == SourceDType::kF8E4M3;
   if (fp8_source && !src.fp8_scales.empty() && src.fp8_scales.size() != 1 &&
       static_cast<int64_t>(src.fp8_scales.size()) != src.rows) {
     return absl::InvalidArgumentError("FP8 head scales must have 1 or `rows` values");
@@ -95,18 +89,13 @@ absl::StatusOr<HeadWeights> QuantizeHead(const HeadSource& src, const QuantizeOp
   w.format = options.format;
   w.vocab = src.rows;
   w.hidden = src.cols;
-  w.scale_mode = options.scale_mode;
-  if (fp8_source) {
-    w.scale_mode = src.fp8_scales.empty()        ? ScaleMode::kNone
-                   : src.fp8_scales.size() == 1 ? ScaleMode::kPerTensor
-                                                : ScaleMode::kPerRow;
-  }
+  w.scale_mode = EffectiveScaleMode(src, options.scale_mode);
   const bool to_fp8 = w.format == WeightFormat::kFp8E4m3;
   w.data.resize(src.rows * src.cols * (to_fp8 ? 1 : 2));
   if (to_fp8) w.row_scales.assign(src.rows, 1.0f);
 
   ThreadPool pool(std::max(1, options.threads));
-  const size_t src_row_bytes = src.cols * StDTypeSize(src.dtype);
+  const size_t src_row_bytes = src.cols * SourceDTypeSize(src.dtype);
   const int64_t chunk = std::max<int64_t>(1, options.chunk_rows);
 
   // Scale for source row r (per-tensor amax needs a first pass over the whole tensor).
