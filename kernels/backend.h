@@ -59,7 +59,7 @@ class Backend {
 
   // Device memory in use and in total on the backend's device (all processes), when it has one.
   // Thread-safe: only queries the driver.
-  virtual bool DeviceMemory(int64_t* used, int64_t* total) const { return false; }
+  virtual bool DeviceMemory(int64_t* /*used*/, int64_t* /*total*/) const { return false; }
   // Bytes of working memory (beyond the weights) the backend holds on its device.
   virtual int64_t WorkspaceBytes() const { return 0; }
 

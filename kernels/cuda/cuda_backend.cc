@@ -45,7 +45,8 @@ class CudaBackend final : public Backend {
   }
   int64_t WorkspaceBytes() const override {
     return static_cast<int64_t>(x_dev_.bytes() + act_.bytes() + act_scales_.bytes() + raw_.bytes() +
-                                part_max_.bytes() + part_sum_.bytes() + part_arg_.bytes() + d_results_.bytes() +
+                                part_max_.bytes() + part_sum_.bytes() + part_arg_.bytes() + topk_hist_.bytes() +
+                                topk_cut_.bytes() + topk_candidates_.bytes() + d_results_.bytes() +
                                 d_token_ids_.bytes() + gemm_->workspace_bytes());
   }
 
@@ -88,6 +89,8 @@ class CudaBackend final : public Backend {
   DeviceBuffer<float> raw_;           // [n_pad, vocab_pad]
   DeviceBuffer<float> part_max_, part_sum_;
   DeviceBuffer<int32_t> part_arg_;
+  DeviceBuffer<int32_t> topk_hist_, topk_cut_;
+  DeviceBuffer<uint64_t> topk_candidates_;
   // Per-slice results, packed so that one copy brings them back (see ResultLayout).
   DeviceBuffer<uint8_t> d_results_;
   PinnedBuffer<uint8_t> h_results_;
@@ -180,6 +183,9 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
   RETURN_IF_ERROR(part_max_.Allocate(slice_rows_ * chunks));
   RETURN_IF_ERROR(part_sum_.Allocate(slice_rows_ * chunks));
   RETURN_IF_ERROR(part_arg_.Allocate(slice_rows_ * chunks));
+  RETURN_IF_ERROR(topk_hist_.Allocate(slice_rows_ * kEpilogueBins));
+  RETURN_IF_ERROR(topk_cut_.Allocate(slice_rows_ * 3));
+  RETURN_IF_ERROR(topk_candidates_.Allocate(slice_rows_ * kMaxCandidates));
   RETURN_IF_ERROR(EnsureTokenCapacity(16));
 
   // Warm up: builds and times the GEMM plans of the small-batch buckets on real data.
@@ -409,6 +415,9 @@ absl::Status CudaBackend::Enqueue(const float* x_src, int64_t n, int top_k, int6
   p.part_max = part_max_.get();
   p.part_arg = part_arg_.get();
   p.part_sum = part_sum_.get();
+  p.hist = topk_hist_.get();
+  p.cut = topk_cut_.get();
+  p.candidates = topk_candidates_.get();
   CUDA_RETURN_IF_ERROR(LaunchEpilogue(p, s));
   mark_stage(4);
   CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(h_results_.get(), d, layout.end, cudaMemcpyDeviceToHost, s));

@@ -12,10 +12,8 @@ constexpr int kPartThreads = 256;
 constexpr int kPartItems = 16;
 constexpr int kChunk = kPartThreads * kPartItems;  // vocab entries per first-pass block
 constexpr int kFinalThreads = 512;
-constexpr int kMaxCandidates = 4096;  // top-k candidates a row may collect before the exact sort
-constexpr int kBins = 512;            // histogram of (max - logit) in bins of 1/32 (16 units)
+constexpr int kBins = kEpilogueBins;  // histogram of (max - logit) in bins of 1/32 (16 units)
 constexpr float kBinsPerUnit = 32.0f;
-constexpr int kFinalWarps = kFinalThreads / 32;
 
 __device__ __forceinline__ float BlockMaxAbs(float v, float* shared) {
   using Reduce = cub::BlockReduce<float, kQuantThreads>;
@@ -147,10 +145,7 @@ struct FinalShared {
     typename cub::BlockReduce<Stat, kFinalThreads>::TempStorage reduce;
     typename cub::BlockScan<int, kFinalThreads>::TempStorage scan;
   };
-  union {
-    int hist[2048];                   // the exact radix select's digit histogram
-    int warp_hist[kFinalWarps][kBins];  // one private (max - logit) histogram per warp
-  };
+  int hist[2048];  // the exact radix select's digit histogram
   uint64_t candidates[kMaxCandidates];
   int count;
   int taken;
@@ -243,80 +238,114 @@ __device__ void SelectExact(const EpilogueParams& p, const float* logits, FinalS
   __syncthreads();
 }
 
-__global__ void __launch_bounds__(kFinalThreads) FinalizeKernel(EpilogueParams p, int chunks) {
-  extern __shared__ unsigned char smem_raw[];
-  FinalShared& sh = *reinterpret_cast<FinalShared*>(smem_raw);
+// Row statistics from the first pass's partials: max, argmax, logsumexp; the requested token
+// logits; and, when a top-k is wanted, a cleared histogram and counters for the passes below.
+__global__ void RowStatsKernel(EpilogueParams p, int chunks) {
+  using Reduce = cub::BlockReduce<Stat, kPartThreads>;
+  __shared__ typename Reduce::TempStorage temp;
   const int64_t b = blockIdx.x;
-  const float* logits = p.raw + b * p.ld;
-
-  // 1. argmax, max, logsumexp from the first pass's partials.
   Stat st{-FLT_MAX, 0, 0.0f};
-  for (int c = threadIdx.x; c < chunks; c += kFinalThreads) {
+  for (int c = threadIdx.x; c < chunks; c += kPartThreads) {
     const int64_t i = b * chunks + c;
     st = Combine(st, Stat{p.part_max[i], p.part_arg[i], p.part_sum[i]});
   }
-  const Stat total = cub::BlockReduce<Stat, kFinalThreads>(sh.reduce).Reduce(st, CombineOp());
+  const Stat total = Reduce(temp).Reduce(st, CombineOp());
   if (threadIdx.x == 0) {
     p.max_logit[b] = total.m;
     p.argmax[b] = total.a;
     p.logsumexp[b] = total.m + logf(total.s);
   }
-  // 2. Requested token logits.
-  for (int i = threadIdx.x; i < p.max_token_ids; i += kFinalThreads) {
+  const float* logits = p.raw + b * p.ld;
+  for (int i = threadIdx.x; i < p.max_token_ids; i += kPartThreads) {
     const int32_t id = p.token_ids[b * p.max_token_ids + i];
     p.token_logits[b * p.max_token_ids + i] = id >= 0 ? logits[id] : 0.0f;
   }
   if (p.top_k == 0) return;
-  __syncthreads();
+  for (int i = threadIdx.x; i < kBins; i += kPartThreads) p.hist[b * kBins + i] = 0;
+  if (threadIdx.x < 3) p.cut[b * 3 + threadIdx.x] = 0;
+}
 
-  // 3. Candidates: a histogram of (max - logit) in bins of 1/32 finds the bin holding the k-th
-  //    largest logit; everything at or above that bin is collected and sorted exactly. When that
-  //    is more than kMaxCandidates (or lies past the histogram), an exact radix select is used.
-  const float row_max = total.m;  // every thread holds the reduction result after the broadcast below
-  __shared__ float shared_max;
-  if (threadIdx.x == 0) shared_max = row_max;
-  for (int i = threadIdx.x; i < kFinalWarps * kBins; i += kFinalThreads) (&sh.warp_hist[0][0])[i] = 0;
+__device__ __forceinline__ int BinOf(float max_logit, float l) {
+  return min(static_cast<int>((max_logit - l) * kBinsPerUnit), kBins - 1);
+}
+
+// Histogram of (max - logit) over one vocab chunk of one row, added into the row's histogram.
+__global__ void HistogramKernel(EpilogueParams p) {
+  __shared__ int warp_hist[kPartThreads / 32][kBins];
+  const int64_t b = blockIdx.y;
+  for (int i = threadIdx.x; i < (kPartThreads / 32) * kBins; i += kPartThreads) (&warp_hist[0][0])[i] = 0;
   __syncthreads();
-  const float m = shared_max;
-  auto bin_of = [m](float l) { return min(static_cast<int>((m - l) * kBinsPerUnit), kBins - 1); };
-  int* my_hist = sh.warp_hist[threadIdx.x / 32];
-  for (int64_t v = threadIdx.x; v < p.vocab; v += kFinalThreads) atomicAdd(&my_hist[bin_of(logits[v])], 1);
+  const float m = p.max_logit[b];
+  const float* logits = p.raw + b * p.ld;
+  const int64_t begin = blockIdx.x * int64_t{kChunk};
+  const int64_t end = min(begin + kChunk, p.vocab);
+  int* mine = warp_hist[threadIdx.x / 32];
+  for (int64_t v = begin + threadIdx.x; v < end; v += kPartThreads) atomicAdd(&mine[BinOf(m, logits[v])], 1);
   __syncthreads();
-  {
-    // Thread t owns bin t (kBins == kFinalThreads): total over the warps, then a prefix sum.
-    static_assert(kBins == kFinalThreads, "one bin per thread");
+  for (int i = threadIdx.x; i < kBins; i += kPartThreads) {
     int count = 0;
-    for (int w = 0; w < kFinalWarps; ++w) count += sh.warp_hist[w][threadIdx.x];
-    int before;
-    cub::BlockScan<int, kFinalThreads>(sh.scan).ExclusiveSum(count, before);
-    if (threadIdx.x == 0) sh.remaining = -1;
-    __syncthreads();
-    if (before < p.top_k && before + count >= p.top_k) {
-      sh.remaining = threadIdx.x;           // the cut bin
-      sh.equal_count = before + count;      // candidates at or above it
-    }
-    __syncthreads();
+    for (int w = 0; w < kPartThreads / 32; ++w) count += warp_hist[w][i];
+    if (count != 0) atomicAdd(&p.hist[b * kBins + i], count);
   }
-  const int cut = sh.remaining;
-  const bool use_histogram = cut >= 0 && cut < kBins - 1 && sh.equal_count <= kMaxCandidates;
+}
+
+// The bin holding the k-th largest logit (cut[0]) and how many logits lie at or above it (cut[1]).
+__global__ void __launch_bounds__(kBins) CutKernel(EpilogueParams p) {
+  using Scan = cub::BlockScan<int, kBins>;
+  __shared__ typename Scan::TempStorage temp;
+  const int64_t b = blockIdx.x;
+  const int count = p.hist[b * kBins + threadIdx.x];
+  int before;
+  Scan(temp).ExclusiveSum(count, before);
+  if (threadIdx.x == 0) p.cut[b * 3] = -1;
   __syncthreads();
-  if (use_histogram) {
-    if (threadIdx.x == 0) sh.count = 0;
-    __syncthreads();
-    for (int64_t v = threadIdx.x; v < p.vocab; v += kFinalThreads) {
-      const float l = logits[v];
-      if (bin_of(l) <= cut) {
-        const int slot = atomicAdd(&sh.count, 1);
-        sh.candidates[slot] = (uint64_t{FloatKey(l)} << 32) | (0xffffffffu - static_cast<uint32_t>(v));
-      }
+  if (before < p.top_k && before + count >= p.top_k) {
+    p.cut[b * 3] = threadIdx.x;
+    p.cut[b * 3 + 1] = before + count;
+  }
+}
+
+__device__ __forceinline__ bool UseHistogram(const EpilogueParams& p, int64_t b) {
+  const int cut = p.cut[b * 3];
+  return cut >= 0 && cut < kBins - 1 && p.cut[b * 3 + 1] <= kMaxCandidates;
+}
+
+// Collects the logits at or above the cut bin of one chunk of one row as packed candidates.
+__global__ void CollectKernel(EpilogueParams p) {
+  const int64_t b = blockIdx.y;
+  if (!UseHistogram(p, b)) return;
+  const int cut = p.cut[b * 3];
+  const float m = p.max_logit[b];
+  const float* logits = p.raw + b * p.ld;
+  const int64_t begin = blockIdx.x * int64_t{kChunk};
+  const int64_t end = min(begin + kChunk, p.vocab);
+  for (int64_t v = begin + threadIdx.x; v < end; v += kPartThreads) {
+    const float l = logits[v];
+    if (BinOf(m, l) <= cut) {
+      const int slot = atomicAdd(&p.cut[b * 3 + 2], 1);
+      p.candidates[b * kMaxCandidates + slot] = (uint64_t{FloatKey(l)} << 32) | (0xffffffffu - static_cast<uint32_t>(v));
+    }
+  }
+}
+
+// Orders each row's candidates exactly and writes the top k: a candidate's rank is the number of
+// better ones (higher key, then lower id: one comparison of the packed value), O(c^2 / threads).
+// Rows whose histogram could not bound the candidates take the exact radix select instead.
+__global__ void __launch_bounds__(kFinalThreads) SelectKernel(EpilogueParams p) {
+  extern __shared__ unsigned char smem_raw[];
+  FinalShared& sh = *reinterpret_cast<FinalShared*>(smem_raw);
+  const int64_t b = blockIdx.x;
+  int candidate_count;
+  if (UseHistogram(p, b)) {
+    candidate_count = p.cut[b * 3 + 2];
+    for (int i = threadIdx.x; i < candidate_count; i += kFinalThreads) {
+      sh.candidates[i] = p.candidates[b * kMaxCandidates + i];
     }
     __syncthreads();
   } else {
-    SelectExact(p, logits, sh);
+    SelectExact(p, p.raw + b * p.ld, sh);
+    candidate_count = p.top_k;
   }
-  const int candidate_count = use_histogram ? sh.count : p.top_k;
-  // 4. Order the candidates exactly: each one's rank is the number of better candidates (higher
-  //    key, then lower id — one comparison of the packed value). Few candidates: O(c^2 / threads).
   for (int i = threadIdx.x; i < candidate_count; i += kFinalThreads) {
     const uint64_t mine = sh.candidates[i];
     int rank = 0;
@@ -327,7 +356,6 @@ __global__ void __launch_bounds__(kFinalThreads) FinalizeKernel(EpilogueParams p
     }
   }
 }
-
 
 int Blocks(int64_t count, int threads) {
   return static_cast<int>(std::min<int64_t>((count + threads - 1) / threads, 4096));
@@ -365,10 +393,17 @@ cudaError_t LaunchEpilogue(const EpilogueParams& p, cudaStream_t stream) {
   PartialsKernel<<<dim3(chunks, static_cast<unsigned>(p.rows)), kPartThreads, 0, stream>>>(p);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
-  const size_t smem = sizeof(FinalShared);
-  e = cudaFuncSetAttribute(FinalizeKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-  if (e != cudaSuccess) return e;
-  FinalizeKernel<<<static_cast<unsigned>(p.rows), kFinalThreads, smem, stream>>>(p, chunks);
+  const unsigned rows = static_cast<unsigned>(p.rows);
+  RowStatsKernel<<<rows, kPartThreads, 0, stream>>>(p, chunks);
+  if (p.top_k > 0) {
+    HistogramKernel<<<dim3(chunks, rows), kPartThreads, 0, stream>>>(p);
+    CutKernel<<<rows, kBins, 0, stream>>>(p);
+    CollectKernel<<<dim3(chunks, rows), kPartThreads, 0, stream>>>(p);
+    const size_t smem = sizeof(FinalShared);
+    e = cudaFuncSetAttribute(SelectKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (e != cudaSuccess) return e;
+    SelectKernel<<<rows, kFinalThreads, smem, stream>>>(p);
+  }
   return cudaGetLastError();
 }
 

@@ -13,6 +13,9 @@ namespace lmhead::cuda {
 
 // Most top_k the fused selection supports.
 inline constexpr int kMaxTopK = 1024;
+// Top-k scratch per row: histogram bins and candidate slots.
+inline constexpr int kEpilogueBins = 512;
+inline constexpr int kMaxCandidates = 4096;
 
 // Quantizes activations to E4M3 with one scale per row. x: [rows, hidden] fp32.
 // split = false: out rows [0, rows) hold q = RNE(x / s), s = max|x_row| / 448.
@@ -51,10 +54,14 @@ struct EpilogueParams {
   const int32_t* token_ids = nullptr;  // [rows, max_token_ids]; -1 = unused slot
   int max_token_ids = 0;
   float* token_logits = nullptr;  // [rows, max_token_ids]
-  // Scratch: [rows, PartialChunks(vocab)] each.
+  // Scratch: [rows, PartialChunks(vocab)] each; top-k: [rows, kEpilogueBins], [rows, 3],
+  // [rows, kMaxCandidates].
   float* part_max = nullptr;
   int32_t* part_arg = nullptr;
   float* part_sum = nullptr;
+  int32_t* hist = nullptr;
+  int32_t* cut = nullptr;
+  uint64_t* candidates = nullptr;
 };
 
 // Number of vocab chunks of the first epilogue pass (sizes the part_* scratch).
