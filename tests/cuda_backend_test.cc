@@ -43,20 +43,29 @@ HeadWeights Fp8Head(int64_t vocab, int64_t hidden, uint64_t seed) {
   return h;
 }
 
-// The module from $LMHEAD_CUDA_MODULE (a relocated build) or the build tree. With
-// LMHEAD_REQUIRE_CUDA=1 (set on GPU machines) a missing backend fails instead of skipping.
-std::unique_ptr<Backend> CudaOrSkip(HeadWeights w, LogitTransform t, ActivationPrecision precision,
-                                    std::string* skip) {
+// Options that load the module from $LMHEAD_CUDA_MODULE (a relocated build) or the build tree.
+BackendOptions CudaOptions() {
   BackendOptions o;
   o.kind = BackendKind::kCuda;
-  o.transform = t;
-  o.activation_precision = precision;
   const char* module = std::getenv("LMHEAD_CUDA_MODULE");
   o.cuda_module_path = module != nullptr ? module : LMHEAD_CUDA_MODULE_PATH;
+  return o;
+}
+
+// With LMHEAD_REQUIRE_CUDA=1 (set on GPU machines) a missing backend fails instead of skipping.
+void ExpectSkippable(const absl::Status& status) {
+  const char* require = std::getenv("LMHEAD_REQUIRE_CUDA");
+  EXPECT_FALSE(require != nullptr && std::string(require) == "1") << status;
+}
+
+std::unique_ptr<Backend> CudaOrSkip(HeadWeights w, LogitTransform t, ActivationPrecision precision,
+                                    std::string* skip) {
+  BackendOptions o = CudaOptions();
+  o.transform = t;
+  o.activation_precision = precision;
   auto b = NewBackend(o, std::move(w));
   if (!b.ok()) {
-    const char* require = std::getenv("LMHEAD_REQUIRE_CUDA");
-    EXPECT_FALSE(require != nullptr && std::string(require) == "1") << b.status();
+    ExpectSkippable(b.status());
     *skip = std::string(b.status().message());
     return nullptr;
   }
@@ -221,14 +230,9 @@ TEST(CudaBackendTest, GpuQuantizationIsBitIdenticalToTheHostQuantizer) {
       q.chunk_rows = 97;
       auto host = QuantizeHead(src, q);
       ASSERT_TRUE(host.ok()) << host.status();
-      BackendOptions o;
-      o.kind = BackendKind::kCuda;
-      const char* module = std::getenv("LMHEAD_CUDA_MODULE");
-      o.cuda_module_path = module != nullptr ? module : LMHEAD_CUDA_MODULE_PATH;
-      auto gpu = NewBackend(o, src, q);
+      auto gpu = NewBackend(CudaOptions(), src, q);
       if (!gpu.ok()) {
-        const char* require = std::getenv("LMHEAD_REQUIRE_CUDA");
-        ASSERT_FALSE(require != nullptr && std::string(require) == "1") << gpu.status();
+        ExpectSkippable(gpu.status());
         GTEST_SKIP() << "no CUDA backend here: " << gpu.status();
       }
       auto exported = (*gpu)->ExportWeights();
@@ -246,11 +250,7 @@ TEST(CudaBackendTest, GpuQuantizationIsBitIdenticalToTheHostQuantizer) {
   bad.rows = kVocab;
   bad.cols = kHidden;
   bad.data = reinterpret_cast<const uint8_t*>(w.data());
-  BackendOptions o;
-  o.kind = BackendKind::kCuda;
-  const char* module = std::getenv("LMHEAD_CUDA_MODULE");
-  o.cuda_module_path = module != nullptr ? module : LMHEAD_CUDA_MODULE_PATH;
-  auto failed = NewBackend(o, bad, QuantizeOptions{});
+  auto failed = NewBackend(CudaOptions(), bad, QuantizeOptions{});
   ASSERT_FALSE(failed.ok());
   EXPECT_NE(failed.status().message().find("row 700"), std::string::npos) << failed.status();
 }
