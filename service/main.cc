@@ -31,6 +31,8 @@ ABSL_FLAG(std::string, cuda_module, "", "Path of liblmhead_cuda.so (default: nex
 ABSL_FLAG(int, threads, 0, "CPU backend and loader threads (0 = all cores)");
 ABSL_FLAG(int, max_rows_per_request, 64, "Most hidden-state rows in one request");
 ABSL_FLAG(int, max_batch_rows, 64, "Most rows the batcher puts in one backend batch");
+ABSL_FLAG(absl::Duration, max_queue_delay, absl::ZeroDuration(),
+          "How long a batch may wait for more rows after its first arrives (0: compute what is queued)");
 ABSL_FLAG(int, max_queued_rows, 4096, "Most rows waiting for compute; beyond it requests get RESOURCE_EXHAUSTED");
 ABSL_FLAG(int, max_top_k, 256, "Largest top_k a request may ask for");
 ABSL_FLAG(int, max_logprob_token_ids, 1024, "Most logprob_token_ids per request");
@@ -101,6 +103,8 @@ int main(int argc, char** argv) {
   if (max_queued < std::max(max_rows, max_batch)) {
     return Fail("--max_queued_rows must be at least --max_rows_per_request and --max_batch_rows");
   }
+  options.batcher.max_queue_delay = absl::GetFlag(FLAGS_max_queue_delay);
+  if (options.batcher.max_queue_delay < absl::ZeroDuration()) return Fail("--max_queue_delay must be >= 0");
   options.max_rows_per_request = static_cast<uint32_t>(max_rows);
   options.batcher.max_batch_rows = max_batch;
   options.batcher.max_queued_rows = max_queued;

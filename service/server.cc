@@ -109,10 +109,7 @@ absl::Status LmHeadServer::LoadAndServe() {
              << " backend in " << facts.load_seconds << " s";
   head.reset();  // unmaps the checkpoint
 
-  BatcherOptions batcher_options = options_.batcher;
-  batcher_options.max_batch_rows =
-      std::max<int64_t>(batcher_options.max_batch_rows, options_.max_rows_per_request);
-  batcher_ = std::make_unique<Batcher>(backend_.get(), batcher_options, metrics_.get());
+  batcher_ = std::make_unique<Batcher>(backend_.get(), options_.batcher, metrics_.get());
 
   RequestLimits limits;
   limits.vocab = backend_->vocab();

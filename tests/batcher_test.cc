@@ -1,5 +1,6 @@
 #include "service/batching/batcher.h"
 
+#include <atomic>
 #include <condition_variable>
 #include <mutex>
 
@@ -133,8 +134,8 @@ TEST(BatcherTest, FullQueueIsRefusedAtOnce) {
   absl::Status full = batcher.Schedule(&c);
   EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted) << full;
   ASSERT_NE(c, nullptr) << "a refused task stays with the caller";
-  auto too_big = MakeTask(4, 5, &results);
-  EXPECT_EQ(batcher.Schedule(&too_big).code(), absl::StatusCode::kInvalidArgument);
+  auto empty = MakeTask(4, 0, &results);
+  EXPECT_EQ(batcher.Schedule(&empty).code(), absl::StatusCode::kInvalidArgument);
   backend.Open();
   batcher.Stop();
   EXPECT_EQ(results.done.size(), 3u);
@@ -164,6 +165,110 @@ TEST(BatcherTest, AFailingTaskDoesNotFailItsBatchmates) {
       EXPECT_TRUE(r.ok()) << "task " << tag << ": " << r.status();
     }
   }
+}
+
+// Expected outputs for a task made by MakeTask(tag, rows, ...), computed by the backend alone.
+std::vector<RowOutput> Direct(Backend& backend, int tag, int64_t rows) {
+  Results unused;
+  auto alone = MakeTask(tag, rows, &unused);
+  std::vector<RowSpec> specs(rows, RowSpec{3, {}, false});
+  std::vector<RowOutput> out;
+  EXPECT_TRUE(backend.ComputeLogits({alone->hidden.data(), rows, specs}, &out).ok());
+  return out;
+}
+
+TEST(BatcherTest, SplitsLargeTasksAndReassemblesThemInOrder) {
+  GatedBackend backend(RealBackend());
+  auto reference = RealBackend();
+  Results results;
+  {
+    Batcher batcher(&backend, {/*max_batch_rows=*/8, /*max_queued_rows=*/100}, nullptr);
+    backend.Open();
+    auto big = MakeTask(7, 21, &results);
+    ASSERT_TRUE(batcher.Schedule(&big).ok());
+    batcher.Stop();
+  }
+  EXPECT_EQ(backend.batch_sizes(), (std::vector<int64_t>{8, 8, 5}));
+  ASSERT_EQ(results.done.size(), 1u);
+  ASSERT_TRUE(results.done[0].second.ok());
+  const auto expected = Direct(*reference, 7, 21);
+  const auto& rows = results.done[0].second->rows;
+  ASSERT_EQ(rows.size(), 21u);
+  for (size_t i = 0; i < rows.size(); ++i) EXPECT_EQ(rows[i].top_ids, expected[i].top_ids) << "row " << i;
+}
+
+TEST(BatcherTest, ExpiredAndCancelledTasksAreDroppedBeforeCompute) {
+  GatedBackend backend(RealBackend());
+  Results results;
+  Batcher batcher(&backend, {8, 100}, nullptr);
+  auto busy = MakeTask(0, 1, &results);
+  ASSERT_TRUE(batcher.Schedule(&busy).ok());
+  backend.WaitForBatches(1);
+  auto expired = MakeTask(1, 2, &results);
+  expired->deadline = absl::Now() + absl::Milliseconds(1);
+  auto cancelled = MakeTask(2, 2, &results);
+  auto flag = std::make_shared<std::atomic<bool>>(false);
+  cancelled->cancelled = [flag] { return flag->load(); };
+  auto fine = MakeTask(3, 2, &results);
+  fine->deadline = absl::Now() + absl::Hours(1);
+  ASSERT_TRUE(batcher.Schedule(&expired).ok());
+  ASSERT_TRUE(batcher.Schedule(&cancelled).ok());
+  ASSERT_TRUE(batcher.Schedule(&fine).ok());
+  flag->store(true);
+  absl::SleepFor(absl::Milliseconds(5));  // past the first deadline
+  backend.Open();
+  batcher.Stop();
+  ASSERT_EQ(results.done.size(), 4u);
+  for (auto& [tag, r] : results.done) {
+    if (tag == 1) EXPECT_EQ(r.status().code(), absl::StatusCode::kDeadlineExceeded) << r.status();
+    if (tag == 2) EXPECT_EQ(r.status().code(), absl::StatusCode::kCancelled) << r.status();
+    if (tag == 0 || tag == 3) EXPECT_TRUE(r.ok()) << r.status();
+  }
+  // Only the live task reached the backend after the busy one.
+  EXPECT_EQ(backend.batch_sizes(), (std::vector<int64_t>{1, 2}));
+}
+
+TEST(BatcherTest, EarliestDeadlineFirstWhenMoreThanOneBatchWaits) {
+  GatedBackend backend(RealBackend());
+  Results results;
+  Batcher batcher(&backend, {/*max_batch_rows=*/4, 100}, nullptr);
+  auto busy = MakeTask(0, 1, &results);
+  ASSERT_TRUE(batcher.Schedule(&busy).ok());
+  backend.WaitForBatches(1);
+  const absl::Time now = absl::Now();
+  const int64_t late_rows = 3, early_rows = 4;  // distinct sizes identify the batches
+  auto late = MakeTask(1, late_rows, &results);
+  late->deadline = now + absl::Hours(2);
+  auto early = MakeTask(2, early_rows, &results);
+  early->deadline = now + absl::Hours(1);
+  ASSERT_TRUE(batcher.Schedule(&late).ok());
+  ASSERT_TRUE(batcher.Schedule(&early).ok());
+  backend.Open();
+  batcher.Stop();
+  EXPECT_EQ(backend.batch_sizes(), (std::vector<int64_t>{1, early_rows, late_rows}));
+}
+
+TEST(BatcherTest, QueueDelayGathersRowsIntoOneBatch) {
+  GatedBackend backend(RealBackend());
+  backend.Open();
+  Results results;
+  Batcher batcher(&backend, {/*max_batch_rows=*/64, 100, /*max_queue_delay=*/absl::Milliseconds(500)}, nullptr);
+  auto first = MakeTask(0, 2, &results);
+  ASSERT_TRUE(batcher.Schedule(&first).ok());
+  absl::SleepFor(absl::Milliseconds(50));  // without the delay, the first task would run alone
+  for (int tag = 1; tag < 5; ++tag) {
+    auto t = MakeTask(tag, 2, &results);
+    ASSERT_TRUE(batcher.Schedule(&t).ok());
+  }
+  for (int i = 0; i < 400; ++i) {
+    {
+      std::lock_guard<std::mutex> lock(results.mu);
+      if (results.done.size() == 5) break;
+    }
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_EQ(backend.batch_sizes(), (std::vector<int64_t>{10}));
+  batcher.Stop();
 }
 
 }  // namespace

@@ -1,7 +1,10 @@
-// Coalesces the rows of many tasks into backend batches. One worker thread owns the backend:
-// it takes queued tasks in arrival order, up to max_batch_rows rows per batch, computes them
-// with one ComputeLogits call (rows with different output specs share the GEMM) and hands each
-// task its own rows through its done callback.
+// Coalesces the rows of many tasks into backend batches. One worker thread owns the backend: it
+// waits until max_batch_rows rows are queued or the oldest has waited max_queue_delay, drops
+// tasks whose deadline passed or whose call was cancelled, takes the rest in arrival order
+// (earliest deadline first when more than one batch is queued), computes them with one
+// ComputeLogits call (rows with different output specs share the GEMM) and hands each task its
+// own rows through its done callback. A task larger than max_batch_rows is split into parts that
+// are computed separately and reassembled before its done is called.
 #ifndef LMHEAD_SERVICE_BATCHING_BATCHER_H_
 #define LMHEAD_SERVICE_BATCHING_BATCHER_H_
 
@@ -14,6 +17,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/time/time.h"
 #include "kernels/backend.h"
 #include "service/batching/task.h"
 #include "service/metrics/service_metrics.h"
@@ -21,10 +25,12 @@
 namespace lmhead {
 
 struct BatcherOptions {
-  // Most rows in one backend batch; a task may not have more.
+  // Most rows in one backend batch; larger tasks are split.
   int64_t max_batch_rows = 64;
   // Most rows waiting in the queue; Schedule refuses tasks beyond it.
   int64_t max_queued_rows = 4096;
+  // How long a batch may wait for more rows once the first is queued (0: take what is queued).
+  absl::Duration max_queue_delay = absl::ZeroDuration();
 };
 
 class Batcher {
@@ -37,19 +43,27 @@ class Batcher {
   Batcher& operator=(const Batcher&) = delete;
 
   // Takes *task iff the result is OK (then task->done will be called exactly once). Never
-  // blocks. Errors: INVALID_ARGUMENT (0 rows or more than max_batch_rows), RESOURCE_EXHAUSTED
-  // (queue full; retry later), UNAVAILABLE (stopping).
+  // blocks. Errors: INVALID_ARGUMENT (0 rows), RESOURCE_EXHAUSTED (queue full; retry later),
+  // UNAVAILABLE (stopping).
   absl::Status Schedule(std::unique_ptr<Task>* task);
 
   // Refuses new tasks, computes every task already accepted, then stops the worker. Idempotent.
   void Stop();
 
  private:
+  struct Queued {
+    std::unique_ptr<Task> task;
+    absl::Time enqueued;
+  };
+
   void WorkerLoop();
-  // Computes `tasks` (enqueued at the parallel times) as one batch and calls each task's done.
-  void RunBatch(std::vector<std::unique_ptr<Task>>& tasks, const std::vector<absl::Time>& enqueued);
-  absl::Status Compute(std::vector<std::unique_ptr<Task>>& tasks, std::vector<RowOutput>* out,
-                       int64_t* rows);
+  // Waits for work; moves the next batch's tasks into *batch. False when stopped and drained.
+  bool NextBatch(std::vector<Queued>* batch);
+  // Answers tasks that expired or were cancelled; keeps the rest in *batch.
+  void DropDead(std::vector<Queued>* batch);
+  // Computes `batch` as one backend call and calls each task's done.
+  void RunBatch(std::vector<Queued>& batch);
+  absl::Status Compute(const std::vector<Queued>& batch, std::vector<RowOutput>* out, int64_t* rows);
 
   Backend* const backend_;
   const BatcherOptions options_;
@@ -57,10 +71,6 @@ class Batcher {
 
   std::mutex mu_;
   std::condition_variable cv_;
-  struct Queued {
-    std::unique_ptr<Task> task;
-    absl::Time enqueued;
-  };
   std::deque<Queued> queue_ ABSL_GUARDED_BY(mu_);
   int64_t queued_rows_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

@@ -25,6 +25,10 @@ struct Task {
   uint32_t top_k = 0;               // every row of a task shares one output spec
   std::vector<uint32_t> token_ids;  // < vocab
   bool want_logits = false;
+  // Work not started by then is answered DEADLINE_EXCEEDED instead of computed.
+  absl::Time deadline = absl::InfiniteFuture();
+  // When set and true, queued work is dropped and answered CANCELLED. Thread-safe.
+  std::function<bool()> cancelled;
   // Called exactly once, on the batcher's worker thread, with this task's results or error.
   std::function<void(absl::StatusOr<TaskResult>)> done;
 

@@ -59,7 +59,28 @@ ServiceMetrics::ServiceMetrics(prometheus::Registry& r)
                       .Name("lmhead_batch_rows")
                       .Help("Rows per backend batch")
                       .Register(r)
-                      .Add({}, RowBuckets())) {
+                      .Add({}, RowBuckets())),
+      queue_wait_(prometheus::BuildHistogram()
+                      .Name("lmhead_queue_wait_seconds")
+                      .Help("Time a request's rows waited in the queue before compute")
+                      .Register(r)
+                      .Add({}, LatencyBuckets())),
+      deadline_exceeded_(prometheus::BuildCounter()
+                             .Name("lmhead_deadline_exceeded_total")
+                             .Help("Accepted requests dropped before compute because their deadline passed")
+                             .Register(r)
+                             .Add({})),
+      cancelled_(prometheus::BuildCounter()
+                     .Name("lmhead_cancelled_total")
+                     .Help("Accepted requests dropped before compute because their call was cancelled")
+                     .Register(r)
+                     .Add({})) {
+  auto& rejected = prometheus::BuildCounter()
+                       .Name("lmhead_rejected_requests_total")
+                       .Help("Requests refused at admission, by reason")
+                       .Register(r);
+  rejections_[static_cast<int>(Rejection::kQueueFull)] = &rejected.Add({{"reason", "queue_full"}});
+  rejections_[static_cast<int>(Rejection::kShuttingDown)] = &rejected.Add({{"reason", "shutting_down"}});
   auto& requests = prometheus::BuildCounter()
                        .Name("lmhead_requests_total")
                        .Help("Finished requests (unary calls and stream messages) by rpc and status code")

@@ -16,6 +16,10 @@
 namespace lmhead {
 
 enum class Rpc { kComputeLogits = 0, kStreamLogits = 1, kGetModelInfo = 2 };
+// Why the batcher refused a request at Schedule.
+enum class Rejection { kQueueFull = 0, kShuttingDown = 1 };
+// Why accepted work was dropped before compute.
+enum class Dropped { kDeadlineExceeded = 0, kCancelled = 1 };
 inline constexpr int kNumRpcs = 3;
 inline constexpr int kNumStatusCodes = 17;  // grpc::StatusCode 0..16
 
@@ -42,6 +46,10 @@ class ServiceMetrics {
   void RecordRequest(Rpc rpc, int code, double seconds, int64_t rows);
   // One backend batch.
   void RecordBatch(double compute_seconds, int64_t rows);
+  // Time a task waited in the queue before its batch started.
+  void RecordQueueWait(double seconds) { queue_wait_.Observe(seconds); }
+  void RecordRejection(Rejection r) { rejections_[static_cast<int>(r)]->Increment(); }
+  void RecordDropped(Dropped d) { (d == Dropped::kCancelled ? cancelled_ : deadline_exceeded_).Increment(); }
 
   // Device memory of the backend's GPU (used by all processes, and total), and the backend's own
   // working memory beyond the weights.
@@ -70,6 +78,10 @@ class ServiceMetrics {
   std::array<prometheus::Histogram*, kNumRpcs> request_seconds_{};
   prometheus::Histogram& compute_seconds_;
   prometheus::Histogram& batch_rows_;
+  prometheus::Histogram& queue_wait_;
+  std::array<prometheus::Counter*, 2> rejections_{};
+  prometheus::Counter& deadline_exceeded_;
+  prometheus::Counter& cancelled_;
 };
 
 }  // namespace lmhead

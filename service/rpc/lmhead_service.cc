@@ -19,7 +19,15 @@ void LmHeadService::SetReady(Batcher* batcher, const RequestLimits& limits,
   ready_.store(ready_storage_.get(), std::memory_order_release);
 }
 
-absl::Status LmHeadService::Submit(const v1::LogitsRequest& request, v1::LogitsResponse* response,
+absl::Time DeadlineOf(const grpc::CallbackServerContext& context) {
+  const auto deadline = context.deadline();
+  // No deadline arrives as a time point far in the future.
+  if (deadline > std::chrono::system_clock::now() + std::chrono::hours(24 * 365)) return absl::InfiniteFuture();
+  return absl::FromChrono(deadline);
+}
+
+absl::Status LmHeadService::Submit(const v1::LogitsRequest& request, absl::Time deadline,
+                                   std::function<bool()> cancelled, v1::LogitsResponse* response,
                                    std::function<void(const absl::Status&)> on_done) {
   const Ready* ready = this->ready();
   if (ready == nullptr) return absl::FailedPreconditionError("the head is still loading; retry later");
@@ -28,6 +36,8 @@ absl::Status LmHeadService::Submit(const v1::LogitsRequest& request, v1::LogitsR
   if (absl::Status s = DecodeLogitsRequest(request, ready->limits, task.get(), &logits_dtype); !s.ok()) {
     return s;
   }
+  task->deadline = deadline;
+  task->cancelled = std::move(cancelled);
   task->done = [request_id = request.request_id(), return_logits = request.output().return_logits(),
                 logits_dtype, response, on_done = std::move(on_done)](
                    absl::StatusOr<TaskResult> result) mutable {
@@ -54,7 +64,9 @@ grpc::ServerUnaryReactor* LmHeadService::ComputeLogits(grpc::CallbackServerConte
     metrics_->inflight_requests().Decrement();
     reactor->Finish(ToGrpcStatus(status));
   };
-  if (absl::Status s = Submit(*request, response, finish); !s.ok()) finish(s);
+  absl::Status submitted = Submit(*request, DeadlineOf(*context), [context] { return context->IsCancelled(); },
+                                  response, finish);
+  if (!submitted.ok()) finish(submitted);
   return reactor;
 }
 

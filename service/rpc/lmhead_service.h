@@ -14,6 +14,9 @@
 
 namespace lmhead {
 
+// The call's deadline, or InfiniteFuture when it has none.
+absl::Time DeadlineOf(const grpc::CallbackServerContext& context);
+
 class LmHeadService final : public v1::LmHead::CallbackService {
  public:
   // metrics must outlive the service. max_stream_outstanding: messages a stream may have in
@@ -46,8 +49,10 @@ class LmHeadService final : public v1::LmHead::CallbackService {
   // *response must stay valid until then. `request` may be reused as soon as this returns.
   // Errors (returned, on_done not called): FAILED_PRECONDITION (not ready), INVALID_ARGUMENT,
   // RESOURCE_EXHAUSTED (queue full), UNAVAILABLE (shutting down).
-  absl::Status Submit(const v1::LogitsRequest& request, v1::LogitsResponse* response,
-                      std::function<void(const absl::Status&)> on_done);
+  // Work not started by `deadline`, or whose `cancelled()` turns true while queued, is dropped
+  // and answered DEADLINE_EXCEEDED / CANCELLED.
+  absl::Status Submit(const v1::LogitsRequest& request, absl::Time deadline, std::function<bool()> cancelled,
+                      v1::LogitsResponse* response, std::function<void(const absl::Status&)> on_done);
   ServiceMetrics& metrics() { return *metrics_; }
   int max_stream_outstanding() const { return max_stream_outstanding_; }
 

@@ -8,8 +8,8 @@
 
 namespace lmhead {
 
-StreamReactor::StreamReactor(LmHeadService* service, grpc::CallbackServerContext*)
-    : service_(service) {
+StreamReactor::StreamReactor(LmHeadService* service, grpc::CallbackServerContext* context)
+    : service_(service), deadline_(DeadlineOf(*context)) {
   service_->metrics().open_streams().Increment();
   std::lock_guard<std::mutex> lock(mu_);
   StartReadLocked();
@@ -45,7 +45,8 @@ void StreamReactor::OnReadDone(bool ok) {
     slots_.push_back(std::move(owned));
   }
   absl::Status submitted = service_->Submit(
-      request_, &slot->response, [this, slot](const absl::Status& status) { CompleteSlot(slot, status); });
+      request_, deadline_, [this] { return cancelled_.load(); }, &slot->response,
+      [this, slot](const absl::Status& status) { CompleteSlot(slot, status); });
   if (!submitted.ok()) CompleteSlot(slot, submitted);
   std::optional<grpc::Status> finish;
   {
@@ -105,6 +106,7 @@ void StreamReactor::OnWriteDone(bool ok) {
 }
 
 void StreamReactor::OnCancel() {
+  cancelled_.store(true);
   std::optional<grpc::Status> finish;
   {
     std::lock_guard<std::mutex> lock(mu_);

@@ -10,6 +10,7 @@
 #ifndef LMHEAD_SERVICE_RPC_STREAM_REACTOR_H_
 #define LMHEAD_SERVICE_RPC_STREAM_REACTOR_H_
 
+#include <atomic>
 #include <deque>
 #include <memory>
 #include <mutex>
@@ -50,6 +51,8 @@ class StreamReactor final : public grpc::ServerBidiReactor<v1::LogitsRequest, v1
   std::optional<grpc::Status> MaybeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   LmHeadService* const service_;
+  const absl::Time deadline_;
+  std::atomic<bool> cancelled_{false};  // set by OnCancel; read by queued tasks
   v1::LogitsRequest request_;  // the read buffer: owned by gRPC from StartRead until OnReadDone,
                                // then by OnReadDone until it clears read_in_flight_
 
