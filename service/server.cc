@@ -156,6 +156,7 @@ void LmHeadServer::Shutdown() {
     health->SetServingStatus(false);
     health->SetServingStatus(kServiceName, false);
     metrics_->SetReady(false);
+    service_->BeginDrain();
     // Stops accepting calls; calls in flight keep running (the batcher still computes them)
     // until they finish or the grace period ends, when they are cancelled.
     server_->Shutdown(std::chrono::system_clock::now() +

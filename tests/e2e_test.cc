@@ -308,6 +308,41 @@ TEST_F(E2eTest, ManyConcurrentStreamsGetTheirOwnResultsInOrder) {
   EXPECT_EQ(received.load(), kStreams * kMessages);
 }
 
+// A graceful stop answers every message a stream has delivered, in order, then ends the stream
+// with UNAVAILABLE so that the client reconnects elsewhere.
+TEST_F(E2eTest, GracefulStopDrainsStreamsThenEndsThemWithUnavailable) {
+  StartAndLoad();
+  auto stream = client_->OpenStream();
+  OutputOptions out;
+  out.top_k = 1;
+  for (int i = 0; i < 10; ++i) {
+    ASSERT_TRUE(stream->Send(HiddenStates::FromFloats(Random(2, i), 2, DType::kFp32), out, std::to_string(i)).ok());
+  }
+  for (int i = 0; i < 10; ++i) {
+    auto r = stream->Receive();
+    ASSERT_TRUE(r.ok() && r->error.ok()) << r.status();
+    EXPECT_EQ(r->request_id, std::to_string(i));
+  }
+  for (int i = 10; i < 15; ++i) {
+    ASSERT_TRUE(stream->Send(HiddenStates::FromFloats(Random(2, i), 2, DType::kFp32), out, std::to_string(i)).ok());
+  }
+  std::thread stopper([&] { server_->Shutdown(); });
+  int next = 10;
+  absl::Status end;
+  while (true) {
+    auto r = stream->Receive();
+    if (!r.ok()) {
+      end = r.status();
+      break;
+    }
+    ASSERT_TRUE(r->error.ok()) << r->error;
+    EXPECT_EQ(r->request_id, std::to_string(next++)) << "answers stay in order";
+  }
+  stopper.join();
+  EXPECT_LE(next, 15);
+  EXPECT_EQ(end.code(), absl::StatusCode::kUnavailable) << end;
+}
+
 // Every call the service accepted completes OK during a graceful stop. Calls that race the stop
 // are refused with UNAVAILABLE (by the batcher) or CANCELLED (by gRPC, before they reached the
 // service); nothing else may happen, and the server's own count of OK calls equals the client's.

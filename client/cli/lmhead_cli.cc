@@ -5,7 +5,6 @@
 //   lmhead stream --steps=N [--rows=R --top_k=K]   N requests on one stream, in order
 #include <cmath>
 #include <cstdio>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -18,6 +17,7 @@
 #include "absl/time/clock.h"
 #include "client/lmhead_client.h"
 #include "client/npy.h"
+#include "client/random_hidden.h"
 
 ABSL_FLAG(std::string, target, "127.0.0.1:50051", "Server address host:port");
 ABSL_FLAG(std::string, npy, "", "logits: hidden states from a .npy file ([hidden] or [rows, hidden])");
@@ -77,11 +77,7 @@ absl::StatusOr<HiddenStates> Hidden(int64_t hidden_size, int rows, uint64_t seed
     return HiddenStates::FromFloats(m->values, m->rows, *dtype);
   }
   if (rows < 1) return absl::InvalidArgumentError("--rows must be >= 1");
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> normal(0.0f, static_cast<float>(absl::GetFlag(FLAGS_scale)));
-  std::vector<float> values(static_cast<size_t>(rows) * hidden_size);
-  for (float& v : values) v = normal(rng);
-  return HiddenStates::FromFloats(values, rows, *dtype);
+  return lmhead::client::RandomHidden(rows, hidden_size, seed, static_cast<float>(absl::GetFlag(FLAGS_scale)), *dtype);
 }
 
 void PrintResult(const LogitsResult& r, const OutputOptions& out) {

@@ -72,7 +72,49 @@ grpc::ServerUnaryReactor* LmHeadService::ComputeLogits(grpc::CallbackServerConte
 
 grpc::ServerBidiReactor<v1::LogitsRequest, v1::LogitsResponse>* LmHeadService::StreamLogits(
     grpc::CallbackServerContext* context) {
-  return new StreamReactor(this, context);
+  auto* reactor = new StreamReactor(this, context);
+  Register(reactor);
+  if (draining()) reactor->Drain();
+  return reactor;
+}
+
+void LmHeadService::Register(StreamReactor* reactor) {
+  std::lock_guard<std::mutex> lock(streams_mu_);
+  streams_[reactor] = Registration{};
+}
+
+void LmHeadService::Retire(StreamReactor* reactor) {
+  std::lock_guard<std::mutex> lock(streams_mu_);
+  auto it = streams_.find(reactor);
+  if (it->second.pins > 0) {
+    it->second.retired = true;  // the last Unpin deletes it
+    return;
+  }
+  streams_.erase(it);
+  delete reactor;
+}
+
+void LmHeadService::BeginDrain() {
+  draining_.store(true);
+  std::vector<StreamReactor*> pinned;
+  {
+    std::lock_guard<std::mutex> lock(streams_mu_);
+    for (auto& [reactor, registration] : streams_) {
+      if (registration.retired) continue;
+      ++registration.pins;
+      pinned.push_back(reactor);
+    }
+  }
+  // Drain outside the lock: it may Finish, and gRPC may then run OnDone (Retire) on any thread.
+  for (StreamReactor* reactor : pinned) {
+    reactor->Drain();
+    std::lock_guard<std::mutex> lock(streams_mu_);
+    auto it = streams_.find(reactor);
+    if (--it->second.pins == 0 && it->second.retired) {
+      streams_.erase(it);
+      delete reactor;
+    }
+  }
 }
 
 grpc::ServerUnaryReactor* LmHeadService::GetModelInfo(grpc::CallbackServerContext* context,

@@ -5,7 +5,11 @@
 #define LMHEAD_SERVICE_RPC_LMHEAD_SERVICE_H_
 
 #include <atomic>
+#include <map>
 #include <memory>
+#include <mutex>
+
+#include "absl/base/thread_annotations.h"
 
 #include "lmhead/v1/lmhead.grpc.pb.h"
 #include "service/batching/batcher.h"
@@ -13,6 +17,8 @@
 #include "service/rpc/request_codec.h"
 
 namespace lmhead {
+
+class StreamReactor;
 
 // The call's deadline, or InfiniteFuture when it has none.
 absl::Time DeadlineOf(const grpc::CallbackServerContext& context);
@@ -56,11 +62,30 @@ class LmHeadService final : public v1::LmHead::CallbackService {
   ServiceMetrics& metrics() { return *metrics_; }
   int max_stream_outstanding() const { return max_stream_outstanding_; }
 
+  // Graceful stop: every open stream stops reading, answers what it has already received, then
+  // ends with UNAVAILABLE so that its client reconnects (to this server's successor or a replica).
+  // Streams opened afterwards are drained at once. Thread-safe.
+  void BeginDrain();
+  bool draining() const { return draining_.load(); }
+
+  // Stream reactors register while open. A pinned reactor is not deleted until unpinned.
+  void Register(StreamReactor* reactor);
+  // Called from the reactor's OnDone: deletes it now, or when its last pin goes.
+  void Retire(StreamReactor* reactor);
+
  private:
   ServiceMetrics* const metrics_;
   const int max_stream_outstanding_;
   std::unique_ptr<Ready> ready_storage_;
   std::atomic<const Ready*> ready_{nullptr};
+  std::atomic<bool> draining_{false};
+
+  struct Registration {
+    int pins = 0;
+    bool retired = false;
+  };
+  std::mutex streams_mu_;
+  std::map<StreamReactor*, Registration> streams_ ABSL_GUARDED_BY(streams_mu_);
 };
 
 }  // namespace lmhead

@@ -42,6 +42,13 @@ void StreamReactor::OnReadDone(bool ok) {
     // read_in_flight_ stays set until request_ has been consumed below, so that OnWriteDone
     // cannot start a read into it meanwhile.
     std::lock_guard<std::mutex> lock(mu_);
+    if (finished_) {
+      // Drained while this message was arriving: it was never answered, so the client (which
+      // sees UNAVAILABLE) can send it again elsewhere.
+      read_in_flight_ = false;
+      service_->metrics().inflight_requests().Decrement();
+      return;
+    }
     slots_.push_back(std::move(owned));
   }
   absl::Status submitted = service_->Submit(
@@ -52,7 +59,8 @@ void StreamReactor::OnReadDone(bool ok) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     read_in_flight_ = false;
-    if (!broken_ && !reads_done_ && static_cast<int>(slots_.size()) < service_->max_stream_outstanding()) {
+    if (!broken_ && !reads_done_ && !draining_ &&
+        static_cast<int>(slots_.size()) < service_->max_stream_outstanding()) {
       StartReadLocked();
     }
     finish = MaybeFinishLocked();
@@ -83,7 +91,7 @@ void StreamReactor::MaybeWriteLocked() {
     while (!slots_.empty() && slots_.front()->ready && !writing_) slots_.pop_front();
     return;
   }
-  if (writing_ || slots_.empty() || !slots_.front()->ready) return;
+  if (finished_ || writing_ || slots_.empty() || !slots_.front()->ready) return;
   writing_ = true;
   StartWrite(&slots_.front()->response);
 }
@@ -95,7 +103,7 @@ void StreamReactor::OnWriteDone(bool ok) {
     writing_ = false;
     slots_.pop_front();
     if (!ok) broken_ = true;
-    if (!broken_ && !reads_done_ && !read_in_flight_ &&
+    if (!broken_ && !reads_done_ && !read_in_flight_ && !draining_ &&
         static_cast<int>(slots_.size()) < service_->max_stream_outstanding()) {
       StartReadLocked();
     }
@@ -118,7 +126,13 @@ void StreamReactor::OnCancel() {
 }
 
 std::optional<grpc::Status> StreamReactor::MaybeFinishLocked() {
-  if (finished_ || read_in_flight_ || writing_) return std::nullopt;
+  if (finished_ || writing_) return std::nullopt;
+  if (draining_ && !broken_) {
+    if (!slots_.empty()) return std::nullopt;  // answer everything received first
+    finished_ = true;
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down; reconnect");
+  }
+  if (read_in_flight_) return std::nullopt;
   if (broken_) {
     // Slots still present belong to tasks not yet back from the batcher.
     for (const auto& s : slots_) {
@@ -135,9 +149,19 @@ std::optional<grpc::Status> StreamReactor::MaybeFinishLocked() {
   return std::nullopt;
 }
 
+void StreamReactor::Drain() {
+  std::optional<grpc::Status> finish;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    draining_ = true;
+    finish = MaybeFinishLocked();
+  }
+  if (finish) Finish(*finish);
+}
+
 void StreamReactor::OnDone() {
   service_->metrics().open_streams().Decrement();
-  delete this;
+  service_->Retire(this);
 }
 
 }  // namespace lmhead

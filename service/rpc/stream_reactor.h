@@ -5,8 +5,9 @@
 // response is written. The call finishes OK after the client half-closes and every slot is
 // written, or CANCELLED once every scheduled task has come back after a cancellation.
 //
-// Lifetime: gRPC owns the reactor; it deletes itself in OnDone, which only follows Finish,
-// which is only called when no task, read or write is outstanding.
+// Lifetime: the service deletes the reactor after OnDone (see LmHeadService::Retire), which only
+// follows Finish, which is only called when no task or write is outstanding (and no read, except
+// when draining: gRPC then completes the pending read with ok = false).
 #ifndef LMHEAD_SERVICE_RPC_STREAM_REACTOR_H_
 #define LMHEAD_SERVICE_RPC_STREAM_REACTOR_H_
 
@@ -28,6 +29,9 @@ namespace lmhead {
 class StreamReactor final : public grpc::ServerBidiReactor<v1::LogitsRequest, v1::LogitsResponse> {
  public:
   StreamReactor(LmHeadService* service, grpc::CallbackServerContext* context);
+
+  // Stop reading; answer what was received; then Finish with UNAVAILABLE (see BeginDrain).
+  void Drain();
 
   void OnReadDone(bool ok) override;
   void OnWriteDone(bool ok) override;
@@ -63,6 +67,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<v1::LogitsRequest, v1
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool broken_ ABSL_GUARDED_BY(mu_) = false;      // cancelled or a write failed
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;  // the server is stopping
 };
 
 }  // namespace lmhead

@@ -66,10 +66,10 @@ def dequantize(weight, scales):
 class Server:
     """lmhead-server on loopback with free ports; stops on exit (SIGTERM, expects exit 0)."""
 
-    def __init__(self, checkpoint, *flags):
+    def __init__(self, checkpoint, *flags, port=0):
         self.log = tempfile.NamedTemporaryFile(prefix="lmhead_server_", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
-            [binary("lmhead-server"), f"--checkpoint={checkpoint}", "--listen=127.0.0.1:0",
+            [binary("lmhead-server"), f"--checkpoint={checkpoint}", f"--listen=127.0.0.1:{port}",
              "--metrics_listen=127.0.0.1:0", "--threads=2", *flags],
             stdout=self.log, stderr=subprocess.STDOUT)
         self.port = self.metrics_port = None
@@ -105,6 +105,13 @@ class Server:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def logsumexp(x, axis=-1):
