@@ -115,14 +115,17 @@ class GrpcStreamSession final : public StreamSession {
     return FromProto(resp);
   }
 
-  absl::Status Close() override {
-    {
-      std::lock_guard<std::mutex> lock(send_mu_);
-      if (!writes_done_) {
-        writes_done_ = true;
-        stream_->WritesDone();
-      }
+  absl::Status CloseSend() override {
+    std::lock_guard<std::mutex> lock(send_mu_);
+    if (!writes_done_) {
+      writes_done_ = true;
+      stream_->WritesDone();
     }
+    return absl::OkStatus();
+  }
+
+  absl::Status Close() override {
+    CloseSend().IgnoreError();
     v1::LogitsResponse drain;
     while (!closed_ && stream_->Read(&drain)) {}
     std::lock_guard<std::mutex> lock(send_mu_);

@@ -119,6 +119,9 @@ class StreamSession {
   // usable. OUT_OF_RANGE after the server has answered everything and closed; other errors are
   // transport failures (the stream's final status).
   virtual absl::StatusOr<LogitsResult> Receive() = 0;
+  // Half-closes: no more Send; Receive returns OUT_OF_RANGE once every response has been read.
+  // May run concurrently with Receive.
+  virtual absl::Status CloseSend() = 0;
   // Half-closes, drains unread responses, and returns the call's final status. Not concurrently
   // with Receive.
   virtual absl::Status Close() = 0;

@@ -7,6 +7,7 @@ PACKAGES=(
   build-essential cmake pkg-config git curl ca-certificates
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   prometheus-cpp-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev
+  libopenblas-dev       # the CPU benchmark's fp32 GEMV baseline
   prometheus            # promtool, used by the tests to check the metrics text
   python3 python3-venv  # the tests' virtual environment (numpy, ml_dtypes, safetensors, grpcio)
 )

@@ -92,7 +92,6 @@ void StreamWorker(const std::string& target, const Plan& plan, int w, std::atomi
   // Open loop: a sender paced by the schedule, and this thread reading answers in order.
   std::mutex mu;
   std::deque<absl::Time> in_flight;  // scheduled send times, in order
-  std::atomic<bool> sending_done{false};
   std::thread sender([&] {
     for (int64_t i = 0; Claim(plan, issued); ++i) {
       const absl::Time at = Scheduled(plan, i);
@@ -108,15 +107,11 @@ void StreamWorker(const std::string& target, const Plan& plan, int w, std::atomi
         break;
       }
     }
-    sending_done = true;
+    stream->CloseSend().IgnoreError();  // Receive ends once the last answer is in
   });
   while (true) {
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      if (sending_done && in_flight.empty()) break;
-    }
     auto r = stream->Receive();
-    if (!r.ok()) break;  // stream over
+    if (!r.ok()) break;  // all answered (OUT_OF_RANGE) or the stream broke
     absl::Time at;
     {
       std::lock_guard<std::mutex> lock(mu);

@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 #include <limits>
 #include <utility>
 
@@ -22,8 +25,9 @@ inline bool Better(const Candidate& a, const Candidate& b) {
 }
 
 // Fixed-order fp32 dot product (two 8-lane accumulators, then a scalar tail), so a given
-// logit has the same value wherever it is computed.
-float Dot(const float* a, const float* b, int64_t n) {
+// logit has the same value wherever it is computed. Cloned for AVX2 (same operations in the same
+// order, so the same bits; no FMA contraction in ISO C++ mode).
+__attribute__((target_clones("avx2", "default"))) float Dot(const float* a, const float* b, int64_t n) {
   typedef float V8 __attribute__((vector_size(32)));
   V8 acc0 = {}, acc1 = {};
   int64_t i = 0;
@@ -69,6 +73,79 @@ struct RowReduction {
   }
 };
 
+// E4M3 codes -> their values times 2^-8, exactly: the code's bits moved into an IEEE half
+// (sign to bit 15, exponent and mantissa to bits 7..13) give value * 2^-8 for normals and
+// subnormals alike (E4M3's bias 7 vs the half's 15). Codes are never NaN here (checked at load).
+void DecodeFp8Scaled(const uint8_t* q, int64_t n, float* dst) {
+  constexpr float kScaled = 1.0f / 256.0f;
+  const auto& table = Fp8E4m3DecodeTable();
+  for (int64_t i = 0; i < n; ++i) dst[i] = table[q[i]] * kScaled;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,f16c"))) void DecodeFp8ScaledF16c(const uint8_t* q, int64_t n, float* dst) {
+  int64_t i = 0;
+  const __m256i sign_mask = _mm256_set1_epi16(0x80);
+  const __m256i magnitude_mask = _mm256_set1_epi16(0x7f);
+  for (; i + 16 <= n; i += 16) {
+    const __m256i codes = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + i)));
+    const __m256i half = _mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(codes, sign_mask), 8),
+                                         _mm256_slli_epi16(_mm256_and_si256(codes, magnitude_mask), 7));
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm256_castsi256_si128(half)));
+    _mm256_storeu_ps(dst + i + 8, _mm256_cvtph_ps(_mm256_extracti128_si256(half, 1)));
+  }
+  DecodeFp8Scaled(q + i, n - i, dst + i);
+}
+#endif
+
+#if defined(__x86_64__)
+// out[b] = sum_i x[b][i] * decode(q[i]) * 2^-8 for NB batch rows (x rows `stride` apart), FP8
+// decoded in registers and FMA-accumulated: the weights are read once for all NB rows. Each
+// row's sum has the same order whatever NB is, so a token's logit does not depend on its batch.
+template <int NB>
+__attribute__((target("avx2,fma,f16c"))) void Fp8DotsAvx2(const uint8_t* q, int64_t n, const float* x,
+                                                         int64_t stride, float* out) {
+  const __m256i sign_mask = _mm256_set1_epi16(0x80);
+  const __m256i magnitude_mask = _mm256_set1_epi16(0x7f);
+  __m256 acc0[NB], acc1[NB];
+  for (int b = 0; b < NB; ++b) acc0[b] = acc1[b] = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256i codes = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + i)));
+    const __m256i half = _mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(codes, sign_mask), 8),
+                                         _mm256_slli_epi16(_mm256_and_si256(codes, magnitude_mask), 7));
+    const __m256 w0 = _mm256_cvtph_ps(_mm256_castsi256_si128(half));
+    const __m256 w1 = _mm256_cvtph_ps(_mm256_extracti128_si256(half, 1));
+    for (int b = 0; b < NB; ++b) {
+      acc0[b] = _mm256_fmadd_ps(_mm256_loadu_ps(x + b * stride + i), w0, acc0[b]);
+      acc1[b] = _mm256_fmadd_ps(_mm256_loadu_ps(x + b * stride + i + 8), w1, acc1[b]);
+    }
+  }
+  for (int b = 0; b < NB; ++b) {
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, _mm256_add_ps(acc0[b], acc1[b]));
+    float sum = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+    for (int64_t j = i; j < n; ++j) sum += x[b * stride + j] * (Fp8E4m3Decode(q[j]) * (1.0f / 256.0f));
+    out[b] = sum;
+  }
+}
+
+bool HasAvx2Fp8() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}
+#endif
+
+using DecodeFn = void (*)(const uint8_t*, int64_t, float*);
+
+DecodeFn PickFp8Decoder() {
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c")) return DecodeFp8ScaledF16c;
+#endif
+  return DecodeFp8Scaled;
+}
+
 class CpuBackend final : public Backend {
  public:
   CpuBackend(HeadWeights weights, LogitTransform transform, int threads)
@@ -83,13 +160,12 @@ class CpuBackend final : public Backend {
   absl::StatusOr<HeadWeights> ExportWeights() const override { return w_; }
 
  private:
-  // Writes row v's weights, without its scale, as fp32 into dst[hidden].
+  // Writes row v's weights, without its scale, as fp32 into dst[hidden]; FP8 rows come out
+  // times 2^-8 (see DecodeFp8Scaled), which Logit undoes exactly.
   void DecodeRow(int64_t v, float* dst) const {
     const int64_t h = w_.hidden;
     if (w_.format == WeightFormat::kFp8E4m3) {
-      const auto& table = Fp8E4m3DecodeTable();
-      const uint8_t* q = w_.data.data() + v * h;
-      for (int64_t i = 0; i < h; ++i) dst[i] = table[q[i]];
+      decode_fp8_(w_.data.data() + v * h, h, dst);
     } else {
       const uint8_t* b = w_.data.data() + v * h * 2;
       for (int64_t i = 0; i < h; ++i) {
@@ -98,8 +174,28 @@ class CpuBackend final : public Backend {
     }
   }
 
+  // dots[b] = x_b . (row v without its scale) for rows b of x ([rows, hidden]); `scratch` holds
+  // hidden floats. The one place dot products are formed, so a logit is the same wherever it is
+  // computed (scan, token logits, full logits).
+  void RowDots(int64_t v, const float* x, int64_t rows, float* scratch, float* dots) const {
+    const int64_t h = w_.hidden;
+#if defined(__x86_64__)
+    if (fused_fp8_) {
+      const uint8_t* q = w_.data.data() + v * h;
+      int64_t b = 0;
+      for (; b + 4 <= rows; b += 4) Fp8DotsAvx2<4>(q, h, x + b * h, h, dots + b);
+      for (; b < rows; ++b) Fp8DotsAvx2<1>(q, h, x + b * h, h, dots + b);
+      return;
+    }
+#endif
+    DecodeRow(v, scratch);
+    for (int64_t b = 0; b < rows; ++b) dots[b] = Dot(x + b * h, scratch, h);
+  }
+
   float Logit(float dot, int64_t v) const {
-    float logit = w_.row_scales.empty() ? dot : dot * w_.row_scales[v];
+    // FP8: (dot * 2^-8) * (scale * 2^8) equals dot * scale (powers of two; products below fp32's
+    // normal range aside).
+    float logit = w_.row_scales.empty() ? dot : dot * (w_.row_scales[v] * 256.0f);
     logit *= transform_.scale;
     if (transform_.softcap > 0.0f) logit = transform_.softcap * std::tanh(logit / transform_.softcap);
     return logit;
@@ -108,6 +204,10 @@ class CpuBackend final : public Backend {
   HeadWeights w_;
   LogitTransform transform_;
   ThreadPool pool_;
+  const DecodeFn decode_fp8_ = PickFp8Decoder();
+#if defined(__x86_64__)
+  const bool fused_fp8_ = w_.format == WeightFormat::kFp8E4m3 && HasAvx2Fp8();
+#endif
 };
 
 absl::Status CpuBackend::ComputeLogits(const LogitsBatch& batch, std::vector<RowOutput>* out) {
@@ -143,19 +243,19 @@ absl::Status CpuBackend::ComputeLogits(const LogitsBatch& batch, std::vector<Row
   pool_.ParallelFor(shards, [&](int s) {
     const int64_t begin = vocab * s / shards;
     const int64_t end = vocab * (s + 1) / shards;
-    std::vector<float> row(hidden);
+    std::vector<float> scratch(hidden), dots(rows);
     std::vector<RowReduction>& red = partial[s];
     for (int64_t v = begin; v < end; ++v) {
-      DecodeRow(v, row.data());
+      RowDots(v, batch.hidden, rows, scratch.data(), dots.data());
       for (int64_t b = 0; b < rows; ++b) {
-        const float logit = Logit(Dot(batch.hidden + b * hidden, row.data(), hidden), v);
+        const float logit = Logit(dots[b], v);
         red[b].Add(logit, static_cast<uint32_t>(v), batch.specs[b].top_k);
         if (batch.specs[b].want_logits) (*out)[b].logits[v] = logit;
       }
     }
   });
 
-  std::vector<float> row(hidden);
+  std::vector<float> scratch(hidden);
   for (int64_t b = 0; b < rows; ++b) {
     const RowSpec& spec = batch.specs[b];
     RowOutput& o = (*out)[b];
@@ -185,8 +285,9 @@ absl::Status CpuBackend::ComputeLogits(const LogitsBatch& batch, std::vector<Row
       o.top_logits.push_back(c.first);
     }
     for (uint32_t id : spec.token_ids) {
-      DecodeRow(id, row.data());
-      o.token_logits.push_back(Logit(Dot(batch.hidden + b * hidden, row.data(), hidden), id));
+      float dot;
+      RowDots(id, batch.hidden + b * hidden, 1, scratch.data(), &dot);
+      o.token_logits.push_back(Logit(dot, id));
     }
   }
   return absl::OkStatus();
