@@ -2,12 +2,12 @@
 # Service-level benchmark on the GPU machine (device tool, .gpu/bundle.tgz carried): the same load
 # against a transport-only echo server (the ceiling) and against lmhead-server on the CUDA
 # backend: (a) 64 streams of B=1, (b) 8 streams of 64-row steps. Results in $OUT/service_gpu.md.
-# Env: VOCAB (131072), HIDDEN (5120), SECONDS (10), BACKEND (cuda).
+# Env: VOCAB (131072), HIDDEN (5120), RUN_SECONDS (10), BACKEND (cuda).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 VOCAB=${VOCAB:-131072}
 HIDDEN=${HIDDEN:-5120}
-SECONDS_PER_RUN=${SECONDS:-10}
+SECONDS_PER_RUN=${RUN_SECONDS:-10}
 BACKEND=${BACKEND:-cuda}
 mkdir -p /tmp/lmhead "$OUT"
 [ -d /tmp/lmhead/bin ] || tar xzf .gpu/bundle.tgz -C /tmp/lmhead
