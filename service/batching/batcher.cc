@@ -15,7 +15,7 @@ class Reassembly {
   Reassembly(std::function<void(absl::StatusOr<TaskResult>)> done, int parts)
       : done_(std::move(done)), parts_(parts), results_(parts) {}
 
-  // Called on the worker thread for part i (in any order).
+  // Called on the completion thread for part i (in any order).
   void Finish(int i, absl::StatusOr<TaskResult> result) {
     if (!result.ok() && status_.ok()) status_ = result.status();
     if (result.ok()) results_[i] = std::move(*result);
@@ -71,12 +71,14 @@ std::vector<std::unique_ptr<Task>> Split(std::unique_ptr<Task> task, int64_t max
 
 Batcher::Batcher(Backend* backend, BatcherOptions options, ServiceMetrics* metrics)
     : backend_(backend), options_(options), metrics_(metrics) {
+  completer_ = std::thread([this] { CompletionLoop(); });
   worker_ = std::thread([this] { WorkerLoop(); });
 }
 
 Batcher::~Batcher() {
   Stop();
   if (worker_.joinable()) worker_.join();
+  if (completer_.joinable()) completer_.join();
 }
 
 absl::Status Batcher::Schedule(std::unique_ptr<Task>* task) {
@@ -110,6 +112,30 @@ void Batcher::Stop() {
   }
   cv_.notify_all();
   if (worker_.joinable() && worker_.get_id() != std::this_thread::get_id()) worker_.join();
+  if (completer_.joinable() && completer_.get_id() != std::this_thread::get_id()) completer_.join();
+}
+
+void Batcher::Complete(Task& task, absl::StatusOr<TaskResult> result) {
+  {
+    std::lock_guard<std::mutex> lock(completion_mu_);
+    completions_.push_back([done = std::move(task.done), result = std::move(result)]() mutable {
+      done(std::move(result));
+    });
+  }
+  completion_cv_.notify_one();
+}
+
+void Batcher::CompletionLoop() {
+  std::unique_lock<std::mutex> lock(completion_mu_);
+  while (true) {
+    completion_cv_.wait(lock, [&] { return worker_done_ || !completions_.empty(); });
+    if (completions_.empty()) return;  // the worker has stopped and everything is answered
+    std::function<void()> next = std::move(completions_.front());
+    completions_.pop_front();
+    lock.unlock();
+    next();
+    lock.lock();
+  }
 }
 
 void Batcher::WorkerLoop() {
@@ -118,6 +144,11 @@ void Batcher::WorkerLoop() {
     DropDead(&batch);
     if (!batch.empty()) RunBatch(batch);
   }
+  {
+    std::lock_guard<std::mutex> lock(completion_mu_);
+    worker_done_ = true;
+  }
+  completion_cv_.notify_all();
 }
 
 bool Batcher::NextBatch(std::vector<Queued>* batch) {
@@ -153,10 +184,10 @@ void Batcher::DropDead(std::vector<Queued>* batch) {
     Task& task = *it->task;
     if (task.cancelled && task.cancelled()) {
       if (metrics_ != nullptr) metrics_->RecordDropped(Dropped::kCancelled);
-      task.done(absl::CancelledError("the call was cancelled while its rows were queued"));
+      Complete(task, absl::CancelledError("the call was cancelled while its rows were queued"));
     } else if (task.deadline < now) {
       if (metrics_ != nullptr) metrics_->RecordDropped(Dropped::kDeadlineExceeded);
-      task.done(absl::DeadlineExceededError(absl::StrCat(
+      Complete(task, absl::DeadlineExceededError(absl::StrCat(
           "the deadline passed after ", absl::FormatDuration(now - it->enqueued), " in the queue, before compute")));
     } else {
       *alive++ = std::move(*it);
@@ -210,7 +241,7 @@ void Batcher::RunBatch(std::vector<Queued>& batch) {
     Task& task = *q.task;
     if (metrics_ != nullptr) metrics_->RecordQueueWait(absl::ToDoubleSeconds(start - q.enqueued));
     if (!status.ok()) {
-      task.done(status);
+      Complete(task, status);
       continue;
     }
     TaskResult result;
@@ -219,7 +250,7 @@ void Batcher::RunBatch(std::vector<Queued>& batch) {
     result.queue_time = start - q.enqueued;
     result.compute_time = compute;
     result.batch_rows = rows;
-    task.done(std::move(result));
+    Complete(task, std::move(result));
   }
 }
 

@@ -4,12 +4,15 @@
 // (earliest deadline first when more than one batch is queued), computes them with one
 // ComputeLogits call (rows with different output specs share the GEMM) and hands each task its
 // own rows through its done callback. A task larger than max_batch_rows is split into parts that
-// are computed separately and reassembled before its done is called.
+// are computed separately and reassembled before its done is called. Done callbacks (response
+// encoding, gRPC writes) run on a separate completion thread, so the worker can start the next
+// batch while the last one's answers are encoded and sent.
 #ifndef LMHEAD_SERVICE_BATCHING_BATCHER_H_
 #define LMHEAD_SERVICE_BATCHING_BATCHER_H_
 
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -63,6 +66,9 @@ class Batcher {
   void DropDead(std::vector<Queued>* batch);
   // Computes `batch` as one backend call and calls each task's done.
   void RunBatch(std::vector<Queued>& batch);
+  // Hands `done(result)` to the completion thread.
+  void Complete(Task& task, absl::StatusOr<TaskResult> result);
+  void CompletionLoop();
   absl::Status Compute(const std::vector<Queued>& batch, std::vector<RowOutput>* out, int64_t* rows);
 
   Backend* const backend_;
@@ -79,7 +85,13 @@ class Batcher {
   std::vector<float> hidden_;
   std::vector<RowSpec> specs_;
 
+  std::mutex completion_mu_;
+  std::condition_variable completion_cv_;
+  std::deque<std::function<void()>> completions_ ABSL_GUARDED_BY(completion_mu_);
+  bool worker_done_ ABSL_GUARDED_BY(completion_mu_) = false;
+
   std::thread worker_;
+  std::thread completer_;
 };
 
 }  // namespace lmhead

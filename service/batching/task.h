@@ -29,7 +29,7 @@ struct Task {
   absl::Time deadline = absl::InfiniteFuture();
   // When set and true, queued work is dropped and answered CANCELLED. Thread-safe.
   std::function<bool()> cancelled;
-  // Called exactly once, on the batcher's worker thread, with this task's results or error.
+  // Called exactly once, on the batcher's completion thread, with this task's results or error.
   std::function<void(absl::StatusOr<TaskResult>)> done;
 
   int64_t size() const { return rows; }
