@@ -22,7 +22,8 @@ struct ServerOptions {
   BackendOptions backend;
   BatcherOptions batcher;
 
-  // Request limits.
+  // Request limits. A request may have more rows than BatcherOptions::max_batch_rows: it is then
+  // split across batches and reassembled.
   uint32_t max_rows_per_request = 64;
   uint32_t max_top_k = 256;
   uint32_t max_logprob_token_ids = 1024;
