@@ -10,18 +10,10 @@
 #include "grpcpp/grpcpp.h"
 #include "kernels/half.h"
 #include "lmhead/v1/lmhead.grpc.pb.h"
+#include "proto/dtype_codec.h"
 
 namespace lmhead::client {
 namespace {
-
-v1::DType ToProto(DType d) {
-  switch (d) {
-    case DType::kFp32: return v1::DTYPE_FP32;
-    case DType::kBf16: return v1::DTYPE_BF16;
-    case DType::kFp16: return v1::DTYPE_FP16;
-  }
-  return v1::DTYPE_UNSPECIFIED;
-}
 
 absl::Status FromGrpc(const grpc::Status& s) {
   if (s.ok()) return absl::OkStatus();
@@ -43,7 +35,7 @@ v1::LogitsRequest MakeRequest(const HiddenStates& hidden, const OutputOptions& o
   return req;
 }
 
-LogitsResult FromProto(const v1::LogitsResponse& resp) {
+LogitsResult ResultFromProto(const v1::LogitsResponse& resp) {
   LogitsResult out;
   out.request_id = resp.request_id();
   if (resp.error().code() != 0) {
@@ -112,7 +104,7 @@ class GrpcStreamSession final : public StreamSession {
       if (final_status_.ok()) return absl::OutOfRangeError("stream finished");
       return final_status_;
     }
-    return FromProto(resp);
+    return ResultFromProto(resp);
   }
 
   absl::Status CloseSend() override {
@@ -192,7 +184,7 @@ absl::StatusOr<LogitsResult> LmHeadClient::ComputeLogits(const HiddenStates& hid
   v1::LogitsResponse resp;
   grpc::Status s = stubs_->lmhead->ComputeLogits(&context, MakeRequest(hidden, output, request_id), &resp);
   if (!s.ok()) return FromGrpc(s);
-  return FromProto(resp);
+  return ResultFromProto(resp);
 }
 
 absl::StatusOr<ModelInfo> LmHeadClient::GetModelInfo() {

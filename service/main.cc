@@ -1,5 +1,4 @@
 // lmhead-server: flags -> ServerOptions -> LmHeadServer; SIGTERM/SIGINT drain and exit 0.
-#include <pthread.h>
 #include <signal.h>
 
 #include <string>
@@ -12,6 +11,7 @@
 #include "absl/time/time.h"
 #include "service/server.h"
 #include "service/util/log.h"
+#include "service/util/stop_signal.h"
 
 ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "gRPC listen address (host:port)");
 ABSL_FLAG(std::string, metrics_listen, "0.0.0.0:9400",
@@ -55,12 +55,7 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("lmhead-server --checkpoint=DIR [flags]: serves an LLM's lm_head in FP8");
   absl::ParseCommandLine(argc, argv);
 
-  // Block the stop signals in every thread; the main thread waits for them with sigwait.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGTERM);
-  sigaddset(&stop_signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  lmhead::BlockStopSignals();  // before any thread starts; main waits for them below
 
   lmhead::ServerOptions options;
   options.listen_address = absl::GetFlag(FLAGS_listen);
@@ -121,8 +116,7 @@ int main(int argc, char** argv) {
     return Fail(absl::StrCat("cannot load the head: ", loaded.message()));
   }
 
-  int signal = 0;
-  sigwait(&stop_signals, &signal);
+  const int signal = lmhead::WaitForStopSignal();
   LOG_INFO() << "received " << (signal == SIGTERM ? "SIGTERM" : "SIGINT")
              << "; draining accepted requests (grace " << absl::FormatDuration(options.shutdown_grace) << ")";
   (*server)->Shutdown();

@@ -5,29 +5,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/half.h"
+#include "proto/dtype_codec.h"
 
 namespace lmhead {
 namespace {
 
 absl::Status Invalid(const std::string& message) { return absl::InvalidArgumentError(message); }
-
-bool ToDType(v1::DType proto, DType* out) {
-  switch (proto) {
-    case v1::DTYPE_FP32: *out = DType::kFp32; return true;
-    case v1::DTYPE_BF16: *out = DType::kBf16; return true;
-    case v1::DTYPE_FP16: *out = DType::kFp16; return true;
-    default: return false;
-  }
-}
-
-v1::DType ToProto(DType d) {
-  switch (d) {
-    case DType::kFp32: return v1::DTYPE_FP32;
-    case DType::kBf16: return v1::DTYPE_BF16;
-    case DType::kFp16: return v1::DTYPE_FP16;
-  }
-  return v1::DTYPE_UNSPECIFIED;
-}
 
 float LoadElement(DType d, const uint8_t* p) {
   switch (d) {
@@ -69,7 +52,7 @@ absl::Status DecodeLogitsRequest(const v1::LogitsRequest& request, const Request
   if (hs.dtype() == v1::DTYPE_UNSPECIFIED) {
     return Invalid("hidden.dtype is unspecified; set DTYPE_FP32, DTYPE_BF16 or DTYPE_FP16");
   }
-  if (!ToDType(hs.dtype(), &dtype)) {
+  if (!FromProto(hs.dtype(), &dtype)) {
     return Invalid(absl::StrCat("hidden.dtype ", static_cast<int>(hs.dtype()), " is not a known DType"));
   }
   const size_t elem = DTypeSize(dtype);
@@ -104,7 +87,7 @@ absl::Status DecodeLogitsRequest(const v1::LogitsRequest& request, const Request
   }
   *logits_dtype = DType::kFp32;
   if (spec.return_logits()) {
-    if (spec.logits_dtype() != v1::DTYPE_UNSPECIFIED && !ToDType(spec.logits_dtype(), logits_dtype)) {
+    if (spec.logits_dtype() != v1::DTYPE_UNSPECIFIED && !FromProto(spec.logits_dtype(), logits_dtype)) {
       return Invalid(absl::StrCat("output.logits_dtype ", static_cast<int>(spec.logits_dtype()),
                                   " is not a known DType"));
     }

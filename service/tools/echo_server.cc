@@ -2,9 +2,6 @@
 // benchmarks. Each request is answered at once with a fixed response of the size a real one has
 // (one RowResult with top-k ids and logprobs per row), so load against it measures gRPC and
 // protobuf alone.
-#include <pthread.h>
-#include <signal.h>
-
 #include <mutex>
 #include <string>
 
@@ -14,6 +11,7 @@
 #include "grpcpp/grpcpp.h"
 #include "lmhead/v1/lmhead.grpc.pb.h"
 #include "service/util/log.h"
+#include "service/util/stop_signal.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50052", "gRPC listen address");
 ABSL_FLAG(int, hidden_size, 5120, "hidden_size reported by GetModelInfo (what clients send)");
@@ -94,11 +92,7 @@ class EchoService final : public lmhead::v1::LmHead::CallbackService {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("lmhead-echo-server [--listen=host:port --hidden_size=H]");
   absl::ParseCommandLine(argc, argv);
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGTERM);
-  sigaddset(&stop_signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  lmhead::BlockStopSignals();
   EchoService service;
   grpc::ServerBuilder builder;
   int port = 0;
@@ -111,8 +105,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   LOG_INFO() << "echo server listening on port " << port;
-  int signal = 0;
-  sigwait(&stop_signals, &signal);
+  lmhead::WaitForStopSignal();
   server->Shutdown();
   return 0;
 }
