@@ -57,12 +57,6 @@ class Backend {
   // head or rows whose logits overflow; INTERNAL for device failures.
   virtual absl::Status ComputeLogits(const LogitsBatch& batch, std::vector<RowOutput>* out) = 0;
 
-  // Optional host staging for batch rows: a backend-owned buffer of at least `rows` x hidden
-  // floats (page-locked for the CUDA backend, so rows written there go to the device without
-  // another copy), or null when the backend has none. Valid until the next call of this or
-  // ComputeLogits; pass it (or a part of it) as LogitsBatch::hidden. Same thread as ComputeLogits.
-  virtual float* StagingBuffer(int64_t /*rows*/) { return nullptr; }
-
   // Device memory in use and in total on the backend's device (all processes), when it has one.
   // Thread-safe: only queries the driver.
   virtual bool DeviceMemory(int64_t* /*used*/, int64_t* /*total*/) const { return false; }

@@ -36,13 +36,6 @@ class CudaBackend final : public Backend {
   absl::Status ComputeLogits(const LogitsBatch& batch, std::vector<RowOutput>* out) override;
   std::string TakeStageTimings() override;
   absl::StatusOr<HeadWeights> ExportWeights() const override;
-  float* StagingBuffer(int64_t rows) override {
-    if (rows * hidden_ > static_cast<int64_t>(x_host_.count())) {
-      if (!x_host_.Allocate(rows * hidden_).ok()) return nullptr;
-      ClearGraphs();  // they read the old buffer
-    }
-    return x_host_.get();
-  }
   bool DeviceMemory(int64_t* used, int64_t* total) const override {
     size_t free_bytes = 0, total_bytes = 0;
     if (cudaSetDevice(device_) != cudaSuccess || cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) return false;
@@ -112,7 +105,7 @@ class CudaBackend final : public Backend {
   // of rows through pinned memory cost more than the graph saved, so larger slices don't.)
   static constexpr int64_t kGraphRows = 16;
   static constexpr size_t kMaxGraphs = 256;
-  PinnedBuffer<float> x_host_;  // [>= kGraphRows, hidden]; also the batcher's staging buffer
+  PinnedBuffer<float> x_host_;  // [kGraphRows, hidden]
   std::map<std::tuple<int64_t, int, int64_t>, cudaGraphExec_t> graphs_;
 
   // Byte offsets of each result array for n rows, top_k and max_ids; `end` = bytes used.
@@ -446,7 +439,7 @@ absl::Status CudaBackend::ComputeSlice(const LogitsBatch& batch, int64_t start, 
   const float* rows = batch.hidden + start * hidden_;
   const bool use_graph = n <= kGraphRows;
   if (use_graph) {
-    if (rows != x_host_.get()) std::memcpy(x_host_.get(), rows, n * hidden_ * sizeof(float));
+    std::memcpy(x_host_.get(), rows, n * hidden_ * sizeof(float));
     const auto key = std::make_tuple(n, top_k, max_ids);
     auto it = graphs_.find(key);
     if (it == graphs_.end()) {
@@ -469,8 +462,8 @@ absl::Status CudaBackend::ComputeSlice(const LogitsBatch& batch, int64_t start, 
     CUDA_RETURN_IF_ERROR(cudaGraphLaunch(it->second, s));
     Mark(5);
   } else {
-    // Straight from the caller's rows: a DMA when they are in the staging buffer (pinned);
-    // otherwise the driver stages the pageable copy, which beats a memcpy of our own first.
+    // Straight from the caller's (pageable) rows: the driver stages the copy, so the rows cross
+    // host memory once instead of twice (a memcpy into pinned memory, then the DMA).
     RETURN_IF_ERROR(Enqueue(rows, n, top_k, max_ids, /*mark=*/true));
   }
   for (int64_t r = 0; r < n; ++r) {

@@ -201,18 +201,12 @@ absl::Status Batcher::Compute(const std::vector<Queued>& batch, std::vector<RowO
   for (const auto& q : batch) *rows += q.task->rows;
   const int64_t hidden = backend_->hidden();
   specs_.clear();
-  // Rows go into the backend's staging buffer when it has one (page-locked on the GPU); else into
-  // our own, unless a single task's rows can be used where they are.
   const float* input = batch.front().task->hidden.data();
-  float* staging = backend_->StagingBuffer(*rows);
-  if (staging != nullptr || batch.size() > 1) {
-    if (staging == nullptr) {
-      hidden_.resize(*rows * hidden);
-      staging = hidden_.data();
-    }
-    float* dst = staging;
+  if (batch.size() > 1) {
+    hidden_.resize(*rows * hidden);
+    float* dst = hidden_.data();
     for (const auto& q : batch) dst = std::copy(q.task->hidden.begin(), q.task->hidden.end(), dst);
-    input = staging;
+    input = hidden_.data();
   }
   for (const auto& q : batch) {
     for (int64_t r = 0; r < q.task->rows; ++r) specs_.push_back({q.task->top_k, q.task->token_ids, q.task->want_logits});
