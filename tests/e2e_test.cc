@@ -65,6 +65,13 @@ class E2eTest : public ::testing::Test {
     return prometheus::TextSerializer().Serialize(server_->registry().Collect());
   }
 
+  double InflightRequests() {
+    const std::string text = MetricsText();
+    const std::string key = "\nlmhead_inflight_requests ";
+    const size_t at = text.find(key);
+    return at == std::string::npos ? 0 : std::stod(text.substr(at + key.size()));
+  }
+
   static std::vector<float> Random(int64_t rows, uint64_t seed) {
     std::mt19937_64 rng(seed);
     std::normal_distribution<float> n(0, 2);
@@ -306,6 +313,72 @@ TEST_F(E2eTest, ManyConcurrentStreamsGetTheirOwnResultsInOrder) {
   for (auto& t : threads) t.join();
   EXPECT_EQ(mismatches.load(), 0);
   EXPECT_EQ(received.load(), kStreams * kMessages);
+}
+
+// Queued work whose call is cancelled, or whose deadline passes, is dropped before compute: the
+// server answers CANCELLED / DEADLINE_EXCEEDED and counts it, and the work ahead is unaffected.
+TEST_F(E2eTest, CancelledAndExpiredCallsAreDroppedBeforeCompute) {
+  // A head big enough that 64-row batches keep the 2-thread CPU backend busy for a while.
+  testing::TempDir big;
+  constexpr int64_t kBigVocab = 16000, kBigHidden = 4096;
+  testing::WriteBf16Checkpoint(big.path(), testing::RandomWeights(kBigVocab, kBigHidden, 5), kBigVocab, kBigHidden);
+  options_.head.checkpoint_dir = big.path();
+  options_.batcher.max_batch_rows = 64;
+  options_.max_rows_per_request = 64;
+  StartAndLoad();
+  auto channel = grpc::CreateChannel(Target(), grpc::InsecureChannelCredentials());
+  auto stub = v1::LmHead::NewStub(channel);
+  auto request = [](int64_t rows) {
+    v1::LogitsRequest r;
+    r.mutable_hidden()->set_rows(static_cast<uint32_t>(rows));
+    r.mutable_hidden()->set_dtype(v1::DTYPE_FP32);
+    std::vector<float> x(rows * kBigHidden, 0.25f);
+    r.mutable_hidden()->set_data(std::string(reinterpret_cast<char*>(x.data()), x.size() * 4));
+    return r;
+  };
+  // Busy work ahead: 4 full batches.
+  std::vector<std::thread> busy;
+  std::atomic<int> busy_ok{0};
+  for (int i = 0; i < 4; ++i) {
+    busy.emplace_back([&] {
+      grpc::ClientContext ctx;
+      v1::LogitsResponse resp;
+      if (stub->ComputeLogits(&ctx, request(64), &resp).ok()) ++busy_ok;
+    });
+  }
+  absl::SleepFor(absl::Milliseconds(20));
+  grpc::Status cancelled_status, expired_status;
+  std::thread cancelled([&] {
+    grpc::ClientContext ctx;
+    v1::LogitsResponse resp;
+    std::thread canceller([&] {
+      // Cancel once the server holds the call (4 busy calls + the probes in flight).
+      for (int i = 0; i < 500 && InflightRequests() < 5; ++i) absl::SleepFor(absl::Milliseconds(1));
+      ctx.TryCancel();
+    });
+    cancelled_status = stub->ComputeLogits(&ctx, request(1), &resp);
+    canceller.join();
+  });
+  std::thread expired([&] {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(30));
+    v1::LogitsResponse resp;
+    expired_status = stub->ComputeLogits(&ctx, request(1), &resp);
+  });
+  cancelled.join();
+  expired.join();
+  for (auto& t : busy) t.join();
+  EXPECT_EQ(busy_ok.load(), 4);
+  EXPECT_EQ(cancelled_status.error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_EQ(expired_status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  // The server dropped both before computing them (a batch ahead takes far longer than 30 ms; the
+  // probes arrive while the first one runs, and are checked when the next batch is formed).
+  for (int i = 0; i < 200 && MetricsText().find("lmhead_cancelled_total 1") == std::string::npos; ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  const std::string metrics = MetricsText();
+  EXPECT_NE(metrics.find("lmhead_cancelled_total 1\n"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("lmhead_deadline_exceeded_total 1\n"), std::string::npos);
 }
 
 // A graceful stop answers every message a stream has delivered, in order, then ends the stream

@@ -182,13 +182,14 @@ void Batcher::DropDead(std::vector<Queued>* batch) {
   auto alive = batch->begin();
   for (auto it = batch->begin(); it != batch->end(); ++it) {
     Task& task = *it->task;
-    if (task.cancelled && task.cancelled()) {
-      if (metrics_ != nullptr) metrics_->RecordDropped(Dropped::kCancelled);
-      Complete(task, absl::CancelledError("the call was cancelled while its rows were queued"));
-    } else if (task.deadline < now) {
+    // The deadline first: gRPC also reports a call whose deadline passed as cancelled.
+    if (task.deadline < now) {
       if (metrics_ != nullptr) metrics_->RecordDropped(Dropped::kDeadlineExceeded);
       Complete(task, absl::DeadlineExceededError(absl::StrCat(
           "the deadline passed after ", absl::FormatDuration(now - it->enqueued), " in the queue, before compute")));
+    } else if (task.cancelled && task.cancelled()) {
+      if (metrics_ != nullptr) metrics_->RecordDropped(Dropped::kCancelled);
+      Complete(task, absl::CancelledError("the call was cancelled while its rows were queued"));
     } else {
       *alive++ = std::move(*it);
     }
