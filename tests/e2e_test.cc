@@ -348,25 +348,24 @@ TEST_F(E2eTest, CancelledAndExpiredCallsAreDroppedBeforeCompute) {
   }
   absl::SleepFor(absl::Milliseconds(20));
   grpc::Status cancelled_status, expired_status;
-  std::thread cancelled([&] {
+  {
+    // First probe: cancelled once the server holds it (4 busy calls + this one in flight).
     grpc::ClientContext ctx;
     v1::LogitsResponse resp;
     std::thread canceller([&] {
-      // Cancel once the server holds the call (4 busy calls + the probes in flight).
       for (int i = 0; i < 500 && InflightRequests() < 5; ++i) absl::SleepFor(absl::Milliseconds(1));
       ctx.TryCancel();
     });
     cancelled_status = stub->ComputeLogits(&ctx, request(1), &resp);
     canceller.join();
-  });
-  std::thread expired([&] {
+  }
+  {
+    // Second probe: a deadline far shorter than the busy batches still ahead of it.
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(30));
     v1::LogitsResponse resp;
     expired_status = stub->ComputeLogits(&ctx, request(1), &resp);
-  });
-  cancelled.join();
-  expired.join();
+  }
   for (auto& t : busy) t.join();
   EXPECT_EQ(busy_ok.load(), 4);
   EXPECT_EQ(cancelled_status.error_code(), grpc::StatusCode::CANCELLED);

@@ -99,7 +99,7 @@ __attribute__((target("avx2,f16c"))) void DecodeFp8ScaledF16c(const uint8_t* q, 
 #endif
 
 #if defined(__x86_64__)
-// out[b] = sum_i x[b][i] * decode(q[i]) * 2^-8 for NB batch rows (x rows `stride` apart), FP8
+// out[b] = sum_i x[b][i] * decode(q[i]) * 2^-8 for NB (<= 6: 12 accumulators) batch rows (x rows `stride` apart), FP8
 // decoded in registers and FMA-accumulated: the weights are read once for all NB rows. Each
 // row's sum has the same order whatever NB is, so a token's logit does not depend on its batch.
 template <int NB>
@@ -183,8 +183,10 @@ class CpuBackend final : public Backend {
     if (fused_fp8_) {
       const uint8_t* q = w_.data.data() + v * h;
       int64_t b = 0;
-      for (; b + 4 <= rows; b += 4) Fp8DotsAvx2<4>(q, h, x + b * h, h, dots + b);
-      for (; b < rows; ++b) Fp8DotsAvx2<1>(q, h, x + b * h, h, dots + b);
+      for (; b + 6 <= rows; b += 6) Fp8DotsAvx2<6>(q, h, x + b * h, h, dots + b);
+      if (b + 4 <= rows) Fp8DotsAvx2<4>(q, h, x + b * h, h, dots + b), b += 4;
+      if (b + 2 <= rows) Fp8DotsAvx2<2>(q, h, x + b * h, h, dots + b), b += 2;
+      if (b < rows) Fp8DotsAvx2<1>(q, h, x + b * h, h, dots + b);
       return;
     }
 #endif
