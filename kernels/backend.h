@@ -49,6 +49,8 @@ class Backend {
   virtual const char* Name() const = 0;
   virtual int64_t vocab() const = 0;
   virtual int64_t hidden() const = 0;
+  // Largest top_k the backend can select per row.
+  virtual uint32_t MaxTopK() const { return 0xffffffffu; }
   // Bytes of weights and scales resident in the backend's memory.
   virtual int64_t ResidentWeightBytes() const = 0;
 

@@ -99,6 +99,10 @@ absl::Status LmHeadServer::LoadAndServe() {
   BackendOptions backend_options = options_.backend;
   backend_options.transform = head->Transform();
   ASSIGN_OR_RETURN(backend_, NewBackend(backend_options, source, head->Quantize(options_.head)));
+  if (options_.max_top_k > backend_->MaxTopK()) {
+    return absl::InvalidArgumentError(absl::StrCat("--max_top_k=", options_.max_top_k, " exceeds the ",
+                                                   backend_->Name(), " backend's limit of ", backend_->MaxTopK()));
+  }
   facts.load_seconds = absl::ToDoubleSeconds(absl::Now() - head->opened_at);
   facts.weight_bytes = backend_->ResidentWeightBytes();
   info.set_weight_bytes(static_cast<uint64_t>(facts.weight_bytes));

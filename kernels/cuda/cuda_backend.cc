@@ -30,6 +30,7 @@ class CudaBackend final : public Backend {
   const char* Name() const override { return "cuda"; }
   int64_t vocab() const override { return vocab_; }
   int64_t hidden() const override { return hidden_; }
+  uint32_t MaxTopK() const override { return kMaxTopK; }
   int64_t ResidentWeightBytes() const override {
     return static_cast<int64_t>(weights_.bytes() + row_scales_.bytes());
   }
