@@ -73,6 +73,12 @@ absl::StatusOr<std::unique_ptr<Backend>> NewCudaBackend(const BackendOptions& op
   return std::unique_ptr<Backend>(backend);
 }
 
+// Whether `cuda` (the CUDA attempt's result) lets the CPU backend take over: only under kAuto,
+// and only when CUDA is not available here; a real CUDA failure is reported.
+bool FallsBackToCpu(const BackendOptions& options, const absl::StatusOr<std::unique_ptr<Backend>>& cuda) {
+  return !cuda.ok() && options.kind == BackendKind::kAuto && cuda.status().code() == absl::StatusCode::kUnavailable;
+}
+
 }  // namespace
 
 bool ParseBackendKind(absl::string_view text, BackendKind* out) {
@@ -92,10 +98,7 @@ absl::StatusOr<std::unique_ptr<Backend>> NewBackend(const BackendOptions& option
                                                     const QuantizeOptions& quantize) {
   if (options.kind != BackendKind::kCpu) {
     auto cuda = NewCudaBackend(options, source, quantize);
-    // Only "not available here" falls back; a real CUDA failure is reported.
-    if (cuda.ok() || options.kind == BackendKind::kCuda || cuda.status().code() != absl::StatusCode::kUnavailable) {
-      return cuda;
-    }
+    if (!FallsBackToCpu(options, cuda)) return cuda;
   }
   ASSIGN_OR_RETURN(HeadWeights weights, QuantizeHead(source, quantize));
   return NewCpuBackend(std::move(weights), options.transform, options.cpu_threads);
@@ -107,9 +110,7 @@ absl::StatusOr<std::unique_ptr<Backend>> NewBackend(const BackendOptions& option
     as_is.format = weights.format;
     as_is.scale_mode = weights.scale_mode;
     auto cuda = NewCudaBackend(options, SourceOf(weights), as_is);
-    if (cuda.ok() || options.kind == BackendKind::kCuda || cuda.status().code() != absl::StatusCode::kUnavailable) {
-      return cuda;
-    }
+    if (!FallsBackToCpu(options, cuda)) return cuda;
   }
   return NewCpuBackend(std::move(weights), options.transform, options.cpu_threads);
 }

@@ -73,9 +73,8 @@ struct RowReduction {
   }
 };
 
-// E4M3 codes -> their values times 2^-8, exactly: the code's bits moved into an IEEE half
-// (sign to bit 15, exponent and mantissa to bits 7..13) give value * 2^-8 for normals and
-// subnormals alike (E4M3's bias 7 vs the half's 15). Codes are never NaN here (checked at load).
+// E4M3 codes -> their values times 2^-8, exactly (the scale the AVX2 kernel below produces).
+// Codes are never NaN here (checked at load).
 void DecodeFp8Scaled(const uint8_t* q, int64_t n, float* dst) {
   constexpr float kScaled = 1.0f / 256.0f;
   const auto& table = Fp8E4m3DecodeTable();
@@ -83,23 +82,9 @@ void DecodeFp8Scaled(const uint8_t* q, int64_t n, float* dst) {
 }
 
 #if defined(__x86_64__)
-__attribute__((target("avx2,f16c"))) void DecodeFp8ScaledF16c(const uint8_t* q, int64_t n, float* dst) {
-  int64_t i = 0;
-  const __m256i sign_mask = _mm256_set1_epi16(0x80);
-  const __m256i magnitude_mask = _mm256_set1_epi16(0x7f);
-  for (; i + 16 <= n; i += 16) {
-    const __m256i codes = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + i)));
-    const __m256i half = _mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(codes, sign_mask), 8),
-                                         _mm256_slli_epi16(_mm256_and_si256(codes, magnitude_mask), 7));
-    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm256_castsi256_si128(half)));
-    _mm256_storeu_ps(dst + i + 8, _mm256_cvtph_ps(_mm256_extracti128_si256(half, 1)));
-  }
-  DecodeFp8Scaled(q + i, n - i, dst + i);
-}
-#endif
-
-#if defined(__x86_64__)
-// out[b] = sum_i x[b][i] * decode(q[i]) * 2^-8 for NB (<= 6: 12 accumulators) batch rows (x rows `stride` apart), FP8
+// out[b] = sum_i x[b][i] * decode(q[i]) * 2^-8 for NB (<= 6: 12 accumulators) batch rows. Decoding:
+// the code's bits moved into an IEEE half (sign to bit 15, exponent and mantissa to bits 7..13)
+// give value * 2^-8 for normals and subnormals alike (E4M3's bias 7 vs the half's 15). (x rows `stride` apart), FP8
 // decoded in registers and FMA-accumulated: the weights are read once for all NB rows. Each
 // row's sum has the same order whatever NB is, so a token's logit does not depend on its batch.
 template <int NB>
@@ -136,16 +121,6 @@ bool HasAvx2Fp8() {
 }
 #endif
 
-using DecodeFn = void (*)(const uint8_t*, int64_t, float*);
-
-DecodeFn PickFp8Decoder() {
-#if defined(__x86_64__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c")) return DecodeFp8ScaledF16c;
-#endif
-  return DecodeFp8Scaled;
-}
-
 class CpuBackend final : public Backend {
  public:
   CpuBackend(HeadWeights weights, LogitTransform transform, int threads)
@@ -165,7 +140,7 @@ class CpuBackend final : public Backend {
   void DecodeRow(int64_t v, float* dst) const {
     const int64_t h = w_.hidden;
     if (w_.format == WeightFormat::kFp8E4m3) {
-      decode_fp8_(w_.data.data() + v * h, h, dst);
+      DecodeFp8Scaled(w_.data.data() + v * h, h, dst);
     } else {
       const uint8_t* b = w_.data.data() + v * h * 2;
       for (int64_t i = 0; i < h; ++i) {
@@ -206,7 +181,6 @@ class CpuBackend final : public Backend {
   HeadWeights w_;
   LogitTransform transform_;
   ThreadPool pool_;
-  const DecodeFn decode_fp8_ = PickFp8Decoder();
 #if defined(__x86_64__)
   const bool fused_fp8_ = w_.format == WeightFormat::kFp8E4m3 && HasAvx2Fp8();
 #endif

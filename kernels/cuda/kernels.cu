@@ -142,7 +142,6 @@ __device__ __forceinline__ float KeyFloat(uint32_t k) {
 
 struct FinalShared {
   union {
-    typename cub::BlockReduce<Stat, kFinalThreads>::TempStorage reduce;
     typename cub::BlockScan<int, kFinalThreads>::TempStorage scan;
   };
   int hist[2048];  // the exact radix select's digit histogram
