@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "kernels/sampling.h"
 #include "kernels/tensor.h"
 
 namespace lmhead {
@@ -20,6 +21,11 @@ struct RowSpec {
   uint32_t top_k = 0;
   absl::Span<const uint32_t> token_ids;  // logits of these ids; storage owned by the caller
   bool want_logits = false;              // fill RowOutput::logits with all `vocab` logits
+  // Sample a token with these settings (see sampling.h); null = no sampling. Owned by the caller.
+  const SamplingSpec* sampling = nullptr;
+  // With sampling: top-k and token logits come from the processed logits (sampling.h) instead of
+  // the raw ones.
+  bool processed_logprobs = false;
 };
 
 // One batch. hidden is [rows, hidden] row-major fp32 with finite values; specs has `rows`
@@ -30,7 +36,8 @@ struct LogitsBatch {
   absl::Span<const RowSpec> specs;
 };
 
-// Results for one row. Logits are after the model's LogitTransform.
+// Results for one row. Logits are after the model's LogitTransform; argmax_id, max_logit,
+// logsumexp and `logits` are always raw (before sampling's processing).
 struct RowOutput {
   uint32_t argmax_id = 0;       // ties: lowest id
   float max_logit = 0.0f;
@@ -38,7 +45,14 @@ struct RowOutput {
   std::vector<uint32_t> top_ids;   // top_k ids by descending logit, ties lower id first
   std::vector<float> top_logits;   // parallel to top_ids
   std::vector<float> token_logits; // parallel to RowSpec::token_ids
+  // The log-normalizer of top_logits and token_logits: logsumexp, or the processed logits'
+  // logsumexp when RowSpec::processed_logprobs.
+  float logprob_lse = 0.0f;
   std::vector<float> logits;       // [vocab] when want_logits, else empty
+  // With RowSpec::sampling: the chosen token and its logprob (raw or processed, as above).
+  bool sampled = false;
+  uint32_t sampled_id = 0;
+  float sampled_logprob = 0.0f;
 };
 
 class Backend {

@@ -121,6 +121,8 @@ absl::Status LmHeadServer::LoadAndServe() {
   limits.max_rows = options_.max_rows_per_request;
   limits.max_top_k = options_.max_top_k;
   limits.max_logprob_token_ids = options_.max_logprob_token_ids;
+  limits.max_sampling_top_k = static_cast<uint32_t>(std::min<int64_t>(backend_->MaxTopK(), backend_->vocab()));
+  info.set_max_sampling_top_k(limits.max_sampling_top_k);
   limits.max_message_bytes = options_.max_message_bytes;
   service_->SetReady(batcher_.get(), limits, info);
   memory_thread_ = std::thread([this] { MemoryGaugeLoop(); });

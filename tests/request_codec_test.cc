@@ -134,6 +134,7 @@ TEST(RequestCodecTest, EncodesRowsLogprobsAndLogits) {
   row.argmax_id = 4;
   row.max_logit = 2.0f;
   row.logsumexp = 3.0f;
+  row.logprob_lse = 3.0f;
   row.top_ids = {4, 1};
   row.top_logits = {2.0f, 1.0f};
   row.token_logits = {0.5f};
@@ -143,7 +144,7 @@ TEST(RequestCodecTest, EncodesRowsLogprobsAndLogits) {
   result.compute_time = absl::Microseconds(34);
   result.batch_rows = 7;
   v1::LogitsResponse resp;
-  EncodeLogitsResponse("abc", true, DType::kBf16, result, &resp);
+  EncodeLogitsResponse("abc", true, DType::kBf16, {}, result, &resp);
   EXPECT_EQ(resp.request_id(), "abc");
   ASSERT_EQ(resp.rows_size(), 1);
   EXPECT_EQ(resp.rows(0).argmax_id(), 4u);

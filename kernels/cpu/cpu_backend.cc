@@ -10,9 +10,11 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cpu/row_sampling.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/fp8.h"
 #include "kernels/half.h"
+#include "kernels/status_macros.h"
 
 namespace lmhead {
 namespace {
@@ -135,6 +137,9 @@ class CpuBackend final : public Backend {
   absl::StatusOr<HeadWeights> ExportWeights() const override { return w_; }
 
  private:
+  // Token selection for the rows with a SamplingSpec, from their materialized logits.
+  absl::Status SampleRows(const LogitsBatch& batch, std::vector<RowOutput>* out);
+
   // Writes row v's weights, without its scale, as fp32 into dst[hidden]; FP8 rows come out
   // times 2^-8 (see DecodeFp8Scaled), which Logit undoes exactly.
   void DecodeRow(int64_t v, float* dst) const {
@@ -196,9 +201,8 @@ absl::Status CpuBackend::ComputeLogits(const LogitsBatch& batch, std::vector<Row
   }
   for (int64_t b = 0; b < rows; ++b) {
     const RowSpec& spec = batch.specs[b];
-    if (spec.top_k > vocab) {
-      return absl::InvalidArgumentError(absl::StrCat("row ", b, ": top_k ", spec.top_k,
-                                                     " exceeds vocab size ", vocab));
+    if (spec.top_k > vocab || (spec.sampling != nullptr && spec.sampling->top_k > vocab)) {
+      return absl::InvalidArgumentError(absl::StrCat("row ", b, ": top_k exceeds vocab size ", vocab));
     }
     for (uint32_t id : spec.token_ids) {
       if (id >= vocab) {
@@ -208,9 +212,11 @@ absl::Status CpuBackend::ComputeLogits(const LogitsBatch& batch, std::vector<Row
     }
   }
 
+  // Rows that sample keep their logits for the selection pass (dropped after it).
+  auto keeps_logits = [&](int64_t b) { return batch.specs[b].want_logits || batch.specs[b].sampling != nullptr; };
   out->assign(rows, RowOutput{});
   for (int64_t b = 0; b < rows; ++b) {
-    if (batch.specs[b].want_logits) (*out)[b].logits.resize(vocab);
+    if (keeps_logits(b)) (*out)[b].logits.resize(vocab);
   }
 
   // Each shard reduces a contiguous vocab range for every batch row.
@@ -226,7 +232,7 @@ absl::Status CpuBackend::ComputeLogits(const LogitsBatch& batch, std::vector<Row
       for (int64_t b = 0; b < rows; ++b) {
         const float logit = Logit(dots[b], v);
         red[b].Add(logit, static_cast<uint32_t>(v), batch.specs[b].top_k);
-        if (batch.specs[b].want_logits) (*out)[b].logits[v] = logit;
+        if (keeps_logits(b)) (*out)[b].logits[v] = logit;
       }
     }
   });
@@ -254,6 +260,7 @@ absl::Status CpuBackend::ComputeLogits(const LogitsBatch& batch, std::vector<Row
     o.argmax_id = best.second;
     o.max_logit = best.first;
     o.logsumexp = static_cast<float>(lse);
+    o.logprob_lse = o.logsumexp;
     std::sort(candidates.begin(), candidates.end(), Better);
     candidates.resize(std::min<size_t>(candidates.size(), spec.top_k));
     for (const Candidate& c : candidates) {
@@ -266,6 +273,23 @@ absl::Status CpuBackend::ComputeLogits(const LogitsBatch& batch, std::vector<Row
       o.token_logits.push_back(Logit(dot, id));
     }
   }
+  return SampleRows(batch, out);
+}
+
+absl::Status CpuBackend::SampleRows(const LogitsBatch& batch, std::vector<RowOutput>* out) {
+  std::vector<int64_t> sampled;
+  for (int64_t b = 0; b < batch.rows; ++b) {
+    if (batch.specs[b].sampling != nullptr) sampled.push_back(b);
+  }
+  std::vector<absl::Status> status(sampled.size());
+  pool_.ParallelFor(static_cast<int>(sampled.size()), [&](int i) {
+    const int64_t b = sampled[i];
+    RowOutput& o = (*out)[b];
+    status[i] = SampleRow(batch.specs[b], o.logits.data(), w_.vocab, &o);
+    if (!status[i].ok()) status[i] = absl::InvalidArgumentError(absl::StrCat("row ", b, ": ", status[i].message()));
+    if (!batch.specs[b].want_logits) std::vector<float>().swap(o.logits);
+  });
+  for (const absl::Status& s : status) RETURN_IF_ERROR(s);
   return absl::OkStatus();
 }
 

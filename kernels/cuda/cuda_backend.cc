@@ -503,6 +503,7 @@ absl::Status CudaBackend::ComputeSlice(const LogitsBatch& batch, int64_t start, 
     RowOutput& o = (*out)[start + r];
     o.max_logit = h_max[r];
     o.logsumexp = h_lse[r];
+    o.logprob_lse = o.logsumexp;
     o.argmax_id = static_cast<uint32_t>(h_arg[r]);
     if (!std::isfinite(o.max_logit) || !std::isfinite(o.logsumexp)) {
       return absl::InvalidArgumentError(absl::StrCat("row ", start + r,

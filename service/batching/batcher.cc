@@ -59,6 +59,12 @@ std::vector<std::unique_ptr<Task>> Split(std::unique_ptr<Task> task, int64_t max
     part->top_k = task->top_k;
     part->token_ids = task->token_ids;
     part->want_logits = task->want_logits;
+    part->processed_logprobs = task->processed_logprobs;
+    if (task->sampling.size() == 1) {
+      part->sampling = task->sampling;
+    } else if (!task->sampling.empty()) {
+      part->sampling.assign(task->sampling.begin() + begin, task->sampling.begin() + begin + part->rows);
+    }
     part->deadline = task->deadline;
     part->cancelled = task->cancelled;
     part->done = [reassembly, i](absl::StatusOr<TaskResult> r) { reassembly->Finish(i, std::move(r)); };
@@ -210,7 +216,10 @@ absl::Status Batcher::Compute(const std::vector<Queued>& batch, std::vector<RowO
     input = hidden_.data();
   }
   for (const auto& q : batch) {
-    for (int64_t r = 0; r < q.task->rows; ++r) specs_.push_back({q.task->top_k, q.task->token_ids, q.task->want_logits});
+    for (int64_t r = 0; r < q.task->rows; ++r) {
+      specs_.push_back({q.task->top_k, q.task->token_ids, q.task->want_logits, q.task->SamplingOf(r),
+                        q.task->processed_logprobs});
+    }
   }
   LogitsBatch logits_batch;
   logits_batch.hidden = input;

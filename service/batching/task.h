@@ -9,6 +9,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "kernels/backend.h"
+#include "kernels/sampling.h"
 
 namespace lmhead {
 
@@ -25,6 +26,14 @@ struct Task {
   uint32_t top_k = 0;               // every row of a task shares one output spec
   std::vector<uint32_t> token_ids;  // < vocab
   bool want_logits = false;
+  // Token selection: empty = none, one entry = every row, else one per row.
+  std::vector<SamplingSpec> sampling;
+  bool processed_logprobs = false;  // with sampling: top-k/token logprobs from processed logits
+  // The spec row r samples with, or null.
+  const SamplingSpec* SamplingOf(int64_t r) const {
+    if (sampling.empty()) return nullptr;
+    return sampling.size() == 1 ? &sampling[0] : &sampling[r];
+  }
   // Work not started by then is answered DEADLINE_EXCEEDED instead of computed.
   absl::Time deadline = absl::InfiniteFuture();
   // When set and true, queued work is dropped and answered CANCELLED. Thread-safe.

@@ -38,14 +38,16 @@ absl::Status LmHeadService::Submit(const v1::LogitsRequest& request, absl::Time 
   }
   task->deadline = deadline;
   task->cancelled = std::move(cancelled);
+  std::vector<uint64_t> seeds;
+  for (const SamplingSpec& s : task->sampling) seeds.push_back(s.seed);
   task->done = [request_id = request.request_id(), return_logits = request.output().return_logits(),
-                logits_dtype, response, on_done = std::move(on_done)](
+                logits_dtype, seeds = std::move(seeds), response, on_done = std::move(on_done)](
                    absl::StatusOr<TaskResult> result) mutable {
     if (!result.ok()) {
       on_done(result.status());
       return;
     }
-    EncodeLogitsResponse(request_id, return_logits, logits_dtype, *result, response);
+    EncodeLogitsResponse(request_id, return_logits, logits_dtype, seeds, *result, response);
     on_done(absl::OkStatus());
   };
   return ready->batcher->Schedule(&task);

@@ -4,8 +4,12 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include <algorithm>
+
 #include "kernels/half.h"
+#include "kernels/status_macros.h"
 #include "proto/dtype_codec.h"
+#include "service/rpc/sampling_codec.h"
 
 namespace lmhead {
 namespace {
@@ -100,6 +104,32 @@ absl::Status DecodeLogitsRequest(const v1::LogitsRequest& request, const Request
     }
   }
 
+  if (spec.logprobs_mode() != v1::LOGPROBS_MODE_RAW && spec.logprobs_mode() != v1::LOGPROBS_MODE_PROCESSED) {
+    return Invalid(absl::StrCat("output.logprobs_mode ", static_cast<int>(spec.logprobs_mode()),
+                                " is not a known LogprobsMode"));
+  }
+  const SamplingLimits sampling_limits{limits.vocab, static_cast<uint32_t>(std::min<int64_t>(
+                                                         limits.max_sampling_top_k, limits.vocab))};
+  task->sampling.clear();
+  if (request.has_sampling() && request.row_sampling_size() > 0) {
+    return Invalid("set either sampling (every row) or row_sampling (one per row), not both");
+  }
+  if (request.has_sampling()) {
+    task->sampling.resize(1);
+    RETURN_IF_ERROR(DecodeSamplingParams(request.sampling(), "sampling", sampling_limits, &task->sampling[0]));
+  } else if (request.row_sampling_size() > 0) {
+    if (static_cast<uint32_t>(request.row_sampling_size()) != hs.rows()) {
+      return Invalid(absl::StrCat("row_sampling has ", request.row_sampling_size(), " entries for ", hs.rows(),
+                                  " rows; it needs one per row"));
+    }
+    task->sampling.resize(hs.rows());
+    for (int r = 0; r < request.row_sampling_size(); ++r) {
+      RETURN_IF_ERROR(DecodeSamplingParams(request.row_sampling(r), absl::StrCat("row_sampling[", r, "]"),
+                                           sampling_limits, &task->sampling[r]));
+    }
+  }
+  task->processed_logprobs = spec.logprobs_mode() == v1::LOGPROBS_MODE_PROCESSED;
+
   task->rows = hs.rows();
   task->hidden.resize(task->rows * limits.hidden);
   const uint8_t* data = reinterpret_cast<const uint8_t*>(hs.data().data());
@@ -121,14 +151,15 @@ absl::Status DecodeLogitsRequest(const v1::LogitsRequest& request, const Request
 }
 
 void EncodeLogitsResponse(const std::string& request_id, bool return_logits, DType logits_dtype,
-                          TaskResult& result, v1::LogitsResponse* response) {
+                          const std::vector<uint64_t>& seeds, TaskResult& result, v1::LogitsResponse* response) {
   response->set_request_id(request_id);
   if (return_logits) {
     response->set_logits_dtype(ToProto(logits_dtype));
     response->mutable_logits()->reserve(result.rows.size() * (result.rows.empty() ? 0 : result.rows[0].logits.size()) *
                                         DTypeSize(logits_dtype));
   }
-  for (RowOutput& row : result.rows) {
+  for (size_t r = 0; r < result.rows.size(); ++r) {
+    RowOutput& row = result.rows[r];
     v1::RowResult* out = response->add_rows();
     out->set_argmax_id(row.argmax_id);
     out->set_max_logit(row.max_logit);
@@ -136,9 +167,14 @@ void EncodeLogitsResponse(const std::string& request_id, bool return_logits, DTy
     for (size_t i = 0; i < row.top_ids.size(); ++i) {
       out->add_top_ids(row.top_ids[i]);
       out->add_top_logits(row.top_logits[i]);
-      out->add_top_logprobs(row.top_logits[i] - row.logsumexp);
+      out->add_top_logprobs(row.top_logits[i] - row.logprob_lse);
     }
-    for (float logit : row.token_logits) out->add_token_logprobs(logit - row.logsumexp);
+    for (float logit : row.token_logits) out->add_token_logprobs(logit - row.logprob_lse);
+    if (row.sampled) {
+      out->set_sampled_id(row.sampled_id);
+      out->set_sampled_logprob(row.sampled_logprob);
+      if (!seeds.empty()) out->set_seed(seeds.size() == 1 ? seeds[0] : seeds[r]);
+    }
     if (return_logits) {
       StoreLogits(logits_dtype, row.logits, response->mutable_logits());
       std::vector<float>().swap(row.logits);

@@ -1,0 +1,123 @@
+#include "kernels/sampling.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "kernels/sampling_math.h"
+
+namespace lmhead {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+// Largest value GumbelNoise can return (u <= 1 - 2^-25): a token with z + this below the best
+// score so far cannot win.
+constexpr float kMaxGumbel = 17.5f;
+
+}  // namespace
+
+float ProcessLogit(const SamplingSpec& spec, uint32_t id, float l) {
+  if (!spec.logit_bias.empty()) {
+    auto it = std::lower_bound(spec.logit_bias.begin(), spec.logit_bias.end(), id,
+                               [](const std::pair<uint32_t, float>& e, uint32_t v) { return e.first < v; });
+    if (it != spec.logit_bias.end() && it->first == id) l = l + it->second;
+  }
+  if (!spec.allowed_token_ids.empty() &&
+      !std::binary_search(spec.allowed_token_ids.begin(), spec.allowed_token_ids.end(), id)) {
+    return kNegInf;
+  }
+  if (std::binary_search(spec.banned_token_ids.begin(), spec.banned_token_ids.end(), id)) return kNegInf;
+  if (!spec.previous_counts.empty()) {
+    auto it = std::lower_bound(spec.previous_counts.begin(), spec.previous_counts.end(), id,
+                               [](const std::pair<uint32_t, uint32_t>& e, uint32_t v) { return e.first < v; });
+    if (it != spec.previous_counts.end() && it->first == id) {
+      if (spec.repetition_penalty != 1.0f) {
+        l = l > 0.0f ? l / spec.repetition_penalty : l * spec.repetition_penalty;
+      }
+      l = l - spec.presence_penalty;
+      const float frequency = spec.frequency_penalty * static_cast<float>(it->second);
+      l = l - frequency;
+    }
+  }
+  if (spec.temperature > 0.0f) l = l / spec.temperature;
+  return l;
+}
+
+void ProcessLogits(const SamplingSpec& spec, const float* l, int64_t vocab, float* z) {
+  const bool plain = spec.logit_bias.empty() && spec.allowed_token_ids.empty() && spec.banned_token_ids.empty() &&
+                     spec.previous_counts.empty();
+  if (plain) {
+    const float t = spec.temperature;
+    for (int64_t i = 0; i < vocab; ++i) z[i] = t > 0.0f ? l[i] / t : l[i];
+    return;
+  }
+  for (int64_t i = 0; i < vocab; ++i) z[i] = ProcessLogit(spec, static_cast<uint32_t>(i), l[i]);
+}
+
+uint32_t SelectToken(const SamplingSpec& spec, const float* z, int64_t vocab, float m, uint32_t argmax,
+                     const std::vector<uint32_t>& top_ids) {
+  if (spec.greedy()) return argmax;
+  const float min_z = spec.min_p > 0.0f ? m + std::log(spec.min_p) : kNegInf;
+  auto in_s0 = [&](uint32_t id) { return std::isfinite(z[id]) && z[id] >= min_z; };
+
+  // Candidates of S0: the top-k list (already ordered) or every token.
+  std::vector<uint32_t> candidates;
+  if (spec.top_k > 0) {
+    for (uint32_t i = 0; i < spec.top_k && i < top_ids.size(); ++i) {
+      if (in_s0(top_ids[i])) candidates.push_back(top_ids[i]);
+    }
+  }
+  const bool all_vocab = spec.top_k == 0;
+
+  float tau = kNegInf;
+  if (spec.top_p < 1.0f) {
+    // Only tokens with mass > 0 can reach the target; order them by descending z, lower id first.
+    std::vector<std::pair<uint64_t, uint32_t>> massed;  // (mass, id)
+    uint64_t total = 0;
+    auto add = [&](uint32_t id) {
+      const uint64_t w = TopPMass(z[id], m);
+      total += w;
+      if (w > 0) massed.emplace_back(w, id);
+    };
+    if (all_vocab) {
+      for (int64_t i = 0; i < vocab; ++i) {
+        if (in_s0(static_cast<uint32_t>(i))) add(static_cast<uint32_t>(i));
+      }
+    } else {
+      for (uint32_t id : candidates) add(id);
+    }
+    std::sort(massed.begin(), massed.end(), [&](const auto& a, const auto& b) {
+      return z[a.second] > z[b.second] || (z[a.second] == z[b.second] && a.second < b.second);
+    });
+    const uint64_t target = TopPTarget(spec.top_p, total);
+    uint64_t cumulative = 0;
+    for (const auto& [w, id] : massed) {
+      cumulative += w;
+      if (cumulative >= target) {
+        tau = z[id];
+        break;
+      }
+    }
+  }
+
+  // Gumbel-max over S. The argmax is always in S: start from it and skip tokens that cannot win.
+  uint32_t best = argmax;
+  float best_score = z[argmax] + GumbelNoise(spec.seed, spec.step, argmax);
+  auto consider = [&](uint32_t id) {
+    const float zi = z[id];
+    if (!in_s0(id) || zi < tau || zi + kMaxGumbel < best_score) return;
+    const float score = zi + GumbelNoise(spec.seed, spec.step, id);
+    if (score > best_score || (score == best_score && id < best)) {
+      best_score = score;
+      best = id;
+    }
+  };
+  if (all_vocab) {
+    for (int64_t i = 0; i < vocab; ++i) consider(static_cast<uint32_t>(i));
+  } else {
+    for (uint32_t id : candidates) consider(id);
+  }
+  return best;
+}
+
+}  // namespace lmhead
