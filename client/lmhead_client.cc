@@ -20,6 +20,22 @@ absl::Status FromGrpc(const grpc::Status& s) {
   return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
 }
 
+void SamplingToProto(const SamplingOptions& o, v1::SamplingParams* p) {
+  if (o.temperature) p->set_temperature(*o.temperature);
+  p->set_top_k(o.top_k);
+  if (o.top_p) p->set_top_p(*o.top_p);
+  p->set_min_p(o.min_p);
+  if (o.seed) p->set_seed(*o.seed);
+  p->set_step(o.step);
+  for (const auto& [id, bias] : o.logit_bias) (*p->mutable_logit_bias())[id] = bias;
+  for (uint32_t id : o.allowed_token_ids) p->add_allowed_token_ids(id);
+  for (uint32_t id : o.banned_token_ids) p->add_banned_token_ids(id);
+  if (o.repetition_penalty) p->set_repetition_penalty(*o.repetition_penalty);
+  p->set_presence_penalty(o.presence_penalty);
+  p->set_frequency_penalty(o.frequency_penalty);
+  for (uint32_t id : o.previous_token_ids) p->add_previous_token_ids(id);
+}
+
 v1::LogitsRequest MakeRequest(const HiddenStates& hidden, const OutputOptions& output,
                               const std::string& request_id) {
   v1::LogitsRequest req;
@@ -32,6 +48,9 @@ v1::LogitsRequest MakeRequest(const HiddenStates& hidden, const OutputOptions& o
   for (uint32_t id : output.logprob_token_ids) spec->add_logprob_token_ids(id);
   spec->set_return_logits(output.return_logits);
   if (output.return_logits) spec->set_logits_dtype(ToProto(output.logits_dtype));
+  spec->set_logprobs_mode(output.processed_logprobs ? v1::LOGPROBS_MODE_PROCESSED : v1::LOGPROBS_MODE_RAW);
+  if (output.sampling) SamplingToProto(*output.sampling, req.mutable_sampling());
+  for (const SamplingOptions& o : output.row_sampling) SamplingToProto(o, req.add_row_sampling());
   return req;
 }
 
@@ -51,6 +70,9 @@ LogitsResult ResultFromProto(const v1::LogitsResponse& resp) {
     row.top_logits.assign(r.top_logits().begin(), r.top_logits().end());
     row.top_logprobs.assign(r.top_logprobs().begin(), r.top_logprobs().end());
     row.token_logprobs.assign(r.token_logprobs().begin(), r.token_logprobs().end());
+    if (r.has_sampled_id()) row.sampled_id = r.sampled_id();
+    row.sampled_logprob = r.sampled_logprob();
+    row.seed = r.seed();
     out.rows.push_back(std::move(row));
   }
   const std::string& bytes = resp.logits();

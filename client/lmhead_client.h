@@ -5,7 +5,9 @@
 #define LMHEAD_CLIENT_LMHEAD_CLIENT_H_
 
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -31,11 +33,33 @@ struct HiddenStates {
   static HiddenStates FromFloats(const std::vector<float>& values, int64_t rows, DType dtype);
 };
 
+// Mirrors lmhead.v1.SamplingParams (see the proto for ranges and the order of steps).
+struct SamplingOptions {
+  std::optional<float> temperature;  // absent = 1; 0 = greedy
+  uint32_t top_k = 0;
+  std::optional<float> top_p;
+  float min_p = 0.0f;
+  std::optional<uint64_t> seed;  // absent = the server draws one (RowResult::seed)
+  uint64_t step = 0;
+  std::map<uint32_t, float> logit_bias;
+  std::vector<uint32_t> allowed_token_ids;
+  std::vector<uint32_t> banned_token_ids;
+  std::optional<float> repetition_penalty;
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
+  std::vector<uint32_t> previous_token_ids;
+};
+
 struct OutputOptions {
   uint32_t top_k = 0;
   std::vector<uint32_t> logprob_token_ids;
   bool return_logits = false;
   DType logits_dtype = DType::kFp32;
+  // Sampling for every row, or (row_sampling) one entry per row; neither = no sampling.
+  std::optional<SamplingOptions> sampling;
+  std::vector<SamplingOptions> row_sampling;
+  // With sampling: top/token/sampled logprobs of the processed logits instead of the raw ones.
+  bool processed_logprobs = false;
 };
 
 struct RowResult {
@@ -46,6 +70,9 @@ struct RowResult {
   std::vector<float> top_logits;
   std::vector<float> top_logprobs;
   std::vector<float> token_logprobs;  // parallel to OutputOptions::logprob_token_ids
+  std::optional<uint32_t> sampled_id;  // with sampling
+  float sampled_logprob = 0.0f;
+  uint64_t seed = 0;  // the seed that drew sampled_id
 };
 
 struct LogitsResult {

@@ -20,6 +20,7 @@ namespace {
 using client::HiddenStates;
 using client::LmHeadClient;
 using client::OutputOptions;
+using client::SamplingOptions;
 
 constexpr int64_t kVocab = 1500;
 constexpr int64_t kHidden = 64;
@@ -255,6 +256,79 @@ TEST_F(E2eTest, RequestsLargerThanABatchAreSplitAndReassembled) {
   ASSERT_EQ(r->rows.size(), 13u);
   for (int i = 0; i < 13; ++i) EXPECT_EQ(r->rows[i].top_ids, expected[i].top_ids) << "row " << i;
   EXPECT_LE(r->batch_rows, 4);
+}
+
+// Sampling over gRPC: per-row settings survive splitting, the seed is echoed and reproduces the
+// draw, greedy rows return the argmax, and the sampled token equals the in-process reference.
+TEST_F(E2eTest, SamplingPerRowIsReproducibleAndMatchesTheBackend) {
+  options_.batcher.max_batch_rows = 3;  // 7 rows: split into parts, per-row specs must follow
+  StartAndLoad();
+  const std::vector<float> x = Random(7, 33);
+  OutputOptions out;
+  out.top_k = 3;
+  std::vector<SamplingSpec> specs(7);
+  for (int r = 0; r < 7; ++r) {
+    SamplingOptions o;
+    o.temperature = r == 0 ? 0.0f : 0.5f + 0.25f * r;
+    o.top_k = r % 2 == 0 ? 0u : 20u;
+    o.top_p = 0.9f;
+    o.seed = 100 + r;
+    o.step = r;
+    o.banned_token_ids = {static_cast<uint32_t>(r)};
+    out.row_sampling.push_back(o);
+    specs[r].temperature = *o.temperature;
+    specs[r].top_k = o.top_k;
+    specs[r].top_p = 0.9f;
+    specs[r].seed = 100 + r;
+    specs[r].step = r;
+    specs[r].banned_token_ids = {static_cast<uint32_t>(r)};
+  }
+  auto first = client_->ComputeLogits(HiddenStates::FromFloats(x, 7, DType::kFp32), out);
+  ASSERT_TRUE(first.ok()) << first.status();
+  auto again = client_->ComputeLogits(HiddenStates::FromFloats(x, 7, DType::kFp32), out);
+  ASSERT_TRUE(again.ok()) << again.status();
+
+  Expected(x, 1, 0);  // builds reference_
+  std::vector<RowSpec> row_specs;
+  for (int r = 0; r < 7; ++r) row_specs.push_back(RowSpec{3, {}, false, &specs[r], false});
+  std::vector<RowOutput> ref;
+  ASSERT_TRUE(reference_->ComputeLogits({x.data(), 7, row_specs}, &ref).ok());
+  for (int r = 0; r < 7; ++r) {
+    const auto& row = first->rows[r];
+    ASSERT_TRUE(row.sampled_id.has_value()) << "row " << r;
+    EXPECT_EQ(*row.sampled_id, ref[r].sampled_id) << "row " << r;
+    EXPECT_EQ(*row.sampled_id, *again->rows[r].sampled_id) << "row " << r;
+    EXPECT_NE(*row.sampled_id, static_cast<uint32_t>(r)) << "banned";
+    EXPECT_EQ(row.seed, 100u + r);
+    EXPECT_NEAR(row.sampled_logprob, ref[r].sampled_logprob, 1e-5);
+  }
+  // Row 0 is greedy; token 0 is banned there, so it is the argmax unless that is token 0.
+  if (first->rows[0].argmax_id != 0) {
+    EXPECT_EQ(*first->rows[0].sampled_id, first->rows[0].argmax_id);
+  }
+
+  // Without a seed the server draws one and returns it; sending it back reproduces the token.
+  const std::vector<float> x1(x.begin(), x.begin() + kHidden);
+  OutputOptions unseeded;
+  unseeded.sampling = SamplingOptions{};
+  auto drawn = client_->ComputeLogits(HiddenStates::FromFloats(x1, 1, DType::kFp32), unseeded);
+  ASSERT_TRUE(drawn.ok()) << drawn.status();
+  OutputOptions seeded = unseeded;
+  seeded.sampling->seed = drawn->rows[0].seed;
+  auto replay = client_->ComputeLogits(HiddenStates::FromFloats(x1, 1, DType::kFp32), seeded);
+  ASSERT_TRUE(replay.ok());
+  EXPECT_EQ(*replay->rows[0].sampled_id, *drawn->rows[0].sampled_id);
+  // Rows without sampling carry no sampled token.
+  auto plain = client_->ComputeLogits(HiddenStates::FromFloats(x1, 1, DType::kFp32), OutputOptions{});
+  ASSERT_TRUE(plain.ok());
+  EXPECT_FALSE(plain->rows[0].sampled_id.has_value());
+  // Bad settings come back as INVALID_ARGUMENT naming the field.
+  OutputOptions bad;
+  bad.sampling = SamplingOptions{};
+  bad.sampling->top_p = 0.0f;
+  auto refused = client_->ComputeLogits(HiddenStates::FromFloats(x1, 1, DType::kFp32), bad);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("sampling.top_p"), std::string::npos) << refused.status();
 }
 
 // 32 streams x 200 messages of 1-4 rows each, sent while responses are read on another thread:

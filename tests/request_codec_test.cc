@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 
 #include "gtest/gtest.h"
@@ -157,6 +158,95 @@ TEST(RequestCodecTest, EncodesRowsLogprobsAndLogits) {
   EXPECT_EQ(resp.timing().queue_us(), 12u);
   EXPECT_EQ(resp.timing().compute_us(), 34u);
   EXPECT_EQ(resp.timing().batch_rows(), 7u);
+}
+
+}  // namespace
+}  // namespace lmhead
+
+namespace lmhead {
+namespace {
+
+// Every invalid sampling parameter is refused with INVALID_ARGUMENT naming its field.
+TEST(RequestCodecTest, RefusesInvalidSamplingNamingTheField) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  struct Case {
+    std::function<void(v1::SamplingParams*)> set;
+    std::string expected;
+  };
+  const std::vector<Case> cases = {
+      {[](auto* p) { p->set_temperature(-0.5f); }, "sampling.temperature = -0.5 must be in [0, 100]"},
+      {[&](auto* p) { p->set_temperature(nan); }, "sampling.temperature = nan"},
+      {[](auto* p) { p->set_top_p(0.0f); }, "sampling.top_p = 0 must be in (0, 1]"},
+      {[](auto* p) { p->set_top_p(1.5f); }, "sampling.top_p = 1.5 must be in (0, 1]"},
+      {[&](auto* p) { p->set_top_p(nan); }, "sampling.top_p = nan"},
+      {[](auto* p) { p->set_min_p(-0.1f); }, "sampling.min_p = -0.1 must be in [0, 1]"},
+      {[](auto* p) { p->set_min_p(1.01f); }, "sampling.min_p = 1.01 must be in [0, 1]"},
+      {[](auto* p) { p->set_top_k(101); }, "sampling.top_k = 101 exceeds 100"},
+      {[](auto* p) { (*p->mutable_logit_bias())[100] = 1.0f; }, "sampling.logit_bias key 100 is out of range"},
+      {[](auto* p) { (*p->mutable_logit_bias())[3] = 101.0f; }, "sampling.logit_bias[3] = 101 must be in [-100, 100]"},
+      {[&](auto* p) { (*p->mutable_logit_bias())[3] = nan; }, "sampling.logit_bias[3] = nan"},
+      {[](auto* p) { p->add_allowed_token_ids(5), p->add_allowed_token_ids(100); },
+       "sampling.allowed_token_ids[1] = 100 is out of range for vocab size 100"},
+      {[](auto* p) { p->add_banned_token_ids(250); }, "sampling.banned_token_ids[0] = 250 is out of range"},
+      {[](auto* p) { p->add_allowed_token_ids(5), p->add_banned_token_ids(5); },
+       "sampling.banned_token_ids exclude every allowed token"},
+      {[](auto* p) { p->set_repetition_penalty(0.0f); }, "sampling.repetition_penalty = 0 must be in (0, 10]"},
+      {[](auto* p) { p->set_presence_penalty(2.5f); }, "sampling.presence_penalty = 2.5 must be in [-2, 2]"},
+      {[&](auto* p) { p->set_frequency_penalty(nan); }, "sampling.frequency_penalty = nan"},
+      {[](auto* p) { p->add_previous_token_ids(1), p->add_previous_token_ids(1000); },
+       "sampling.previous_token_ids[1] = 1000 is out of range"},
+  };
+  for (const Case& c : cases) {
+    v1::LogitsRequest r = Fp32Request(1);
+    c.set(r.mutable_sampling());
+    EXPECT_EQ(DecodeError(r).rfind(c.expected, 0), 0u) << DecodeError(r) << "\n  expected: " << c.expected;
+  }
+  // Per-row settings name their row; their count must match the rows.
+  v1::LogitsRequest r = Fp32Request(2);
+  r.add_row_sampling();
+  EXPECT_EQ(DecodeError(r), "row_sampling has 1 entries for 2 rows; it needs one per row");
+  r.add_row_sampling()->set_min_p(2.0f);
+  EXPECT_EQ(DecodeError(r).rfind("row_sampling[1].min_p = 2", 0), 0u) << DecodeError(r);
+  r.mutable_sampling();
+  EXPECT_EQ(DecodeError(r), "set either sampling (every row) or row_sampling (one per row), not both");
+  v1::LogitsRequest mode = Fp32Request(1);
+  mode.mutable_output()->set_logprobs_mode(static_cast<v1::LogprobsMode>(7));
+  EXPECT_EQ(DecodeError(mode), "output.logprobs_mode 7 is not a known LogprobsMode");
+}
+
+TEST(RequestCodecTest, DecodesSamplingIntoSortedSpecs) {
+  v1::LogitsRequest r = Fp32Request(2);
+  v1::SamplingParams* p = r.mutable_sampling();
+  p->set_temperature(5e-6f);  // below 1e-5: greedy, as vLLM
+  p->set_seed(17);
+  p->set_step(4);
+  p->add_banned_token_ids(9), p->add_banned_token_ids(2), p->add_banned_token_ids(9);
+  for (uint32_t id : {7u, 3u, 7u, 7u}) p->add_previous_token_ids(id);
+  (*p->mutable_logit_bias())[50] = -2.0f;
+  (*p->mutable_logit_bias())[4] = 1.0f;
+  r.mutable_output()->set_logprobs_mode(v1::LOGPROBS_MODE_PROCESSED);
+  Task task;
+  DType dtype;
+  ASSERT_TRUE(DecodeLogitsRequest(r, Limits(), &task, &dtype).ok());
+  ASSERT_EQ(task.sampling.size(), 1u);
+  const SamplingSpec& s = task.sampling[0];
+  EXPECT_TRUE(s.greedy());
+  EXPECT_EQ(s.seed, 17u);
+  EXPECT_EQ(s.step, 4u);
+  EXPECT_EQ(s.banned_token_ids, (std::vector<uint32_t>{2, 9}));
+  EXPECT_EQ(s.previous_counts, (std::vector<std::pair<uint32_t, uint32_t>>{{3, 1}, {7, 3}}));
+  EXPECT_EQ(s.logit_bias, (std::vector<std::pair<uint32_t, float>>{{4, 1.0f}, {50, -2.0f}}));
+  EXPECT_TRUE(task.processed_logprobs);
+  EXPECT_EQ(task.SamplingOf(1), &task.sampling[0]);
+  // No seed: the server draws one per request.
+  v1::LogitsRequest unseeded = Fp32Request(1);
+  unseeded.mutable_sampling();
+  Task a, b;
+  ASSERT_TRUE(DecodeLogitsRequest(unseeded, Limits(), &a, &dtype).ok());
+  ASSERT_TRUE(DecodeLogitsRequest(unseeded, Limits(), &b, &dtype).ok());
+  EXPECT_NE(a.sampling[0].seed, b.sampling[0].seed);
+  EXPECT_EQ(a.sampling[0].temperature, 1.0f);
+  EXPECT_EQ(a.sampling[0].top_p, 1.0f);
 }
 
 }  // namespace

@@ -18,6 +18,7 @@
 #include "client/lmhead_client.h"
 #include "client/npy.h"
 #include "client/random_hidden.h"
+#include "client/sampling_text.h"
 
 ABSL_FLAG(std::string, target, "127.0.0.1:50051", "Server address host:port");
 ABSL_FLAG(std::string, npy, "", "logits: hidden states from a .npy file ([hidden] or [rows, hidden])");
@@ -28,6 +29,11 @@ ABSL_FLAG(std::string, dtype, "bf16", "Wire dtype of the hidden states: fp32 | b
 ABSL_FLAG(int, top_k, 5, "Top tokens to print per row");
 ABSL_FLAG(std::string, ids, "", "Comma-separated token ids whose logprobs to print");
 ABSL_FLAG(bool, logits, false, "Also fetch the full logits and print their size");
+ABSL_FLAG(std::string, sample, "",
+          "Sample a token per row with these settings, e.g. temperature=0.8,top_p=0.95,seed=7 "
+          "(keys: temperature top_k top_p min_p seed step repetition_penalty presence_penalty "
+          "frequency_penalty allowed banned bias previous; lists use '|', bias id:value)");
+ABSL_FLAG(bool, processed_logprobs, false, "With --sample: print processed logprobs instead of raw ones");
 ABSL_FLAG(int, steps, 8, "stream: number of decode steps");
 ABSL_FLAG(absl::Duration, timeout, absl::Seconds(30), "Per-call deadline");
 
@@ -60,6 +66,12 @@ absl::StatusOr<OutputOptions> Output() {
     out.logprob_token_ids.push_back(id);
   }
   out.return_logits = absl::GetFlag(FLAGS_logits);
+  if (!absl::GetFlag(FLAGS_sample).empty()) {
+    auto sampling = lmhead::client::ParseSamplingText(absl::GetFlag(FLAGS_sample));
+    if (!sampling.ok()) return sampling.status();
+    out.sampling = *sampling;
+    out.processed_logprobs = absl::GetFlag(FLAGS_processed_logprobs);
+  }
   return out;
 }
 
@@ -84,6 +96,10 @@ void PrintResult(const LogitsResult& r, const OutputOptions& out) {
   for (size_t i = 0; i < r.rows.size(); ++i) {
     const auto& row = r.rows[i];
     std::printf("row %zu: argmax=%u logsumexp=%.4f\n", i, row.argmax_id, row.logsumexp);
+    if (row.sampled_id) {
+      std::printf("  sampled token %u  logprob %.4f  (seed %llu)\n", *row.sampled_id, row.sampled_logprob,
+                  static_cast<unsigned long long>(row.seed));
+    }
     for (size_t k = 0; k < row.top_ids.size(); ++k) {
       std::printf("  #%-3zu token %-7u logit %9.4f  logprob %9.4f  p=%.4f\n", k + 1, row.top_ids[k],
                   row.top_logits[k], row.top_logprobs[k], std::exp(row.top_logprobs[k]));

@@ -16,6 +16,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/lmhead_client.h"
+#include "client/sampling_text.h"
 #include "client/random_hidden.h"
 
 ABSL_FLAG(std::string, target, "127.0.0.1:50051", "Server address host:port");
@@ -24,6 +25,9 @@ ABSL_FLAG(double, steps_per_second, 20, "Decode steps per second per sequence (0
 ABSL_FLAG(absl::Duration, duration, absl::ZeroDuration(), "Run time; 0 runs until killed");
 ABSL_FLAG(uint64_t, seed, 7, "Seed of the hidden states");
 ABSL_FLAG(int, top_k, 5, "top_k asked per step");
+ABSL_FLAG(std::string, sample, "",
+          "Sample each step's token with these settings (e.g. temperature=0.8,top_p=0.95); the seed is "
+          "per sequence and the step is the decode position. Empty: greedy (argmax)");
 
 namespace {
 
@@ -40,6 +44,11 @@ void Sequence(const std::string& target, int id, absl::Time stop, Counters& coun
   const double rate = absl::GetFlag(FLAGS_steps_per_second);
   OutputOptions output;
   output.top_k = static_cast<uint32_t>(absl::GetFlag(FLAGS_top_k));
+  if (!absl::GetFlag(FLAGS_sample).empty()) {
+    auto sampling = ParseSamplingText(absl::GetFlag(FLAGS_sample));  // checked in main
+    output.sampling = *sampling;
+    if (!output.sampling->seed) output.sampling->seed = absl::HashOf(absl::GetFlag(FLAGS_seed), id);
+  }
   uint32_t token = 0;
   int64_t step = 0;
   absl::Duration backoff = absl::Milliseconds(100);
@@ -56,6 +65,7 @@ void Sequence(const std::string& target, int id, absl::Time stop, Counters& coun
     absl::Time next = absl::Now();
     while (absl::Now() < stop) {
       const uint64_t seed = absl::HashOf(absl::GetFlag(FLAGS_seed), id, token, step);
+      if (output.sampling) output.sampling->step = static_cast<uint64_t>(step);
       absl::Status sent = stream->Send(RandomHidden(1, info->hidden_size, seed, 1.0f, lmhead::DType::kBf16), output,
                                        std::to_string(step));
       absl::StatusOr<LogitsResult> r = sent.ok() ? stream->Receive() : absl::StatusOr<LogitsResult>(sent);
@@ -63,7 +73,7 @@ void Sequence(const std::string& target, int id, absl::Time stop, Counters& coun
       if (!r->error.ok() || r->rows.empty()) {
         counters.errors++;
       } else {
-        token = r->rows[0].argmax_id;
+        token = r->rows[0].sampled_id.value_or(r->rows[0].argmax_id);
         ++step;
         counters.steps++;
         backoff = absl::Milliseconds(100);
@@ -92,6 +102,10 @@ int main(int argc, char** argv) {
   const int sequences = absl::GetFlag(FLAGS_sequences);
   if (sequences < 1 || absl::GetFlag(FLAGS_steps_per_second) < 0 || absl::GetFlag(FLAGS_top_k) < 0) {
     std::fprintf(stderr, "--sequences must be >= 1; --steps_per_second and --top_k >= 0\n");
+    return 2;
+  }
+  if (auto sampling = ParseSamplingText(absl::GetFlag(FLAGS_sample)); !sampling.ok()) {
+    std::fprintf(stderr, "--sample: %s\n", sampling.status().ToString().c_str());
     return 2;
   }
   const absl::Duration duration = absl::GetFlag(FLAGS_duration);

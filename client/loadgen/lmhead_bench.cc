@@ -16,6 +16,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/lmhead_client.h"
+#include "client/sampling_text.h"
 #include "client/loadgen/load_stats.h"
 #include "client/random_hidden.h"
 
@@ -28,6 +29,9 @@ ABSL_FLAG(int64_t, count, 0, "Total requests to send (0: run for --duration)");
 ABSL_FLAG(double, rate, 0, "Target total requests/s (0: closed loop, as fast as answers come)");
 ABSL_FLAG(int, top_k, 0, "top_k per row");
 ABSL_FLAG(bool, logits, false, "Ask for full logits");
+ABSL_FLAG(std::string, sample, "",
+          "Ask for a sampled token per row with these settings (e.g. temperature=0.8,top_p=0.95,top_k=50; "
+          "see `lmhead --help`)");
 ABSL_FLAG(std::string, dtype, "bf16", "Wire dtype of hidden states: fp32 | bf16 | fp16");
 ABSL_FLAG(uint64_t, seed, 1, "Seed of the hidden states");
 ABSL_FLAG(absl::Duration, timeout, absl::Seconds(30), "Per-request deadline (unary)");
@@ -155,6 +159,11 @@ int main(int argc, char** argv) {
   }
   plan.output.top_k = static_cast<uint32_t>(absl::GetFlag(FLAGS_top_k));
   plan.output.return_logits = absl::GetFlag(FLAGS_logits);
+  if (!absl::GetFlag(FLAGS_sample).empty()) {
+    auto sampling = ParseSamplingText(absl::GetFlag(FLAGS_sample));
+    if (!sampling.ok()) return std::fprintf(stderr, "%s\n", sampling.status().ToString().c_str()), 2;
+    plan.output.sampling = *sampling;
+  }
   plan.per_worker_rate = absl::GetFlag(FLAGS_rate) / concurrency;
   plan.count = absl::GetFlag(FLAGS_count);
   plan.start = absl::Now();

@@ -17,6 +17,7 @@
 #include "kernels/cuda/cuda_util.h"
 #include "kernels/cuda/kernels.h"
 #include "kernels/cuda/lt_gemm.h"
+#include "kernels/cuda/sampling_kernels.h"
 #include "kernels/cuda/weight_quant.h"
 #include "kernels/status_macros.h"
 
@@ -48,7 +49,8 @@ class CudaBackend final : public Backend {
     return static_cast<int64_t>(x_dev_.bytes() + act_.bytes() + act_scales_.bytes() + raw_.bytes() +
                                 part_max_.bytes() + part_sum_.bytes() + part_arg_.bytes() + topk_hist_.bytes() +
                                 topk_cut_.bytes() + topk_candidates_.bytes() + d_results_.bytes() +
-                                d_token_ids_.bytes() + gemm_->workspace_bytes());
+                                d_token_ids_.bytes() + processed_.bytes() + d_sampling_arena_.bytes() +
+                                d_sample_results_.bytes() + gemm_->workspace_bytes());
   }
 
   absl::Status Init(const CudaModuleArgs& args);
@@ -66,6 +68,20 @@ class CudaBackend final : public Backend {
   // Enqueues one slice's device work on the stream: rows from x_src (host), then activations,
   // GEMM, token ids, epilogue and the packed results' copy back. Capturable.
   absl::Status Enqueue(const float* x_src, int64_t n, int top_k, int64_t max_ids, bool mark);
+  // Rows of the current slice that sample (slice indices) and the top-k width selected on their
+  // processed logits.
+  struct SamplingPlan {
+    std::vector<int64_t> rows;
+    int top_k = 0;
+  };
+  // Enqueues token selection for the slice's sampling rows after its epilogue: processing, the
+  // epilogue on the processed rows, selection, and the results' copy back. Not capturable (the
+  // settings change per call); runs on the stream after the slice's graph.
+  absl::Status EnqueueSampling(const LogitsBatch& batch, int64_t start, int64_t n, int top_k, int64_t max_ids,
+                               SamplingPlan* plan);
+  // After the stream synchronized: moves the sampling results into `out`.
+  absl::Status ReadSampling(const LogitsBatch& batch, int64_t start, int64_t max_ids, const SamplingPlan& plan,
+                            std::vector<RowOutput>* out);
   void ClearGraphs() {
     for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
     graphs_.clear();
@@ -99,6 +115,15 @@ class CudaBackend final : public Backend {
   PinnedBuffer<int32_t> h_token_ids_;
   int64_t token_capacity_ = 0;  // ids per row the token buffers hold
 
+  // Token selection: processed logits of up to kSampleGroupRows rows at a time; the settings
+  // (SampleRowParams, id lists, gathered token ids) go up in one copy through the arena.
+  static constexpr int kSampleGroupRows = 16;
+  DeviceBuffer<float> processed_;  // [kSampleGroupRows, vocab_pad]
+  DeviceBuffer<uint8_t> d_sampling_arena_;
+  PinnedBuffer<uint8_t> h_sampling_arena_;
+  DeviceBuffer<uint8_t> d_sample_results_;  // SampleLayout
+  PinnedBuffer<uint8_t> h_sample_results_;
+
   // Small slices (n <= kGraphRows) run as CUDA graphs, one per (n, top_k, max_ids), captured on
   // first use; their input rows are staged in x_host_ (pinned). Launch gaps between the short
   // kernels are what a graph removes.
@@ -120,6 +145,17 @@ class CudaBackend final : public Backend {
       top_logits = top_ids + n * top_k * 4;
       token_logits = top_logits + n * top_k * 4;
       end = token_logits + n * max_ids * 4;
+    }
+  };
+
+  // The sampled rows' results: the processed epilogue's arrays, then sampled ids and logprobs.
+  struct SampleLayout {
+    ResultLayout base;
+    size_t sampled_id, sampled_logprob, end;
+    SampleLayout(int64_t n, int64_t top_k, int64_t max_ids) : base(n, top_k, max_ids) {
+      sampled_id = base.end;
+      sampled_logprob = sampled_id + n * 4;
+      end = sampled_logprob + n * 4;
     }
   };
 
@@ -188,6 +224,7 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
   RETURN_IF_ERROR(topk_cut_.Allocate(slice_rows_ * 3));
   RETURN_IF_ERROR(topk_candidates_.Allocate(slice_rows_ * kMaxCandidates));
   RETURN_IF_ERROR(EnsureTokenCapacity(16));
+  RETURN_IF_ERROR(processed_.Allocate(kSampleGroupRows * vocab_pad_));
 
   // Warm up: builds and times the GEMM plans of the small-batch buckets on real data.
   std::mt19937 rng(1);
@@ -347,8 +384,9 @@ absl::Status CudaBackend::ComputeLogits(const LogitsBatch& batch, std::vector<Ro
   int64_t max_ids = 0;
   for (int64_t b = 0; b < rows; ++b) {
     const RowSpec& spec = batch.specs[b];
-    if (spec.top_k > std::min<int64_t>(vocab_, kMaxTopK)) {
-      return absl::InvalidArgumentError(absl::StrCat("row ", b, ": top_k ", spec.top_k, " exceeds ",
+    if (spec.top_k > std::min<int64_t>(vocab_, kMaxTopK) ||
+        (spec.sampling != nullptr && spec.sampling->top_k > std::min<int64_t>(vocab_, kMaxTopK))) {
+      return absl::InvalidArgumentError(absl::StrCat("row ", b, ": a top_k exceeds ",
                                                      std::min<int64_t>(vocab_, kMaxTopK),
                                                      " (the vocab size or the CUDA backend's limit)"));
     }
@@ -467,6 +505,8 @@ absl::Status CudaBackend::ComputeSlice(const LogitsBatch& batch, int64_t start, 
     // host memory once instead of twice (a memcpy into pinned memory, then the DMA).
     RETURN_IF_ERROR(Enqueue(rows, n, top_k, max_ids, /*mark=*/true));
   }
+  SamplingPlan sampling;
+  RETURN_IF_ERROR(EnqueueSampling(batch, start, n, top_k, max_ids, &sampling));
   for (int64_t r = 0; r < n; ++r) {
     if (!batch.specs[start + r].want_logits) continue;
     std::vector<float>& logits = (*out)[start + r].logits;
@@ -514,6 +554,177 @@ absl::Status CudaBackend::ComputeSlice(const LogitsBatch& batch, int64_t start, 
       o.top_logits.push_back(h_top_logits[r * top_k + k]);
     }
     for (size_t i = 0; i < spec.token_ids.size(); ++i) o.token_logits.push_back(h_token_logits[r * max_ids + i]);
+  }
+  return ReadSampling(batch, start, max_ids, sampling, out);
+}
+
+absl::Status CudaBackend::EnqueueSampling(const LogitsBatch& batch, int64_t start, int64_t n, int top_k,
+                                          int64_t max_ids, SamplingPlan* plan) {
+  plan->rows.clear();
+  plan->top_k = 0;
+  int64_t list_ids = 0;
+  for (int64_t r = 0; r < n; ++r) {
+    const RowSpec& spec = batch.specs[start + r];
+    if (spec.sampling == nullptr) continue;
+    const SamplingSpec& s = *spec.sampling;
+    plan->rows.push_back(r);
+    plan->top_k = std::max<int>(plan->top_k, static_cast<int>(std::max(spec.processed_logprobs ? spec.top_k : 0u,
+                                                                       s.greedy() ? 0u : s.top_k)));
+    list_ids += static_cast<int64_t>(s.logit_bias.size() + s.allowed_token_ids.size() + s.banned_token_ids.size() +
+                                     s.previous_counts.size());
+  }
+  if (plan->rows.empty()) return absl::OkStatus();
+  const int count = static_cast<int>(plan->rows.size());
+
+  // Arena: params[count] | ids[list_ids] | bias_values[list_ids] | counts[list_ids] | token_ids[count, max_ids].
+  auto align = [](size_t x) { return (x + 15) / 16 * 16; };
+  const size_t ids_at = align(count * sizeof(SampleRowParams));
+  const size_t values_at = align(ids_at + list_ids * 4);
+  const size_t counts_at = align(values_at + list_ids * 4);
+  const size_t tokens_at = align(counts_at + list_ids * 4);
+  const size_t arena_bytes = tokens_at + count * max_ids * 4;
+  if (h_sampling_arena_.bytes() < arena_bytes) {
+    const size_t bytes = std::max(arena_bytes, 2 * h_sampling_arena_.bytes());
+    RETURN_IF_ERROR(h_sampling_arena_.Allocate(bytes));
+    RETURN_IF_ERROR(d_sampling_arena_.Allocate(bytes));
+  }
+  uint8_t* h = h_sampling_arena_.get();
+  auto* params = reinterpret_cast<SampleRowParams*>(h);
+  auto* ids = reinterpret_cast<uint32_t*>(h + ids_at);
+  auto* values = reinterpret_cast<float*>(h + values_at);
+  auto* counts = reinterpret_cast<uint32_t*>(h + counts_at);
+  auto* tokens = reinterpret_cast<int32_t*>(h + tokens_at);
+  int32_t next = 0;
+  for (int i = 0; i < count; ++i) {
+    const RowSpec& spec = batch.specs[start + plan->rows[i]];
+    const SamplingSpec& s = *spec.sampling;
+    SampleRowParams& p = params[i];
+    p = SampleRowParams{};
+    p.src_row = static_cast<int32_t>(plan->rows[i]);
+    p.temperature = s.temperature;
+    p.top_k = static_cast<int32_t>(s.top_k);
+    p.top_p = s.top_p;
+    p.min_p = s.min_p;
+    p.repetition = s.repetition_penalty;
+    p.presence = s.presence_penalty;
+    p.frequency = s.frequency_penalty;
+    p.seed = s.seed;
+    p.step = s.step;
+    p.processed_logprobs = spec.processed_logprobs ? 1 : 0;
+    p.bias_offset = next;
+    for (const auto& [id, bias] : s.logit_bias) ids[next] = id, values[next++] = bias;
+    p.bias_count = next - p.bias_offset;
+    p.allowed_offset = next;
+    for (uint32_t id : s.allowed_token_ids) ids[next++] = id;
+    p.allowed_count = next - p.allowed_offset;
+    p.banned_offset = next;
+    for (uint32_t id : s.banned_token_ids) ids[next++] = id;
+    p.banned_count = next - p.banned_offset;
+    p.previous_offset = next;
+    for (const auto& [id, c] : s.previous_counts) ids[next] = id, counts[next++] = c;
+    p.previous_count = next - p.previous_offset;
+    for (int64_t k = 0; k < max_ids; ++k) {
+      tokens[i * max_ids + k] = k < static_cast<int64_t>(spec.token_ids.size()) ? static_cast<int32_t>(spec.token_ids[k]) : -1;
+    }
+  }
+  cudaStream_t stream = stream_.get();
+  uint8_t* d = d_sampling_arena_.get();
+  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d, h, arena_bytes, cudaMemcpyHostToDevice, stream));
+  SamplingArenas arenas;
+  arenas.rows = reinterpret_cast<const SampleRowParams*>(d);
+  arenas.ids = reinterpret_cast<const uint32_t*>(d + ids_at);
+  arenas.bias_values = reinterpret_cast<const float*>(d + values_at);
+  arenas.counts = reinterpret_cast<const uint32_t*>(d + counts_at);
+  const int32_t* d_tokens = reinterpret_cast<const int32_t*>(d + tokens_at);
+
+  const SampleLayout layout(count, plan->top_k, max_ids);
+  if (d_sample_results_.bytes() < layout.end) {
+    const size_t bytes = std::max(layout.end, 2 * d_sample_results_.bytes());
+    RETURN_IF_ERROR(d_sample_results_.Allocate(bytes));
+    RETURN_IF_ERROR(h_sample_results_.Allocate(bytes));
+  }
+  uint8_t* out = d_sample_results_.get();
+  const ResultLayout slice_layout(n, top_k, max_ids);
+  const int K = plan->top_k;
+  for (int g0 = 0; g0 < count; g0 += kSampleGroupRows) {
+    const int gc = std::min(kSampleGroupRows, count - g0);
+    CUDA_RETURN_IF_ERROR(LaunchProcessLogits(raw_.get(), vocab_pad_, vocab_, arenas, g0, gc, processed_.get(), stream));
+    EpilogueParams e;
+    e.raw = processed_.get();
+    e.ld = vocab_pad_;
+    e.rows = gc;
+    e.vocab = vocab_;
+    e.max_logit = reinterpret_cast<float*>(out + layout.base.max) + g0;
+    e.argmax = reinterpret_cast<int32_t*>(out + layout.base.arg) + g0;
+    e.logsumexp = reinterpret_cast<float*>(out + layout.base.lse) + g0;
+    e.top_k = K;
+    e.top_ids = reinterpret_cast<int32_t*>(out + layout.base.top_ids) + g0 * K;
+    e.top_logits = reinterpret_cast<float*>(out + layout.base.top_logits) + g0 * K;
+    e.token_ids = d_tokens + g0 * max_ids;
+    e.max_token_ids = static_cast<int>(max_ids);
+    e.token_logits = reinterpret_cast<float*>(out + layout.base.token_logits) + g0 * max_ids;
+    e.part_max = part_max_.get();
+    e.part_arg = part_arg_.get();
+    e.part_sum = part_sum_.get();
+    e.hist = topk_hist_.get();
+    e.cut = topk_cut_.get();
+    e.candidates = topk_candidates_.get();
+    CUDA_RETURN_IF_ERROR(LaunchEpilogue(e, stream));
+    SelectTokenParams sp;
+    sp.arenas = arenas;
+    sp.first = g0;
+    sp.count = gc;
+    sp.processed = processed_.get();
+    sp.ld = vocab_pad_;
+    sp.vocab = vocab_;
+    sp.proc_max = e.max_logit;
+    sp.proc_argmax = e.argmax;
+    sp.proc_lse = e.logsumexp;
+    sp.proc_top_ids = e.top_ids;
+    sp.top_stride = K;
+    sp.raw = raw_.get();
+    sp.raw_lse = reinterpret_cast<const float*>(d_results_.get() + slice_layout.lse);
+    sp.sampled_id = reinterpret_cast<int32_t*>(out + layout.sampled_id) + g0;
+    sp.sampled_logprob = reinterpret_cast<float*>(out + layout.sampled_logprob) + g0;
+    CUDA_RETURN_IF_ERROR(LaunchSelectTokens(sp, stream));
+  }
+  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(h_sample_results_.get(), out, layout.end, cudaMemcpyDeviceToHost, stream));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::ReadSampling(const LogitsBatch& batch, int64_t start, int64_t max_ids,
+                                       const SamplingPlan& plan, std::vector<RowOutput>* out) {
+  if (plan.rows.empty()) return absl::OkStatus();
+  const int64_t count = static_cast<int64_t>(plan.rows.size());
+  const SampleLayout layout(count, plan.top_k, max_ids);
+  const uint8_t* h = h_sample_results_.get();
+  const float* max = reinterpret_cast<const float*>(h + layout.base.max);
+  const float* lse = reinterpret_cast<const float*>(h + layout.base.lse);
+  const int32_t* top_ids = reinterpret_cast<const int32_t*>(h + layout.base.top_ids);
+  const float* top_logits = reinterpret_cast<const float*>(h + layout.base.top_logits);
+  const float* token_logits = reinterpret_cast<const float*>(h + layout.base.token_logits);
+  const int32_t* sampled = reinterpret_cast<const int32_t*>(h + layout.sampled_id);
+  const float* logprob = reinterpret_cast<const float*>(h + layout.sampled_logprob);
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t row = start + plan.rows[i];
+    const RowSpec& spec = batch.specs[row];
+    RowOutput& o = (*out)[row];
+    if (!std::isfinite(max[i]) || !std::isfinite(lse[i])) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "row ", row, ": processed logits are not finite (temperature too small for these logits?)"));
+    }
+    o.sampled = true;
+    o.sampled_id = static_cast<uint32_t>(sampled[i]);
+    o.sampled_logprob = logprob[i];
+    if (!spec.processed_logprobs) continue;
+    o.logprob_lse = lse[i];
+    o.top_ids.clear();
+    o.top_logits.clear();
+    for (uint32_t k = 0; k < spec.top_k; ++k) {
+      o.top_ids.push_back(static_cast<uint32_t>(top_ids[i * plan.top_k + k]));
+      o.top_logits.push_back(top_logits[i * plan.top_k + k]);
+    }
+    for (size_t k = 0; k < spec.token_ids.size(); ++k) o.token_logits[k] = token_logits[i * max_ids + k];
   }
   return absl::OkStatus();
 }

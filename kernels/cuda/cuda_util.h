@@ -82,6 +82,7 @@ class PinnedBuffer {
   }
   T* get() const { return ptr_; }
   size_t count() const { return count_; }
+  size_t bytes() const { return count_ * sizeof(T); }
 
  private:
   T* ptr_ = nullptr;

@@ -104,20 +104,25 @@ __global__ void PartialsKernel(EpilogueParams p) {
   const int64_t b = blockIdx.y;
   const int64_t chunk = blockIdx.x;
   float* logits = p.raw + b * p.ld;
+  const bool transform = p.act_scales != nullptr;
   const float* lo = p.split ? p.raw + (p.rows + b) * p.ld : nullptr;
-  const float s_hi = p.act_scales[b];
+  const float s_hi = transform ? p.act_scales[b] : 1.0f;
   const float s_lo = p.split ? p.act_scales[p.rows + b] : 0.0f;
   Stat st{-FLT_MAX, 0, 0.0f};
   const int64_t begin = chunk * kChunk;
   const int64_t end = min(begin + kChunk, p.vocab);
   for (int64_t v = begin + threadIdx.x; v < end; v += kPartThreads) {
-    float l = logits[v] * s_hi;
-    if (lo != nullptr) l += lo[v] * s_lo;
-    if (p.row_scales != nullptr) l *= p.row_scales[v];
-    l *= p.logit_scale;
-    if (p.softcap > 0.0f) l = p.softcap * tanhf(l / p.softcap);
-    logits[v] = l;
-    st = Combine(st, Stat{l, static_cast<int32_t>(v), 1.0f});
+    float l = logits[v];
+    if (transform) {
+      l *= s_hi;
+      if (lo != nullptr) l += lo[v] * s_lo;
+      if (p.row_scales != nullptr) l *= p.row_scales[v];
+      l *= p.logit_scale;
+      if (p.softcap > 0.0f) l = p.softcap * tanhf(l / p.softcap);
+      logits[v] = l;
+    }
+    // Masked (-inf) logits are empty entries: they add no mass and never win.
+    st = Combine(st, Stat{l, static_cast<int32_t>(v), l == -INFINITY ? 0.0f : 1.0f});
   }
   using Reduce = cub::BlockReduce<Stat, kPartThreads>;
   __shared__ typename Reduce::TempStorage temp;
@@ -265,7 +270,7 @@ __global__ void RowStatsKernel(EpilogueParams p, int chunks) {
 }
 
 __device__ __forceinline__ int BinOf(float max_logit, float l) {
-  return min(static_cast<int>((max_logit - l) * kBinsPerUnit), kBins - 1);
+  return static_cast<int>(fminf((max_logit - l) * kBinsPerUnit, kBins - 1));
 }
 
 // Histogram of (max - logit) over one vocab chunk of one row, added into the row's histogram.

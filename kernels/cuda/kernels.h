@@ -36,7 +36,9 @@ struct EpilogueParams {
   // [n_pad, ld] raw dot products: row b (and row rows + b when split) for batch row b.
   float* raw = nullptr;
   int64_t ld = 0;  // row stride of raw (>= vocab)
-  const float* act_scales = nullptr;  // [n_pad]
+  // [n_pad]; null when `raw` already holds finished logits (rows of processed logits, which may
+  // be -inf): then no scales or transforms are applied and nothing is written back.
+  const float* act_scales = nullptr;
   const float* row_scales = nullptr;  // [vocab], or null for unscaled weights
   int64_t rows = 0;
   int64_t vocab = 0;
