@@ -57,6 +57,7 @@ v1::LogitsRequest MakeRequest(const HiddenStates& hidden, const OutputOptions& o
 LogitsResult ResultFromProto(const v1::LogitsResponse& resp) {
   LogitsResult out;
   out.request_id = resp.request_id();
+  out.wire_bytes = static_cast<int64_t>(resp.ByteSizeLong());
   if (resp.error().code() != 0) {
     out.error = absl::Status(static_cast<absl::StatusCode>(resp.error().code()), resp.error().message());
     return out;

@@ -84,6 +84,7 @@ struct LogitsResult {
   int64_t queue_us = 0;
   int64_t compute_us = 0;
   int64_t batch_rows = 0;
+  int64_t wire_bytes = 0;  // serialized size of the response message
 };
 
 struct ModelInfo {

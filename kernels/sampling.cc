@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "kernels/sampling_math.h"
@@ -13,6 +14,38 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // Largest value GumbelNoise can return (u <= 1 - 2^-25): a token with z + this below the best
 // score so far cannot win.
 constexpr float kMaxGumbel = 17.5f;
+
+// The highest value t such that the tokens with z >= t carry at least `target` of the mass: a
+// mass-weighted radix select over the order-preserving keys, digits of 11, 11 and 10 bits (the
+// CUDA kernel runs the same passes). O(tokens) per pass.
+float TopPThreshold(const std::vector<std::pair<uint32_t, uint64_t>>& massed, uint64_t target) {
+  constexpr int kShifts[3] = {21, 10, 0};
+  constexpr int kWidths[3] = {11, 11, 10};
+  std::vector<uint64_t> hist(2048);
+  uint32_t prefix = 0, mask = 0;
+  uint64_t remaining = target;
+  for (int pass = 0; pass < 3; ++pass) {
+    const uint32_t digit_mask = (1u << kWidths[pass]) - 1u;
+    std::fill(hist.begin(), hist.end(), 0);
+    for (const auto& [key, w] : massed) {
+      if ((key & mask) == prefix) hist[(key >> kShifts[pass]) & digit_mask] += w;
+    }
+    uint64_t before = 0;
+    for (int digit = static_cast<int>(digit_mask); digit >= 0; --digit) {
+      if (before + hist[digit] >= remaining) {
+        prefix |= static_cast<uint32_t>(digit) << kShifts[pass];
+        remaining -= before;
+        break;
+      }
+      before += hist[digit];
+    }
+    mask |= digit_mask << kShifts[pass];
+  }
+  const uint32_t bits = (prefix & 0x80000000u) ? (prefix & 0x7fffffffu) : ~prefix;
+  float t;
+  std::memcpy(&t, &bits, 4);
+  return t;
+}
 
 }  // namespace
 
@@ -71,13 +104,12 @@ uint32_t SelectToken(const SamplingSpec& spec, const float* z, int64_t vocab, fl
 
   float tau = kNegInf;
   if (spec.top_p < 1.0f) {
-    // Only tokens with mass > 0 can reach the target; order them by descending z, lower id first.
-    std::vector<std::pair<uint64_t, uint32_t>> massed;  // (mass, id)
+    std::vector<std::pair<uint32_t, uint64_t>> massed;  // (key, mass) of S0's tokens with mass > 0
     uint64_t total = 0;
     auto add = [&](uint32_t id) {
       const uint64_t w = TopPMass(z[id], m);
       total += w;
-      if (w > 0) massed.emplace_back(w, id);
+      if (w > 0) massed.emplace_back(OrderedKey(z[id]), w);
     };
     if (all_vocab) {
       for (int64_t i = 0; i < vocab; ++i) {
@@ -86,18 +118,7 @@ uint32_t SelectToken(const SamplingSpec& spec, const float* z, int64_t vocab, fl
     } else {
       for (uint32_t id : candidates) add(id);
     }
-    std::sort(massed.begin(), massed.end(), [&](const auto& a, const auto& b) {
-      return z[a.second] > z[b.second] || (z[a.second] == z[b.second] && a.second < b.second);
-    });
-    const uint64_t target = TopPTarget(spec.top_p, total);
-    uint64_t cumulative = 0;
-    for (const auto& [w, id] : massed) {
-      cumulative += w;
-      if (cumulative >= target) {
-        tau = z[id];
-        break;
-      }
-    }
+    tau = TopPThreshold(massed, TopPTarget(spec.top_p, total));
   }
 
   // Gumbel-max over S. The argmax is always in S: start from it and skip tokens that cannot win.

@@ -11,6 +11,7 @@
 #include "gtest/gtest.h"
 #include "kernels/backend_factory.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/row_sampling.h"
 #include "kernels/fp8.h"
 #include "kernels/half.h"
 #include "kernels/head_quantizer.h"
@@ -273,6 +274,124 @@ TEST(CudaBackendTest, EqualLogitsRankLowerIdFirstAndOverflowIsReported) {
   EXPECT_NEAR(out[0].logsumexp, 8.0 + std::log(3000.0), 1e-4);
   std::fill(x.begin(), x.end(), 3e38f);
   EXPECT_EQ(gpu->ComputeLogits({x.data(), 1, {&spec, 1}}, &out).code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace lmhead
+
+namespace lmhead {
+namespace {
+
+// A spread of sampling settings: greedy, plain temperature, top-k (list path), top-p over the
+// whole vocabulary (radix path), min-p, combinations, bias / masks / penalties, both logprob modes.
+std::vector<SamplingSpec> SamplingMix(int64_t vocab, uint64_t seed) {
+  std::vector<SamplingSpec> mix;
+  auto add = [&](auto edit) {
+    SamplingSpec s;
+    s.seed = seed + mix.size();
+    s.step = mix.size() * 7;
+    edit(s);
+    mix.push_back(s);
+  };
+  const uint32_t v = static_cast<uint32_t>(vocab);
+  add([](SamplingSpec& s) { s.temperature = 0.0f; });
+  add([](SamplingSpec& s) { s.temperature = 0.8f; });
+  add([](SamplingSpec& s) { s.top_k = 50; });
+  add([](SamplingSpec& s) { s.top_p = 0.9f; });
+  add([](SamplingSpec& s) { s.top_p = 0.3f, s.temperature = 1.7f; });
+  add([](SamplingSpec& s) { s.min_p = 0.1f; });
+  add([](SamplingSpec& s) { s.top_k = 200, s.top_p = 0.8f, s.min_p = 0.02f; });
+  add([](SamplingSpec& s) { s.top_k = 1024, s.top_p = 0.95f, s.temperature = 0.6f; });
+  add([&](SamplingSpec& s) {
+    s.logit_bias = {{1, 5.0f}, {v / 2, -3.0f}, {v - 1, 2.5f}};
+    s.banned_token_ids = {0, 2, v - 2};
+    s.previous_counts = {{3, 1}, {5, 4}, {v / 3, 2}};
+    s.repetition_penalty = 1.3f, s.presence_penalty = 0.4f, s.frequency_penalty = 0.2f;
+    s.top_p = 0.95f;
+  });
+  add([&](SamplingSpec& s) {
+    s.allowed_token_ids = {7, 11, v / 4, v / 2, v - 1};
+    s.temperature = 2.0f;
+  });
+  add([&](SamplingSpec& s) {
+    s.temperature = 0.0f;
+    s.logit_bias = {{v - 3, 100.0f}};
+  });
+  return mix;
+}
+
+// GPU selection against the CPU reference (kernels/cpu/row_sampling.cc) applied to the GPU's own
+// raw logits: identical inputs, so the tokens must be the same (the two differ only in the last
+// bit of logf/expf, which can flip a draw only on a near-exact tie). Then against the CPU
+// backend's own logits, whose draws agree except where the logits differ by the GEMM tolerance.
+TEST_P(CudaConformanceTest, SamplingMatchesTheCpuReference) {
+  const Shape s = GetParam();
+  std::random_device seed_source;
+  const uint64_t seed = (uint64_t{seed_source()} << 32) | seed_source();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  HeadWeights head = Fp8Head(s.vocab, s.hidden, seed);
+  auto cpu = NewCpuBackend(head, s.transform, 4);
+  ASSERT_TRUE(cpu.ok());
+  std::string skip;
+  auto gpu = CudaOrSkip(head, s.transform, s.precision, &skip);
+  if (gpu == nullptr) GTEST_SKIP() << "no CUDA backend here: " << skip;
+  const std::vector<SamplingSpec> mix = SamplingMix(s.vocab, seed);
+  std::mt19937_64 rng(seed);
+  int64_t compared = 0, same_on_gpu_logits = 0, same_on_cpu_logits = 0;
+  for (int64_t rows : {1, 13, 40}) {
+    for (float scale : {1.0f, 8.0f}) {
+      std::normal_distribution<float> normal(0.0f, scale);
+      std::vector<float> x(rows * s.hidden);
+      for (float& v : x) v = normal(rng);
+      std::vector<uint32_t> ids = {1, static_cast<uint32_t>(s.vocab - 1)};
+      std::vector<RowSpec> specs(rows);
+      for (int64_t r = 0; r < rows; ++r) {
+        specs[r] = RowSpec{r % 3 == 0 ? 0u : 8u, ids, true, &mix[r % mix.size()], r % 2 == 1};
+      }
+      std::vector<RowOutput> got(rows), cpu_out;
+      for (auto& o : got) o.sampled_id = 0xdeadbeef, o.sampled_logprob = NAN;  // poisoned
+      ASSERT_TRUE(gpu->ComputeLogits({x.data(), rows, specs}, &got).ok());
+      ASSERT_TRUE((*cpu)->ComputeLogits({x.data(), rows, specs}, &cpu_out).ok());
+      for (int64_t r = 0; r < rows; ++r) {
+        SCOPED_TRACE(::testing::Message() << "rows " << rows << " row " << r << " scale " << scale);
+        const RowOutput& g = got[r];
+        ASSERT_TRUE(g.sampled);
+        ASSERT_LT(g.sampled_id, s.vocab);
+        // The reference on the GPU's logits.
+        RowOutput ref = g;
+        ASSERT_TRUE(SampleRow(specs[r], g.logits.data(), s.vocab, &ref).ok());
+        ++compared;
+        if (ref.sampled_id == g.sampled_id) {
+          ++same_on_gpu_logits;
+          EXPECT_NEAR(g.sampled_logprob, ref.sampled_logprob, 1e-4 + 1e-5 * std::fabs(ref.sampled_logprob));
+        }
+        if (cpu_out[r].sampled_id == g.sampled_id) ++same_on_cpu_logits;
+        const SamplingSpec& spec = *specs[r].sampling;
+        if (spec.greedy() || !spec.allowed_token_ids.empty()) {
+          if (spec.allowed_token_ids.empty()) EXPECT_EQ(g.sampled_id, ref.sampled_id);
+          else EXPECT_TRUE(std::binary_search(spec.allowed_token_ids.begin(), spec.allowed_token_ids.end(), g.sampled_id));
+        }
+        EXPECT_FALSE(std::binary_search(spec.banned_token_ids.begin(), spec.banned_token_ids.end(), g.sampled_id));
+        if (specs[r].processed_logprobs) {
+          EXPECT_NEAR(g.logprob_lse, ref.logprob_lse, 1e-4 + 1e-5 * std::fabs(ref.logprob_lse));
+          ASSERT_EQ(g.top_ids.size(), specs[r].top_k);
+          for (size_t k = 0; k < g.top_ids.size(); ++k) {
+            EXPECT_EQ(g.top_ids[k], ref.top_ids[k]) << "processed rank " << k;
+            EXPECT_EQ(g.top_logits[k], ref.top_logits[k]) << "processed rank " << k;
+          }
+          for (size_t i = 0; i < ids.size(); ++i) EXPECT_EQ(g.token_logits[i], ref.token_logits[i]);
+        } else {
+          EXPECT_EQ(g.logprob_lse, g.logsumexp);
+        }
+      }
+    }
+  }
+  std::printf("[ sampling ] %lldx%lld: %lld rows; same token as the CPU reference on the GPU's logits: %lld, "
+              "on the CPU backend's own logits: %lld\n",
+              static_cast<long long>(s.vocab), static_cast<long long>(s.hidden), static_cast<long long>(compared),
+              static_cast<long long>(same_on_gpu_logits), static_cast<long long>(same_on_cpu_logits));
+  EXPECT_GE(same_on_gpu_logits, compared - 1);
+  EXPECT_GE(same_on_cpu_logits, compared * 9 / 10);
 }
 
 }  // namespace

@@ -63,6 +63,7 @@ absl::Time Scheduled(const Plan& plan, int64_t i) {
 }
 
 absl::Status StatusOf(const absl::StatusOr<LogitsResult>& r) { return r.ok() ? r->error : r.status(); }
+int64_t BytesOf(const absl::StatusOr<LogitsResult>& r) { return r.ok() ? r->wire_bytes : 0; }
 
 void UnaryWorker(const std::string& target, const Plan& plan, int w, std::atomic<int64_t>& issued, LoadStats& stats) {
   ClientOptions options;
@@ -75,7 +76,7 @@ void UnaryWorker(const std::string& target, const Plan& plan, int w, std::atomic
       if (sent > absl::Now()) absl::SleepFor(sent - absl::Now());
     }
     auto r = client->ComputeLogits(plan.payloads[(w + i) % plan.payloads.size()], plan.output);
-    stats.Record(StatusOf(r), absl::Now() - sent, plan.rows);
+    stats.Record(StatusOf(r), absl::Now() - sent, plan.rows, BytesOf(r));
   }
 }
 
@@ -87,7 +88,7 @@ void StreamWorker(const std::string& target, const Plan& plan, int w, std::atomi
       const absl::Time sent = absl::Now();
       absl::Status s = stream->Send(plan.payloads[(w + i) % plan.payloads.size()], plan.output, "");
       absl::StatusOr<LogitsResult> r = s.ok() ? stream->Receive() : absl::StatusOr<LogitsResult>(s);
-      stats.Record(StatusOf(r), absl::Now() - sent, plan.rows);
+      stats.Record(StatusOf(r), absl::Now() - sent, plan.rows, BytesOf(r));
       if (!r.ok()) stream = client->OpenStream();  // transport failure: start a new stream
     }
     stream->Close().IgnoreError();
@@ -123,7 +124,7 @@ void StreamWorker(const std::string& target, const Plan& plan, int w, std::atomi
       at = in_flight.front();
       in_flight.pop_front();
     }
-    stats.Record(StatusOf(r), absl::Now() - at, plan.rows);
+    stats.Record(StatusOf(r), absl::Now() - at, plan.rows, BytesOf(r));
   }
   sender.join();
   stream->Close().IgnoreError();

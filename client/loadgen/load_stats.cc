@@ -17,8 +17,9 @@ int64_t LoadSummary::error_count() const {
 std::string LoadSummary::Table() const {
   std::string out = absl::StrFormat(
       "duration      %.2f s\nrequests      %d ok, %d errors\nrequests/s    %.1f\nrows/s        %.1f\n"
-      "latency (ms)  p50 %.3f  p90 %.3f  p99 %.3f  max %.3f  mean %.3f\n",
-      seconds, ok, error_count(), requests_per_second(), rows_per_second(), p50_ms, p90_ms, p99_ms, max_ms, mean_ms);
+      "latency (ms)  p50 %.3f  p90 %.3f  p99 %.3f  max %.3f  mean %.3f\nresponse      %.0f bytes (mean)\n",
+      seconds, ok, error_count(), requests_per_second(), rows_per_second(), p50_ms, p90_ms, p99_ms, max_ms, mean_ms,
+      mean_response_bytes);
   for (const auto& [code, count] : errors) out += absl::StrFormat("errors        %s: %d\n", code, count);
   return out;
 }
@@ -28,15 +29,17 @@ std::string LoadSummary::Json() const {
                       {"rows", rows},             {"requests_per_second", requests_per_second()},
                       {"rows_per_second", rows_per_second()},
                       {"latency_ms", {{"p50", p50_ms}, {"p90", p90_ms}, {"p99", p99_ms}, {"max", max_ms}, {"mean", mean_ms}}},
+                      {"mean_response_bytes", mean_response_bytes},
                       {"errors", errors}};
   return j.dump();
 }
 
-void LoadStats::Record(const absl::Status& status, absl::Duration latency, int64_t rows) {
+void LoadStats::Record(const absl::Status& status, absl::Duration latency, int64_t rows, int64_t response_bytes) {
   std::lock_guard<std::mutex> lock(mu_);
   if (status.ok()) {
     latencies_ms_.push_back(absl::ToDoubleMilliseconds(latency));
     rows_ += rows;
+    response_bytes_ += response_bytes;
   } else {
     ++errors_[absl::StatusCodeToString(status.code())];
   }
@@ -66,6 +69,7 @@ LoadSummary LoadStats::Summarize(absl::Duration elapsed) const {
     s.p99_ms = at(0.99);
     s.max_ms = v.back();
     s.mean_ms = std::accumulate(v.begin(), v.end(), 0.0) / v.size();
+    s.mean_response_bytes = static_cast<double>(response_bytes_) / v.size();
   }
   return s;
 }
