@@ -58,18 +58,27 @@ bool ParseArgs(int argc, char** argv, Args* a) {
   return (a->backend == "cpu" || a->backend == "cuda") && a->vocab > 0 && a->hidden > 0 && a->reps > 0;
 }
 
-double MedianMs(Backend& backend, const std::vector<float>& x, const std::vector<RowSpec>& specs, int reps) {
+// Median milliseconds of each batch in `batches`, timed in interleaved rounds (one call of each per
+// round, after one warm-up call each) so that drift hits every configuration alike. -1 on error.
+std::vector<double> MedianMs(Backend& backend, const std::vector<float>& x,
+                             const std::vector<std::vector<RowSpec>>& batches, int reps) {
   std::vector<RowOutput> out;
-  const int64_t rows = static_cast<int64_t>(specs.size());
-  if (!backend.ComputeLogits({x.data(), rows, specs}, &out).ok()) return -1;  // warm-up (plans, graphs)
-  std::vector<double> ms;
-  for (int r = 0; r < reps; ++r) {
-    const auto t0 = std::chrono::steady_clock::now();
-    if (!backend.ComputeLogits({x.data(), rows, specs}, &out).ok()) return -1;
-    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  std::vector<std::vector<double>> ms(batches.size());
+  for (int round = -1; round < reps; ++round) {
+    for (size_t c = 0; c < batches.size(); ++c) {
+      const auto t0 = std::chrono::steady_clock::now();
+      if (!backend.ComputeLogits({x.data(), static_cast<int64_t>(batches[c].size()), batches[c]}, &out).ok()) {
+        return std::vector<double>(batches.size(), -1.0);
+      }
+      if (round >= 0) ms[c].push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    }
   }
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
+  std::vector<double> medians;
+  for (auto& v : ms) {
+    std::sort(v.begin(), v.end());
+    medians.push_back(v[v.size() / 2]);
+  }
+  return medians;
 }
 
 }  // namespace
@@ -128,11 +137,12 @@ int main(int argc, char** argv) {
     std::normal_distribution<float> hs(0.0f, 1.0f);
     for (float& v : x) v = hs(rng);
     auto specs_of = [&](RowSpec spec) { return std::vector<RowSpec>(rows, spec); };
-    const double argmax = MedianMs(**backend, x, specs_of(RowSpec{}), a.reps);
-    const double top20 = MedianMs(**backend, x, specs_of(RowSpec{20, {}, false}), a.reps);
-    const double sample = MedianMs(**backend, x, specs_of(RowSpec{0, {}, false, &nucleus, false}), a.reps);
-    const double sample_full = MedianMs(**backend, x, specs_of(RowSpec{20, {}, false, &full, true}), a.reps);
-    const double logits = MedianMs(**backend, x, specs_of(RowSpec{0, {}, true}), a.reps);
+    const std::vector<double> t = MedianMs(**backend, x,
+                                           {specs_of(RowSpec{}), specs_of(RowSpec{20, {}, false}),
+                                            specs_of(RowSpec{0, {}, false, &nucleus, false}),
+                                            specs_of(RowSpec{20, {}, false, &full, true}), specs_of(RowSpec{0, {}, true})},
+                                           a.reps);
+    const double argmax = t[0], top20 = t[1], sample = t[2], sample_full = t[3], logits = t[4];
     std::printf("| %lld | %.3f | %.3f | %.3f | %.3f | %.3f | %+.1f%% / %+.1f%% |\n", static_cast<long long>(rows), argmax,
                 top20, sample, sample_full, logits, 100.0 * (sample / argmax - 1), 100.0 * (sample_full / argmax - 1));
     std::fflush(stdout);

@@ -49,7 +49,7 @@ class CudaBackend final : public Backend {
     return static_cast<int64_t>(x_dev_.bytes() + act_.bytes() + act_scales_.bytes() + raw_.bytes() +
                                 part_max_.bytes() + part_sum_.bytes() + part_arg_.bytes() + topk_hist_.bytes() +
                                 topk_cut_.bytes() + topk_candidates_.bytes() + d_results_.bytes() +
-                                d_token_ids_.bytes() + processed_.bytes() + d_sampling_arena_.bytes() +
+                                d_token_ids_.bytes() + processed_.bytes() + select_scratch_.bytes() + d_sampling_arena_.bytes() +
                                 d_sample_results_.bytes() + gemm_->workspace_bytes());
   }
 
@@ -119,6 +119,7 @@ class CudaBackend final : public Backend {
   // (SampleRowParams, id lists, gathered token ids) go up in one copy through the arena.
   static constexpr int kSampleGroupRows = 16;
   DeviceBuffer<float> processed_;  // [kSampleGroupRows, vocab_pad]
+  DeviceBuffer<uint8_t> select_scratch_;  // SelectScratchBytes(kSampleGroupRows, vocab)
   DeviceBuffer<uint8_t> d_sampling_arena_;
   PinnedBuffer<uint8_t> h_sampling_arena_;
   DeviceBuffer<uint8_t> d_sample_results_;  // SampleLayout
@@ -225,6 +226,7 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
   RETURN_IF_ERROR(topk_candidates_.Allocate(slice_rows_ * kMaxCandidates));
   RETURN_IF_ERROR(EnsureTokenCapacity(16));
   RETURN_IF_ERROR(processed_.Allocate(kSampleGroupRows * vocab_pad_));
+  RETURN_IF_ERROR(select_scratch_.Allocate(SelectScratchBytes(kSampleGroupRows, vocab_)));
 
   // Warm up: builds and times the GEMM plans of the small-batch buckets on real data.
   std::mt19937 rng(1);
@@ -686,6 +688,11 @@ absl::Status CudaBackend::EnqueueSampling(const LogitsBatch& batch, int64_t star
     sp.raw_lse = reinterpret_cast<const float*>(d_results_.get() + slice_layout.lse);
     sp.sampled_id = reinterpret_cast<int32_t*>(out + layout.sampled_id) + g0;
     sp.sampled_logprob = reinterpret_cast<float*>(out + layout.sampled_logprob) + g0;
+    sp.scratch = select_scratch_.get();
+    for (int i = g0; i < g0 + gc; ++i) {
+      const SamplingSpec& spec = *batch.specs[start + plan->rows[i]].sampling;
+      sp.any_dense_top_p |= !spec.greedy() && spec.top_p < 1.0f && spec.top_k == 0;
+    }
     CUDA_RETURN_IF_ERROR(LaunchSelectTokens(sp, stream));
   }
   CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(h_sample_results_.get(), out, layout.end, cudaMemcpyDeviceToHost, stream));

@@ -1,5 +1,6 @@
 #include "kernels/cuda/sampling_kernels.h"
 
+#include <algorithm>
 #include <cfloat>
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
@@ -11,7 +12,7 @@ namespace {
 
 constexpr int kProcessThreads = 256;
 constexpr int kProcessItems = 16;
-constexpr int kSelectThreads = 1024;
+constexpr int kMaxTopKBlocks = 4;  // blocks that cover a top-k list of up to 1024 entries
 constexpr int kRadixBins = 2048;
 constexpr float kMaxGumbel = 17.5f;  // as in sampling.cc
 
@@ -57,7 +58,7 @@ __global__ void ProcessLogitsKernel(const float* __restrict__ raw, int64_t ld, i
   }
 }
 
-// (score, id): higher score wins, ties to the lower id.
+// (score, id): higher score wins, ties to the lower id. Empty: score -inf, id INT32_MAX.
 struct Pick {
   float score;
   int32_t id;
@@ -68,133 +69,209 @@ struct PickOp {
   }
 };
 
-struct SelectShared {
-  union {
-    typename cub::BlockScan<unsigned long long, kSelectThreads>::TempStorage scan;
-    typename cub::BlockReduce<Pick, kSelectThreads>::TempStorage reduce;
-    typename cub::BlockReduce<unsigned long long, kSelectThreads>::TempStorage sum;
-  };
-  unsigned long long hist[kRadixBins];  // radix pass mass histogram, or the top list's masses
+constexpr int kSelectChunk = 2048;  // vocab entries per block of the vocabulary passes
+constexpr int kSelectBlock = 256;
+constexpr int kDigitThreads = 1024;
+// Radix digits of the top-p threshold: 11, 11 and 10 bits of the key, highest first.
+__device__ __forceinline__ int ShiftOf(int pass) { return pass == 0 ? 21 : pass == 1 ? 10 : 0; }
+__device__ __forceinline__ int WidthOf(int pass) { return pass == 2 ? 10 : 11; }
+
+int64_t SelectChunks(int64_t vocab) { return (vocab + kSelectChunk - 1) / kSelectChunk; }
+
+// Per processed row: the top-p radix state and the per-block picks.
+struct RowSelectState {
+  unsigned long long hist[kRadixBins];
   unsigned long long remaining;
   uint32_t prefix;
-  float tau;
+  float tau;  // the kept set's lower bound (-inf: no top-p cut)
 };
 
-// The top-p threshold over every token of S0 (top_k = 0): a mass-weighted radix select of the
-// largest key t with mass(key >= t) >= target, in digits of 11, 11 and 10 bits.
-__device__ float DenseTopPThreshold(const float* z, int64_t vocab, float m, float min_z, float top_p,
-                                    SelectShared& sh) {
-  const int shifts[3] = {21, 10, 0};
-  const int widths[3] = {11, 11, 10};
-  uint32_t mask_so_far = 0;
-  if (threadIdx.x == 0) sh.prefix = 0;
-  for (int pass = 0; pass < 3; ++pass) {
-    const uint32_t digit_mask = (1u << widths[pass]) - 1u;
-    for (int i = threadIdx.x; i < kRadixBins; i += kSelectThreads) sh.hist[i] = 0;
-    __syncthreads();
-    const uint32_t prefix = sh.prefix;
-    for (int64_t v = threadIdx.x; v < vocab; v += kSelectThreads) {
-      const float zv = z[v];
-      if (!(zv >= min_z) || zv == -INFINITY) continue;
-      const uint32_t key = OrderedKey(zv);
-      if ((key & mask_so_far) != prefix) continue;
-      const unsigned long long w = TopPMass(zv, m);
-      if (w != 0) atomicAdd(&sh.hist[(key >> shifts[pass]) & digit_mask], w);
-    }
-    __syncthreads();
-    // Thread t owns bins 2047-2t and 2046-2t (highest digit first).
-    const unsigned long long c0 = sh.hist[kRadixBins - 1 - 2 * threadIdx.x];
-    const unsigned long long c1 = sh.hist[kRadixBins - 2 - 2 * threadIdx.x];
-    unsigned long long before, total;
-    cub::BlockScan<unsigned long long, kSelectThreads>(sh.scan).ExclusiveSum(c0 + c1, before, total);
-    if (pass == 0 && threadIdx.x == 0) sh.remaining = TopPTarget(top_p, total);
-    __syncthreads();
-    const unsigned long long remaining = sh.remaining;
-    __syncthreads();
-    const unsigned long long counts[2] = {c0, c1};
-    for (int k = 0; k < 2; ++k) {
-      if (before < remaining && before + counts[k] >= remaining) {
-        const uint32_t digit = kRadixBins - 1 - (2 * threadIdx.x + k);
-        sh.prefix = prefix | (digit << shifts[pass]);
-        sh.remaining = remaining - before;
-      }
-      before += counts[k];
-    }
-    mask_so_far |= digit_mask << shifts[pass];
-    __syncthreads();
-  }
-  const uint32_t key = sh.prefix;
-  return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
+struct Scratch {
+  RowSelectState* states;  // [count]
+  Pick* picks;             // [count, chunks]
+};
+
+__host__ __device__ Scratch ScratchOf(void* base, int count) {
+  Scratch s;
+  s.states = reinterpret_cast<RowSelectState*>(base);
+  s.picks = reinterpret_cast<Pick*>(reinterpret_cast<char*>(base) + sizeof(RowSelectState) * count);
+  return s;
 }
 
-__global__ void __launch_bounds__(kSelectThreads) SelectTokensKernel(SelectTokenParams p) {
-  extern __shared__ unsigned char smem_raw[];
-  SelectShared& sh = *reinterpret_cast<SelectShared*>(smem_raw);
+struct RowView {
+  SampleRowParams r;
+  const float* z;
+  float m;
+  float min_z;
+  __device__ bool InS0(float zv) const { return zv != -INFINITY && zv >= min_z; }
+  __device__ bool DenseTopP() const { return r.temperature > 0.0f && r.top_p < 1.0f && r.top_k == 0; }
+};
+
+__device__ RowView ViewOf(const SelectTokenParams& p, int j) {
+  RowView v;
+  v.r = p.arenas.rows[p.first + j];
+  v.z = p.processed + j * p.ld;
+  v.m = p.proc_max[j];
+  v.min_z = v.r.min_p > 0.0f ? v.m + logf(v.r.min_p) : -INFINITY;
+  return v;
+}
+
+// Clears the radix state; rows with a top-k list and top_p < 1 get their threshold here (the
+// list is at most kMaxTopK long and already ordered).
+__global__ void __launch_bounds__(kDigitThreads) ThresholdInitKernel(SelectTokenParams p) {
   const int j = blockIdx.x;
-  const SampleRowParams r = p.arenas.rows[p.first + j];
-  const float* z = p.processed + j * p.ld;
-  const float m = p.proc_max[j];
-  int32_t chosen = p.proc_argmax[j];
-  if (r.temperature > 0.0f) {
-    const float min_z = r.min_p > 0.0f ? m + logf(r.min_p) : -INFINITY;
-    const int32_t* list = p.proc_top_ids + j * int64_t{p.top_stride};
-    auto in_s0 = [&](float zv) { return zv != -INFINITY && zv >= min_z; };
-    float tau = -INFINITY;
-    if (r.top_p < 1.0f) {
-      if (r.top_k > 0) {
-        for (int i = threadIdx.x; i < r.top_k; i += kSelectThreads) {
-          const float zv = z[list[i]];
-          sh.hist[i] = in_s0(zv) ? TopPMass(zv, m) : 0ull;
-        }
-        __syncthreads();
-        if (threadIdx.x == 0) {
-          unsigned long long total = 0;
-          for (int i = 0; i < r.top_k; ++i) total += sh.hist[i];
-          const unsigned long long target = TopPTarget(r.top_p, total);
-          unsigned long long cumulative = 0;
-          sh.tau = -INFINITY;
-          for (int i = 0; i < r.top_k; ++i) {
-            if (sh.hist[i] == 0) continue;
-            cumulative += sh.hist[i];
-            if (cumulative >= target) {
-              sh.tau = z[list[i]];
-              break;
-            }
-          }
-        }
-        __syncthreads();
-        tau = sh.tau;
-      } else {
-        tau = DenseTopPThreshold(z, p.vocab, m, min_z, r.top_p, sh);
-      }
-    }
-    // Gumbel-max over S, starting from the argmax (always in S).
-    Pick best{-INFINITY, INT32_MAX};
-    const float floor_score = m + GumbelNoise(r.seed, r.step, static_cast<uint32_t>(chosen));
-    auto consider = [&](int32_t id) {
-      const float zv = z[id];
-      if (!in_s0(zv) || zv < tau || zv + kMaxGumbel < floor_score) return;
-      const Pick c{zv + GumbelNoise(r.seed, r.step, static_cast<uint32_t>(id)), id};
-      best = PickOp()(best, c);
-    };
-    if (r.top_k > 0) {
-      for (int i = threadIdx.x; i < r.top_k; i += kSelectThreads) consider(list[i]);
-    } else {
-      for (int64_t v = threadIdx.x; v < p.vocab; v += kSelectThreads) consider(static_cast<int32_t>(v));
-    }
-    __syncthreads();
-    const Pick winner = cub::BlockReduce<Pick, kSelectThreads>(sh.reduce).Reduce(best, PickOp());
-    if (threadIdx.x == 0) chosen = winner.id;
-  }
+  RowSelectState& st = ScratchOf(p.scratch, p.count).states[j];
+  for (int i = threadIdx.x; i < kRadixBins; i += kDigitThreads) st.hist[i] = 0;
+  const RowView v = ViewOf(p, j);
   if (threadIdx.x == 0) {
-    p.sampled_id[j] = chosen;
-    p.sampled_logprob[j] = r.processed_logprobs
-                               ? z[chosen] - p.proc_lse[j]
-                               : p.raw[r.src_row * p.ld + chosen] - p.raw_lse[r.src_row];
+    st.prefix = 0;
+    st.remaining = 0;
+    st.tau = -INFINITY;
   }
+  if (!(v.r.temperature > 0.0f && v.r.top_p < 1.0f && v.r.top_k > 0)) return;
+  __shared__ unsigned long long masses[1024];
+  const int32_t* list = p.proc_top_ids + j * int64_t{p.top_stride};
+  for (int i = threadIdx.x; i < v.r.top_k; i += kDigitThreads) {
+    const float zv = v.z[list[i]];
+    masses[i] = v.InS0(zv) ? TopPMass(zv, v.m) : 0ull;
+  }
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+  unsigned long long total = 0;
+  for (int i = 0; i < v.r.top_k; ++i) total += masses[i];
+  const unsigned long long target = TopPTarget(v.r.top_p, total);
+  unsigned long long cumulative = 0;
+  for (int i = 0; i < v.r.top_k; ++i) {
+    if (masses[i] == 0) continue;
+    cumulative += masses[i];
+    if (cumulative >= target) {
+      st.tau = v.z[list[i]];
+      break;
+    }
+  }
+}
+
+// One radix pass over one chunk of one row: mass of each digit among the keys matching the
+// prefix so far, summed in shared memory, then added to the row's histogram.
+__global__ void __launch_bounds__(kSelectBlock) TopPHistogramKernel(SelectTokenParams p, int pass) {
+  const int j = blockIdx.y;
+  const RowView v = ViewOf(p, j);
+  if (!v.DenseTopP()) return;
+  RowSelectState& st = ScratchOf(p.scratch, p.count).states[j];
+  __shared__ unsigned long long hist[kRadixBins];
+  for (int i = threadIdx.x; i < kRadixBins; i += kSelectBlock) hist[i] = 0;
+  __syncthreads();
+  const uint32_t prefix = st.prefix;
+  const uint32_t mask_so_far = pass == 0 ? 0u : (0xffffffffu << ShiftOf(pass - 1));
+  const uint32_t digit_mask = (1u << WidthOf(pass)) - 1u;
+  const int64_t begin = blockIdx.x * int64_t{kSelectChunk};
+  const int64_t end = min(begin + kSelectChunk, p.vocab);
+  for (int64_t i = begin + threadIdx.x; i < end; i += kSelectBlock) {
+    const float zv = v.z[i];
+    if (!v.InS0(zv)) continue;
+    const uint32_t key = OrderedKey(zv);
+    if ((key & mask_so_far) != prefix) continue;
+    const unsigned long long w = TopPMass(zv, v.m);
+    if (w != 0) atomicAdd(&hist[(key >> ShiftOf(pass)) & digit_mask], w);
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < kRadixBins; i += kSelectBlock) {
+    if (hist[i] != 0) atomicAdd(&st.hist[i], hist[i]);
+  }
+}
+
+// After a pass: the digit where the cumulative mass (highest digits first) reaches the target.
+__global__ void __launch_bounds__(kDigitThreads) TopPDigitKernel(SelectTokenParams p, int pass) {
+  const int j = blockIdx.x;
+  const RowView v = ViewOf(p, j);
+  if (!v.DenseTopP()) return;
+  RowSelectState& st = ScratchOf(p.scratch, p.count).states[j];
+  using Scan = cub::BlockScan<unsigned long long, kDigitThreads>;
+  __shared__ typename Scan::TempStorage temp;
+  __shared__ unsigned long long remaining_shared;
+  // Thread t owns bins 2047-2t and 2046-2t (highest digit first).
+  const unsigned long long c0 = st.hist[kRadixBins - 1 - 2 * threadIdx.x];
+  const unsigned long long c1 = st.hist[kRadixBins - 2 - 2 * threadIdx.x];
+  unsigned long long before, total;
+  Scan(temp).ExclusiveSum(c0 + c1, before, total);
+  if (threadIdx.x == 0) remaining_shared = pass == 0 ? TopPTarget(v.r.top_p, total) : st.remaining;
+  __syncthreads();
+  const unsigned long long remaining = remaining_shared;
+  const uint32_t prefix = st.prefix;
+  __syncthreads();  // every thread has read the state before the winner rewrites it
+  const unsigned long long counts[2] = {c0, c1};
+  for (int k = 0; k < 2; ++k) {
+    if (before < remaining && before + counts[k] >= remaining) {
+      const uint32_t digit = kRadixBins - 1 - (2 * threadIdx.x + k);
+      const uint32_t key = prefix | (digit << ShiftOf(pass));
+      st.prefix = key;
+      st.remaining = remaining - before;
+      if (pass == 2) st.tau = __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
+    }
+    before += counts[k];
+  }
+  st.hist[kRadixBins - 1 - 2 * threadIdx.x] = 0;  // ready for the next pass
+  st.hist[kRadixBins - 2 - 2 * threadIdx.x] = 0;
+}
+
+// Gumbel-max over one chunk of S (dense rows) or one slice of the top-k list: the block's best
+// pick goes to picks[row, chunk].
+__global__ void __launch_bounds__(kSelectBlock) GumbelPickKernel(SelectTokenParams p) {
+  const int j = blockIdx.y;
+  const RowView v = ViewOf(p, j);
+  const Scratch scratch = ScratchOf(p.scratch, p.count);
+  const float tau = scratch.states[j].tau;
+  Pick best{-INFINITY, INT32_MAX};
+  if (v.r.temperature > 0.0f) {
+    const int32_t chosen = p.proc_argmax[j];
+    const float floor_score = v.m + GumbelNoise(v.r.seed, v.r.step, static_cast<uint32_t>(chosen));
+    auto consider = [&](int32_t id) {
+      const float zv = v.z[id];
+      if (!v.InS0(zv) || zv < tau || zv + kMaxGumbel < floor_score) return;
+      best = PickOp()(best, Pick{zv + GumbelNoise(v.r.seed, v.r.step, static_cast<uint32_t>(id)), id});
+    };
+    if (v.r.top_k > 0) {
+      const int32_t* list = p.proc_top_ids + j * int64_t{p.top_stride};
+      for (int i = blockIdx.x * kSelectBlock + threadIdx.x; i < v.r.top_k && i < (blockIdx.x + 1) * kSelectBlock;
+           i += kSelectBlock) {
+        consider(list[i]);
+      }
+    } else {
+      const int64_t begin = blockIdx.x * int64_t{kSelectChunk};
+      const int64_t end = min(begin + kSelectChunk, p.vocab);
+      for (int64_t i = begin + threadIdx.x; i < end; i += kSelectBlock) consider(static_cast<int32_t>(i));
+    }
+  }
+  using Reduce = cub::BlockReduce<Pick, kSelectBlock>;
+  __shared__ typename Reduce::TempStorage temp;
+  const Pick block_best = Reduce(temp).Reduce(best, PickOp());
+  if (threadIdx.x == 0) scratch.picks[j * int64_t{gridDim.x} + blockIdx.x] = block_best;
+}
+
+// The row's token: the best pick over its chunks (or the argmax when greedy), and its logprob.
+__global__ void __launch_bounds__(kSelectBlock) FinishSelectKernel(SelectTokenParams p, int chunks) {
+  const int j = blockIdx.x;
+  const RowView v = ViewOf(p, j);
+  const Pick* picks = ScratchOf(p.scratch, p.count).picks + j * int64_t{chunks};
+  Pick best{-INFINITY, INT32_MAX};
+  for (int c = threadIdx.x; c < chunks; c += kSelectBlock) best = PickOp()(best, picks[c]);
+  using Reduce = cub::BlockReduce<Pick, kSelectBlock>;
+  __shared__ typename Reduce::TempStorage temp;
+  const Pick winner = Reduce(temp).Reduce(best, PickOp());
+  if (threadIdx.x != 0) return;
+  // The argmax is always in S, so a sampling row always has a pick.
+  const int32_t chosen = v.r.temperature > 0.0f ? winner.id : p.proc_argmax[j];
+  p.sampled_id[j] = chosen;
+  p.sampled_logprob[j] = v.r.processed_logprobs ? v.z[chosen] - p.proc_lse[j]
+                                                : p.raw[v.r.src_row * p.ld + chosen] - p.raw_lse[v.r.src_row];
 }
 
 }  // namespace
+
+size_t SelectScratchBytes(int count, int64_t vocab) {
+  const int64_t chunks = std::max<int64_t>(SelectChunks(vocab), kMaxTopKBlocks);
+  return sizeof(RowSelectState) * count + sizeof(Pick) * count * chunks;
+}
 
 cudaError_t LaunchProcessLogits(const float* raw, int64_t ld, int64_t vocab, SamplingArenas arenas, int first,
                                 int count, float* processed, cudaStream_t stream) {
@@ -207,11 +284,18 @@ cudaError_t LaunchProcessLogits(const float* raw, int64_t ld, int64_t vocab, Sam
 
 cudaError_t LaunchSelectTokens(const SelectTokenParams& p, cudaStream_t stream) {
   if (p.count <= 0) return cudaSuccess;
-  const size_t smem = sizeof(SelectShared);
-  cudaError_t e = cudaFuncSetAttribute(SelectTokensKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(smem));
-  if (e != cudaSuccess) return e;
-  SelectTokensKernel<<<static_cast<unsigned>(p.count), kSelectThreads, smem, stream>>>(p);
+  const unsigned rows = static_cast<unsigned>(p.count);
+  const int chunks = static_cast<int>(std::max<int64_t>(SelectChunks(p.vocab), kMaxTopKBlocks));
+  ThresholdInitKernel<<<rows, kDigitThreads, 0, stream>>>(p);
+  if (p.any_dense_top_p) {
+    const dim3 grid(static_cast<unsigned>(SelectChunks(p.vocab)), rows);
+    for (int pass = 0; pass < 3; ++pass) {
+      TopPHistogramKernel<<<grid, kSelectBlock, 0, stream>>>(p, pass);
+      TopPDigitKernel<<<rows, kDigitThreads, 0, stream>>>(p, pass);
+    }
+  }
+  GumbelPickKernel<<<dim3(static_cast<unsigned>(chunks), rows), kSelectBlock, 0, stream>>>(p);
+  FinishSelectKernel<<<rows, kSelectBlock, 0, stream>>>(p, chunks);
   return cudaGetLastError();
 }
 

@@ -43,7 +43,7 @@ cudaError_t LaunchProcessLogits(const float* raw, int64_t ld, int64_t vocab, Sam
 
 struct SelectTokenParams {
   SamplingArenas arenas;
-  int first = 0;  // rows[first + j] for block j
+  int first = 0;  // rows[first + j] for processed row j
   int count = 0;
   const float* processed = nullptr;  // [count, ld]
   int64_t ld = 0;
@@ -57,12 +57,21 @@ struct SelectTokenParams {
   // Raw logits and their logsumexp, indexed by src_row (for raw-mode logprobs).
   const float* raw = nullptr;
   const float* raw_lse = nullptr;
+  // Whether some row needs the top-p threshold over its whole vocabulary (top_p < 1, top_k = 0,
+  // not greedy): the host knows, and skips those passes otherwise.
+  bool any_dense_top_p = false;
+  // Device scratch of SelectScratchBytes(count, vocab) bytes.
+  void* scratch = nullptr;
   // Outputs.
   int32_t* sampled_id = nullptr;     // [count]
   float* sampled_logprob = nullptr;  // [count]
 };
 
-// Selects each row's token (greedy, or top-k / min-p / top-p filtered Gumbel-max).
+size_t SelectScratchBytes(int count, int64_t vocab);
+
+// Selects each row's token (greedy, or top-k / min-p / top-p filtered Gumbel-max). Every pass over
+// the vocabulary is spread over many blocks per row; reductions are deterministic (integer mass
+// histograms, fixed-order pick reduction), so a (seed, step) gives the same token on every run.
 cudaError_t LaunchSelectTokens(const SelectTokenParams& p, cudaStream_t stream);
 
 }  // namespace lmhead::cuda
