@@ -2,6 +2,8 @@
 
 #include <chrono>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 #include <mutex>
 #include <utility>
 
@@ -96,7 +98,8 @@ LogitsResult ResultFromProto(const v1::LogitsResponse& resp) {
 
 class GrpcStreamSession final : public StreamSession {
  public:
-  explicit GrpcStreamSession(v1::LmHead::Stub* stub) {
+  GrpcStreamSession(v1::LmHead::Stub* stub, const std::string& auth_token) {
+    if (!auth_token.empty()) context_.AddMetadata("authorization", "Bearer " + auth_token);
     stream_ = stub->StreamLogits(&context_);
   }
   ~GrpcStreamSession() override {
@@ -195,15 +198,38 @@ std::unique_ptr<LmHeadClient> LmHeadClient::Connect(const std::string& target, c
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   args.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
-  auto channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+  args.SetLoadBalancingPolicyName("round_robin");
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  if (options.use_tls) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = options.tls_root_pem;
+    ssl.pem_cert_chain = options.tls_cert_pem;
+    ssl.pem_private_key = options.tls_key_pem;
+    credentials = grpc::SslCredentials(ssl);
+    if (!options.tls_server_name.empty()) args.SetSslTargetNameOverride(options.tls_server_name);
+  }
+  auto channel = grpc::CreateCustomChannel(target, credentials, args);
   return std::unique_ptr<LmHeadClient>(new LmHeadClient(std::move(channel), options));
+}
+
+void LmHeadClient::Prepare(grpc::ClientContext* context) const {
+  context->set_deadline(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(options_.timeout));
+  if (!options_.auth_token.empty()) context->AddMetadata("authorization", "Bearer " + options_.auth_token);
+}
+
+absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
 }
 
 absl::StatusOr<LogitsResult> LmHeadClient::ComputeLogits(const HiddenStates& hidden,
                                                          const OutputOptions& output,
                                                          const std::string& request_id) {
   grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(options_.timeout));
+  Prepare(&context);
   v1::LogitsResponse resp;
   grpc::Status s = stubs_->lmhead->ComputeLogits(&context, MakeRequest(hidden, output, request_id), &resp);
   if (!s.ok()) return FromGrpc(s);
@@ -212,7 +238,7 @@ absl::StatusOr<LogitsResult> LmHeadClient::ComputeLogits(const HiddenStates& hid
 
 absl::StatusOr<ModelInfo> LmHeadClient::GetModelInfo() {
   grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(options_.timeout));
+  Prepare(&context);
   v1::ModelInfo p;
   grpc::Status s = stubs_->lmhead->GetModelInfo(&context, v1::ModelInfoRequest(), &p);
   if (!s.ok()) return FromGrpc(s);
@@ -238,7 +264,7 @@ absl::StatusOr<ModelInfo> LmHeadClient::GetModelInfo() {
 
 absl::StatusOr<bool> LmHeadClient::IsServing() {
   grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(options_.timeout));
+  Prepare(&context);
   grpc::health::v1::HealthCheckRequest req;
   req.set_service("lmhead.v1.LmHead");
   grpc::health::v1::HealthCheckResponse resp;
@@ -248,7 +274,7 @@ absl::StatusOr<bool> LmHeadClient::IsServing() {
 }
 
 std::unique_ptr<StreamSession> LmHeadClient::OpenStream() {
-  return std::make_unique<GrpcStreamSession>(stubs_->lmhead.get());
+  return std::make_unique<GrpcStreamSession>(stubs_->lmhead.get(), options_.auth_token);
 }
 
 }  // namespace lmhead::client

@@ -17,6 +17,7 @@
 
 namespace grpc {
 class Channel;
+class ClientContext;
 }
 
 namespace lmhead::client {
@@ -110,13 +111,28 @@ struct ClientOptions {
   // Deadline of each unary call.
   absl::Duration timeout = absl::Seconds(30);
   int64_t max_message_bytes = 256 << 20;
+  // TLS: verify the server against tls_root_pem (PEM text; empty = the system's roots). With
+  // tls_cert_pem + tls_key_pem the client presents a certificate (mutual TLS). tls_server_name
+  // overrides the name checked in the server's certificate (testing, IP targets).
+  bool use_tls = false;
+  std::string tls_root_pem;
+  std::string tls_cert_pem;
+  std::string tls_key_pem;
+  std::string tls_server_name;
+  // Sent as "authorization: Bearer <token>" on every LmHead call when non-empty.
+  std::string auth_token;
 };
+
+// The contents of a PEM (or token) file; NOT_FOUND naming the path when it cannot be read.
+absl::StatusOr<std::string> ReadTextFile(const std::string& path);
 
 class StreamSession;
 
 class LmHeadClient {
  public:
-  // Creates a channel to `target` (host:port). Does not wait for the server.
+  // Creates a channel to `target` (host:port, or dns:///name:port to balance over every address
+  // the name resolves to: calls are spread round-robin, e.g. over `docker compose --scale`
+  // replicas or a headless Kubernetes Service). Does not wait for the server.
   static std::unique_ptr<LmHeadClient> Connect(const std::string& target, const ClientOptions& options = {});
   ~LmHeadClient();
 
@@ -131,6 +147,8 @@ class LmHeadClient {
 
  private:
   LmHeadClient(std::shared_ptr<grpc::Channel> channel, const ClientOptions& options);
+  // Deadline and credentials of one call.
+  void Prepare(grpc::ClientContext* context) const;
   struct Stubs;
   std::unique_ptr<Stubs> stubs_;
   ClientOptions options_;

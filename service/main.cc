@@ -27,6 +27,11 @@ ABSL_FLAG(int, device, 0, "CUDA device ordinal");
 ABSL_FLAG(std::string, activation_precision, "bf16",
           "CUDA backend activations: bf16 (FP8 high + residual rows, bf16-level accuracy) | fp8 (one FP8 row per token)");
 ABSL_FLAG(int, gpu_workspace_mb, 192, "CUDA backend: device memory for one slice of GEMM output (MiB)");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain of the gRPC endpoint (with --tls_key: TLS)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA that client certificates must chain to (mutual TLS)");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "File holding the bearer token LmHead calls must send (needs TLS unless --listen is loopback)");
 ABSL_FLAG(std::string, cuda_module, "", "Path of liblmhead_cuda.so (default: next to the server, then the library path)");
 ABSL_FLAG(int, threads, 0, "CPU backend and loader threads (0 = all cores)");
 ABSL_FLAG(int, max_rows_per_request, 64, "Most hidden-state rows in one request");
@@ -60,6 +65,10 @@ int main(int argc, char** argv) {
   lmhead::ServerOptions options;
   options.listen_address = absl::GetFlag(FLAGS_listen);
   options.metrics_address = absl::GetFlag(FLAGS_metrics_listen);
+  options.security.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+  options.security.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  options.security.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
+  options.security.auth_token_file = absl::GetFlag(FLAGS_auth_token_file);
   options.head.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint);
   options.head.weight_name = absl::GetFlag(FLAGS_weight_name);
   if (options.head.checkpoint_dir.empty()) return Fail("--checkpoint is required");

@@ -8,6 +8,7 @@
 #include "absl/time/time.h"
 #include "kernels/backend_factory.h"
 #include "service/batching/batcher.h"
+#include "service/security.h"
 #include "service/weights/head_loader.h"
 
 namespace lmhead {
@@ -17,6 +18,8 @@ struct ServerOptions {
   std::string listen_address = "0.0.0.0:50051";
   // Prometheus exposer address ("" = no HTTP endpoint; the registry is still filled).
   std::string metrics_address = "0.0.0.0:9400";
+  // TLS / mutual TLS / bearer token of the gRPC endpoint (all off by default).
+  SecurityOptions security;
 
   HeadLoadOptions head;
   BackendOptions backend;

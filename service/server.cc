@@ -27,6 +27,7 @@ absl::StatusOr<std::unique_ptr<LmHeadServer>> LmHeadServer::Start(const ServerOp
   if (options.max_message_bytes <= 0 || options.max_message_bytes > (int64_t{2} << 30) - 1) {
     return absl::InvalidArgumentError("max message size must be between 1 byte and 2 GiB");
   }
+  ASSIGN_OR_RETURN(ServerSecurity security, LoadServerSecurity(options.security, options.listen_address));
   std::unique_ptr<LmHeadServer> s(new LmHeadServer(options));
   s->registry_ = std::make_shared<prometheus::Registry>();
   s->metrics_ = std::make_unique<ServiceMetrics>(*s->registry_);
@@ -39,12 +40,13 @@ absl::StatusOr<std::unique_ptr<LmHeadServer>> LmHeadServer::Start(const ServerOp
     }
     s->exposer_->RegisterCollectable(s->registry_);
   }
-  s->service_ = std::make_unique<LmHeadService>(s->metrics_.get(), options.max_stream_outstanding);
+  s->service_ = std::make_unique<LmHeadService>(s->metrics_.get(), options.max_stream_outstanding, security.token);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen_address, grpc::InsecureServerCredentials(), &s->port_);
+  builder.AddListeningPort(options.listen_address,
+                           security.credentials ? security.credentials : grpc::InsecureServerCredentials(), &s->port_);
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
   builder.RegisterService(s->service_.get());
@@ -55,7 +57,7 @@ absl::StatusOr<std::unique_ptr<LmHeadServer>> LmHeadServer::Start(const ServerOp
   grpc::HealthCheckServiceInterface* health = s->server_->GetHealthCheckService();
   health->SetServingStatus(false);
   health->SetServingStatus(kServiceName, false);
-  LOG_INFO() << "listening on port " << s->port_ << " (gRPC)"
+  LOG_INFO() << "listening on port " << s->port_ << " (gRPC, " << security.Describe() << ")"
              << (s->exposer_ ? absl::StrCat(", metrics on port ", s->metrics_port()) : "");
   return s;
 }

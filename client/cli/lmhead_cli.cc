@@ -17,6 +17,7 @@
 #include "absl/time/clock.h"
 #include "client/lmhead_client.h"
 #include "client/npy.h"
+#include "client/cli/client_flags.h"
 #include "client/random_hidden.h"
 #include "client/sampling_text.h"
 
@@ -182,9 +183,11 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: lmhead info|health|logits|stream [flags]  (--help for flags)\n");
     return 2;
   }
-  lmhead::client::ClientOptions options;
-  options.timeout = absl::GetFlag(FLAGS_timeout);
-  auto client = LmHeadClient::Connect(absl::GetFlag(FLAGS_target), options);
+  lmhead::client::ClientOptions base;
+  base.timeout = absl::GetFlag(FLAGS_timeout);
+  auto options = lmhead::client::SecureClientOptionsFromFlags(base);
+  if (!options.ok()) return Fail(options.status());
+  auto client = LmHeadClient::Connect(absl::GetFlag(FLAGS_target), *options);
   const std::string command = args[1];
   if (command == "info") return Info(*client);
   if (command == "logits") return Logits(*client);

@@ -16,6 +16,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/lmhead_client.h"
+#include "client/cli/client_flags.h"
 #include "client/sampling_text.h"
 #include "client/random_hidden.h"
 
@@ -40,7 +41,7 @@ struct Counters {
 };
 
 // Runs one sequence until `stop`.
-void Sequence(const std::string& target, int id, absl::Time stop, Counters& counters) {
+void Sequence(const std::string& target, const ClientOptions& options, int id, absl::Time stop, Counters& counters) {
   const double rate = absl::GetFlag(FLAGS_steps_per_second);
   OutputOptions output;
   output.top_k = static_cast<uint32_t>(absl::GetFlag(FLAGS_top_k));
@@ -53,7 +54,7 @@ void Sequence(const std::string& target, int id, absl::Time stop, Counters& coun
   int64_t step = 0;
   absl::Duration backoff = absl::Milliseconds(100);
   while (absl::Now() < stop) {
-    auto client = LmHeadClient::Connect(target);
+    auto client = LmHeadClient::Connect(target, options);
     auto info = client->GetModelInfo();
     if (!info.ok()) {
       counters.errors++;
@@ -108,13 +109,18 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "--sample: %s\n", sampling.status().ToString().c_str());
     return 2;
   }
+  auto client_options = SecureClientOptionsFromFlags();
+  if (!client_options.ok()) {
+    std::fprintf(stderr, "%s\n", client_options.status().ToString().c_str());
+    return 2;
+  }
   const absl::Duration duration = absl::GetFlag(FLAGS_duration);
   const absl::Time start = absl::Now();
   const absl::Time stop = duration > absl::ZeroDuration() ? start + duration : absl::InfiniteFuture();
   Counters counters;
   std::vector<std::thread> threads;
   for (int i = 0; i < sequences; ++i) {
-    threads.emplace_back([&, i] { Sequence(absl::GetFlag(FLAGS_target), i, stop, counters); });
+    threads.emplace_back([&, i] { Sequence(absl::GetFlag(FLAGS_target), *client_options, i, stop, counters); });
   }
   std::atomic<bool> done{false};
   std::thread reporter([&] {

@@ -16,6 +16,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/lmhead_client.h"
+#include "client/cli/client_flags.h"
 #include "client/sampling_text.h"
 #include "client/loadgen/load_stats.h"
 #include "client/random_hidden.h"
@@ -43,6 +44,7 @@ namespace {
 using namespace lmhead::client;  // NOLINT: a tool's main
 
 struct Plan {
+  ClientOptions client;                // connection options (deadline, TLS, token)
   std::vector<HiddenStates> payloads;  // cycled through
   OutputOptions output;
   int64_t rows = 1;
@@ -66,9 +68,7 @@ absl::Status StatusOf(const absl::StatusOr<LogitsResult>& r) { return r.ok() ? r
 int64_t BytesOf(const absl::StatusOr<LogitsResult>& r) { return r.ok() ? r->wire_bytes : 0; }
 
 void UnaryWorker(const std::string& target, const Plan& plan, int w, std::atomic<int64_t>& issued, LoadStats& stats) {
-  ClientOptions options;
-  options.timeout = absl::GetFlag(FLAGS_timeout);
-  auto client = LmHeadClient::Connect(target, options);
+  auto client = LmHeadClient::Connect(target, plan.client);
   for (int64_t i = 0; Claim(plan, issued); ++i) {
     absl::Time sent = absl::Now();
     if (plan.per_worker_rate > 0) {
@@ -81,7 +81,7 @@ void UnaryWorker(const std::string& target, const Plan& plan, int w, std::atomic
 }
 
 void StreamWorker(const std::string& target, const Plan& plan, int w, std::atomic<int64_t>& issued, LoadStats& stats) {
-  auto client = LmHeadClient::Connect(target);
+  auto client = LmHeadClient::Connect(target, plan.client);
   auto stream = client->OpenStream();
   if (plan.per_worker_rate <= 0) {  // closed loop: one message in flight
     for (int64_t i = 0; Claim(plan, issued); ++i) {
@@ -150,10 +150,15 @@ int main(int argc, char** argv) {
   else if (dtype_name == "fp16") dtype = lmhead::DType::kFp16;
   else return std::fprintf(stderr, "--dtype must be fp32, bf16 or fp16\n"), 2;
 
-  auto info = LmHeadClient::Connect(target)->GetModelInfo();
+  ClientOptions base;
+  base.timeout = absl::GetFlag(FLAGS_timeout);
+  auto client_options = SecureClientOptionsFromFlags(base);
+  if (!client_options.ok()) return std::fprintf(stderr, "%s\n", client_options.status().ToString().c_str()), 2;
+  auto info = LmHeadClient::Connect(target, *client_options)->GetModelInfo();
   if (!info.ok()) return std::fprintf(stderr, "cannot reach %s: %s\n", target.c_str(), info.status().ToString().c_str()), 1;
 
   Plan plan;
+  plan.client = *client_options;
   plan.rows = absl::GetFlag(FLAGS_rows);
   for (int i = 0; i < 16; ++i) {
     plan.payloads.push_back(RandomHidden(plan.rows, info->hidden_size, absl::GetFlag(FLAGS_seed) + i, 1.0f, dtype));

@@ -81,6 +81,7 @@ ServiceMetrics::ServiceMetrics(prometheus::Registry& r)
                        .Register(r);
   rejections_[static_cast<int>(Rejection::kQueueFull)] = &rejected.Add({{"reason", "queue_full"}});
   rejections_[static_cast<int>(Rejection::kShuttingDown)] = &rejected.Add({{"reason", "shutting_down"}});
+  rejections_[static_cast<int>(Rejection::kUnauthenticated)] = &rejected.Add({{"reason", "unauthenticated"}});
   auto& requests = prometheus::BuildCounter()
                        .Name("lmhead_requests_total")
                        .Help("Finished requests (unary calls and stream messages) by rpc and status code")

@@ -17,7 +17,7 @@ namespace lmhead {
 
 enum class Rpc { kComputeLogits = 0, kStreamLogits = 1, kGetModelInfo = 2 };
 // Why the batcher refused a request at Schedule.
-enum class Rejection { kQueueFull = 0, kShuttingDown = 1 };
+enum class Rejection { kQueueFull = 0, kShuttingDown = 1, kUnauthenticated = 2 };
 // Why accepted work was dropped before compute.
 enum class Dropped { kDeadlineExceeded = 0, kCancelled = 1 };
 inline constexpr int kNumRpcs = 3;
@@ -79,7 +79,7 @@ class ServiceMetrics {
   prometheus::Histogram& compute_seconds_;
   prometheus::Histogram& batch_rows_;
   prometheus::Histogram& queue_wait_;
-  std::array<prometheus::Counter*, 2> rejections_{};
+  std::array<prometheus::Counter*, 3> rejections_{};
   prometheus::Counter& deadline_exceeded_;
   prometheus::Counter& cancelled_;
 };

@@ -5,11 +5,34 @@
 #include "absl/time/clock.h"
 #include "service/rpc/status_util.h"
 #include "service/rpc/stream_reactor.h"
+#include "service/security.h"
 
 namespace lmhead {
 
-LmHeadService::LmHeadService(ServiceMetrics* metrics, int max_stream_outstanding)
-    : metrics_(metrics), max_stream_outstanding_(max_stream_outstanding) {}
+namespace {
+
+// A stream refused before it started (e.g. unauthenticated): finishes at once.
+class RejectedStream final : public grpc::ServerBidiReactor<v1::LogitsRequest, v1::LogitsResponse> {
+ public:
+  explicit RejectedStream(const grpc::Status& status) { Finish(status); }
+  void OnDone() override { delete this; }
+};
+
+}  // namespace
+
+LmHeadService::LmHeadService(ServiceMetrics* metrics, int max_stream_outstanding, std::string auth_token)
+    : metrics_(metrics), max_stream_outstanding_(max_stream_outstanding), auth_token_(std::move(auth_token)) {}
+
+absl::Status LmHeadService::Authenticate(const grpc::CallbackServerContext& context) const {
+  if (auth_token_.empty()) return absl::OkStatus();
+  const auto& metadata = context.client_metadata();
+  auto it = metadata.find("authorization");
+  const std::string presented = it == metadata.end() ? std::string() : std::string(it->second.data(), it->second.size());
+  if (ConstantTimeEquals(presented, "Bearer " + auth_token_)) return absl::OkStatus();
+  metrics_->RecordRejection(Rejection::kUnauthenticated);
+  return absl::UnauthenticatedError(it == metadata.end() ? "this server requires a bearer token (authorization metadata)"
+                                                         : "the bearer token is not valid");
+}
 
 LmHeadService::~LmHeadService() = default;
 
@@ -66,14 +89,20 @@ grpc::ServerUnaryReactor* LmHeadService::ComputeLogits(grpc::CallbackServerConte
     metrics_->inflight_requests().Decrement();
     reactor->Finish(ToGrpcStatus(status));
   };
-  absl::Status submitted = Submit(*request, DeadlineOf(*context), [context] { return context->IsCancelled(); },
-                                  response, finish);
+  absl::Status submitted = Authenticate(*context);
+  if (submitted.ok()) {
+    submitted = Submit(*request, DeadlineOf(*context), [context] { return context->IsCancelled(); }, response, finish);
+  }
   if (!submitted.ok()) finish(submitted);
   return reactor;
 }
 
 grpc::ServerBidiReactor<v1::LogitsRequest, v1::LogitsResponse>* LmHeadService::StreamLogits(
     grpc::CallbackServerContext* context) {
+  if (absl::Status auth = Authenticate(*context); !auth.ok()) {
+    metrics_->RecordRequest(Rpc::kStreamLogits, static_cast<int>(auth.code()), 0, 0);
+    return new RejectedStream(ToGrpcStatus(auth));
+  }
   auto* reactor = new StreamReactor(this, context);
   Register(reactor);
   if (draining()) reactor->Drain();
@@ -124,11 +153,10 @@ grpc::ServerUnaryReactor* LmHeadService::GetModelInfo(grpc::CallbackServerContex
                                                       v1::ModelInfo* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   const absl::Time start = absl::Now();
-  absl::Status status = absl::FailedPreconditionError("the head is still loading; retry later");
-  if (const Ready* ready = this->ready()) {
-    *response = ready->info;
-    status = absl::OkStatus();
-  }
+  absl::Status status = Authenticate(*context);
+  const Ready* ready = this->ready();
+  if (status.ok() && ready == nullptr) status = absl::FailedPreconditionError("the head is still loading; retry later");
+  if (status.ok()) *response = ready->info;
   metrics_->RecordRequest(Rpc::kGetModelInfo, static_cast<int>(status.code()),
                           absl::ToDoubleSeconds(absl::Now() - start), 0);
   reactor->Finish(ToGrpcStatus(status));

@@ -26,8 +26,9 @@ absl::Time DeadlineOf(const grpc::CallbackServerContext& context);
 class LmHeadService final : public v1::LmHead::CallbackService {
  public:
   // metrics must outlive the service. max_stream_outstanding: messages a stream may have in
-  // flight before the server stops reading it.
-  LmHeadService(ServiceMetrics* metrics, int max_stream_outstanding);
+  // flight before the server stops reading it. auth_token: the bearer token every LmHead call
+  // must carry ("authorization: Bearer <token>"); empty = no authentication.
+  LmHeadService(ServiceMetrics* metrics, int max_stream_outstanding, std::string auth_token = "");
   ~LmHeadService() override;
 
   // Publishes the loaded head. Call once; batcher must outlive the service's calls.
@@ -74,8 +75,12 @@ class LmHeadService final : public v1::LmHead::CallbackService {
   void Retire(StreamReactor* reactor);
 
  private:
+  // OK, or UNAUTHENTICATED (counted) when a token is required and the call lacks it.
+  absl::Status Authenticate(const grpc::CallbackServerContext& context) const;
+
   ServiceMetrics* const metrics_;
   const int max_stream_outstanding_;
+  const std::string auth_token_;
   std::unique_ptr<Ready> ready_storage_;
   std::atomic<const Ready*> ready_{nullptr};
   std::atomic<bool> draining_{false};
