@@ -76,7 +76,7 @@ class Server:
         deadline = time.time() + 60
         while time.time() < deadline:
             text = self.log_text()
-            m = re.search(r"listening on port (\d+) \(gRPC\), metrics on port (\d+)", text)
+            m = re.search(r"listening on port (\d+) \(gRPC[^)]*\), metrics on port (\d+)", text)
             if m and "serving" in text:
                 self.port, self.metrics_port = int(m.group(1)), int(m.group(2))
                 return
