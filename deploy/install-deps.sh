@@ -8,7 +8,9 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   prometheus-cpp-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev
   libopenblas-dev       # the CPU benchmark's fp32 GEMV baseline
-  prometheus            # promtool, used by the tests to check the metrics text
+  prometheus            # promtool and the server the deployment test scrapes with
+  docker-compose        # `docker-compose config` validates the compose files (no engine needed)
+  openssl               # the TLS tests make their certificates
   python3 python3-venv  # the tests' virtual environment (numpy, ml_dtypes, safetensors, grpcio)
 )
 

@@ -40,6 +40,7 @@ absl::StatusOr<std::unique_ptr<LmHeadServer>> LmHeadServer::Start(const ServerOp
     }
     s->exposer_->RegisterCollectable(s->registry_);
   }
+  s->metrics_->queue_capacity_rows().Set(static_cast<double>(options.batcher.max_queued_rows));
   s->service_ = std::make_unique<LmHeadService>(s->metrics_.get(), options.max_stream_outstanding, security.token);
 
   grpc::EnableDefaultHealthCheckService(true);

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: installs dependencies, creates the Python test venv (.venv: numpy,
-# ml_dtypes, safetensors, grpcio, grpcio-tools from PyPI), builds, and runs every test with
+# ml_dtypes, safetensors, grpcio, grpcio-tools, pyyaml from PyPI), builds, and runs every test with
 # ctest (C++ unit + end-to-end tests, and the Python cross-checks). GPU tests skip without a GPU.
 # The venv is made with the first `python3` on PATH (override with PYTHON=/path/to/python3).
 set -euo pipefail
@@ -13,7 +13,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check \
-  "numpy>=1.26" "ml_dtypes>=0.4" "safetensors>=0.4" "grpcio>=1.60" "grpcio-tools>=1.60"
+  "numpy>=1.26" "ml_dtypes>=0.4" "safetensors>=0.4" "grpcio>=1.60" "grpcio-tools>=1.60" "pyyaml>=6"
 
 bash deploy/build.sh -DLMHEAD_TEST_PYTHON="$PWD/.venv/bin/python"
 ctest --test-dir build --output-on-failure -j"$(nproc)" --timeout 600

@@ -44,6 +44,8 @@ ServiceMetrics::ServiceMetrics(prometheus::Registry& r)
       inflight_(SimpleGauge(r, "lmhead_inflight_requests",
                             "Requests (unary calls and stream messages) being processed")),
       queued_rows_(SimpleGauge(r, "lmhead_queued_rows", "Rows waiting for a batch")),
+      queue_capacity_rows_(SimpleGauge(r, "lmhead_queue_capacity_rows",
+                                       "Most rows the queue holds before refusing work (RESOURCE_EXHAUSTED)")),
       open_streams_(SimpleGauge(r, "lmhead_open_streams", "Open StreamLogits streams")),
       gpu_used_(SimpleGauge(r, "lmhead_gpu_memory_used_bytes",
                             "Memory in use on the backend's GPU, all processes (0 without a GPU)")),

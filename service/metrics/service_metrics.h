@@ -57,6 +57,7 @@ class ServiceMetrics {
 
   prometheus::Gauge& inflight_requests() { return inflight_; }
   prometheus::Gauge& queued_rows() { return queued_rows_; }
+  prometheus::Gauge& queue_capacity_rows() { return queue_capacity_rows_; }
   prometheus::Gauge& open_streams() { return open_streams_; }
 
  private:
@@ -69,6 +70,7 @@ class ServiceMetrics {
   prometheus::Gauge& ready_;
   prometheus::Gauge& inflight_;
   prometheus::Gauge& queued_rows_;
+  prometheus::Gauge& queue_capacity_rows_;
   prometheus::Gauge& open_streams_;
   prometheus::Gauge& gpu_used_;
   prometheus::Gauge& gpu_total_;
