@@ -14,6 +14,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check \
   "numpy>=1.26" "ml_dtypes>=0.4" "safetensors>=0.4" "grpcio>=1.60" "grpcio-tools>=1.60" "pyyaml>=6"
+# The Python client package (its gRPC stubs are generated from proto/ while it is built).
+.venv/bin/python -m pip install -q --disable-pip-version-check ./client/python
 
 bash deploy/build.sh -DLMHEAD_TEST_PYTHON="$PWD/.venv/bin/python"
 ctest --test-dir build --output-on-failure -j"$(nproc)" --timeout 600
