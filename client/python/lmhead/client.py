@@ -14,7 +14,6 @@ import queue
 from typing import Optional
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lmhead._codec import make_request, parse_model_info, parse_response
 from lmhead._types import LmHeadError, LogitsResult, ModelInfo, TlsConfig, error_for
@@ -40,6 +39,21 @@ def _metadata(auth_token: Optional[str]):
     return (("authorization", f"Bearer {auth_token}"),) if auth_token else ()
 
 
+# grpc.health.v1.Health/Check, encoded by hand to avoid another dependency:
+# HealthCheckRequest {string service = 1}; HealthCheckResponse {ServingStatus status = 1}, SERVING = 1.
+_HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+
+
+def _health_request(service: str) -> bytes:
+    name = service.encode()
+    assert len(name) < 128
+    return b"\x0a" + bytes([len(name)]) + name
+
+
+def _is_serving(response: bytes) -> bool:
+    return response[:2] == b"\x08\x01"
+
+
 def _raise(e: grpc.RpcError):
     raise error_for(e.code(), e.details() or "") from None
 
@@ -53,7 +67,7 @@ class LmHeadClient:
         self._channel = (grpc.secure_channel(target, credentials, options) if credentials is not None
                          else grpc.insecure_channel(target, options))
         self._stub = pb_grpc.LmHeadStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._health = self._channel.unary_unary(_HEALTH_CHECK)
         self._metadata = _metadata(auth_token)
         self._timeout = timeout
 
@@ -76,10 +90,9 @@ class LmHeadClient:
 
     def is_serving(self) -> bool:
         try:
-            r = self._health.Check(health_pb2.HealthCheckRequest(service=_SERVICE), timeout=self._timeout)
+            return _is_serving(self._health(_health_request(_SERVICE), timeout=self._timeout))
         except grpc.RpcError as e:
             _raise(e)
-        return r.status == health_pb2.HealthCheckResponse.SERVING
 
     def stream(self) -> "StreamSession":
         return StreamSession(self._stub, self._metadata)
@@ -154,7 +167,7 @@ class AsyncLmHeadClient:
         self._channel = (grpc.aio.secure_channel(target, credentials, options) if credentials is not None
                          else grpc.aio.insecure_channel(target, options))
         self._stub = pb_grpc.LmHeadStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._health = self._channel.unary_unary(_HEALTH_CHECK)
         self._metadata = _metadata(auth_token)
         self._timeout = timeout
 
@@ -175,10 +188,9 @@ class AsyncLmHeadClient:
 
     async def is_serving(self) -> bool:
         try:
-            r = await self._health.Check(health_pb2.HealthCheckRequest(service=_SERVICE), timeout=self._timeout)
+            return _is_serving(await self._health(_health_request(_SERVICE), timeout=self._timeout))
         except grpc.RpcError as e:
             _raise(e)
-        return r.status == health_pb2.HealthCheckResponse.SERVING
 
     def stream(self) -> "AsyncStreamSession":
         return AsyncStreamSession(self._stub, self._metadata)
