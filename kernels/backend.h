@@ -53,6 +53,7 @@ struct RowOutput {
   bool sampled = false;
   uint32_t sampled_id = 0;
   float sampled_logprob = 0.0f;
+  float sampled_score = 0.0f;  // processed logit + Gumbel noise of the winner (the logit when greedy)
 };
 
 class Backend {

@@ -88,8 +88,12 @@ void ProcessLogits(const SamplingSpec& spec, const float* l, int64_t vocab, floa
 }
 
 uint32_t SelectToken(const SamplingSpec& spec, const float* z, int64_t vocab, float m, uint32_t argmax,
-                     const std::vector<uint32_t>& top_ids) {
-  if (spec.greedy()) return argmax;
+                     const std::vector<uint32_t>& top_ids, float* score) {
+  if (spec.greedy()) {
+    *score = z[argmax];
+    return argmax;
+  }
+  const uint32_t offset = spec.token_offset;
   const float min_z = spec.min_p > 0.0f ? m + std::log(spec.min_p) : kNegInf;
   auto in_s0 = [&](uint32_t id) { return std::isfinite(z[id]) && z[id] >= min_z; };
 
@@ -123,13 +127,13 @@ uint32_t SelectToken(const SamplingSpec& spec, const float* z, int64_t vocab, fl
 
   // Gumbel-max over S. The argmax is always in S: start from it and skip tokens that cannot win.
   uint32_t best = argmax;
-  float best_score = z[argmax] + GumbelNoise(spec.seed, spec.step, argmax);
+  float best_score = z[argmax] + GumbelNoise(spec.seed, spec.step, offset + argmax);
   auto consider = [&](uint32_t id) {
     const float zi = z[id];
     if (!in_s0(id) || zi < tau || zi + kMaxGumbel < best_score) return;
-    const float score = zi + GumbelNoise(spec.seed, spec.step, id);
-    if (score > best_score || (score == best_score && id < best)) {
-      best_score = score;
+    const float s = zi + GumbelNoise(spec.seed, spec.step, offset + id);
+    if (s > best_score || (s == best_score && id < best)) {
+      best_score = s;
       best = id;
     }
   };
@@ -138,6 +142,7 @@ uint32_t SelectToken(const SamplingSpec& spec, const float* z, int64_t vocab, fl
   } else {
     for (uint32_t id : candidates) consider(id);
   }
+  *score = best_score;
   return best;
 }
 

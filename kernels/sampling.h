@@ -43,6 +43,9 @@ struct SamplingSpec {
   float presence_penalty = 0.0f;
   float frequency_penalty = 0.0f;
   std::vector<std::pair<uint32_t, uint32_t>> previous_counts;  // (id, count), sorted, unique
+  // Global id of row 0 (a vocab shard): the Gumbel noise of row i is that of token token_offset + i,
+  // so shards draw exactly the noise the whole head would.
+  uint32_t token_offset = 0;
 
   bool greedy() const { return temperature == 0.0f; }
 };
@@ -55,9 +58,9 @@ float ProcessLogit(const SamplingSpec& spec, uint32_t id, float l);
 
 // Selects the token from processed logits z[vocab] with max m (its argmax `argmax`), given the
 // row's top_k best ids by descending z (ties: lower id), at least spec.top_k of them when
-// spec.top_k > 0. Returns the chosen id.
+// spec.top_k > 0. Returns the chosen id; *score gets its perturbed score (z + noise; z when greedy).
 uint32_t SelectToken(const SamplingSpec& spec, const float* z, int64_t vocab, float m, uint32_t argmax,
-                     const std::vector<uint32_t>& top_ids);
+                     const std::vector<uint32_t>& top_ids, float* score);
 
 }  // namespace lmhead
 

@@ -3,11 +3,14 @@
 
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "service/server.h"
 #include "service/util/log.h"
@@ -32,6 +35,9 @@ ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
 ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA that client certificates must chain to (mutual TLS)");
 ABSL_FLAG(std::string, auth_token_file, "",
           "File holding the bearer token LmHead calls must send (needs TLS unless --listen is loopback)");
+ABSL_FLAG(std::string, vocab_range, "",
+          "Serve only rows START:END of the head (a vocab shard; ids on the wire stay global)");
+ABSL_FLAG(std::string, shard, "", "Serve shard I/N: N equal 16-row-aligned parts of the vocab, this is part I");
 ABSL_FLAG(std::string, cuda_module, "", "Path of liblmhead_cuda.so (default: next to the server, then the library path)");
 ABSL_FLAG(int, threads, 0, "CPU backend and loader threads (0 = all cores)");
 ABSL_FLAG(int, max_rows_per_request, 64, "Most hidden-state rows in one request");
@@ -72,6 +78,23 @@ int main(int argc, char** argv) {
   options.head.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint);
   options.head.weight_name = absl::GetFlag(FLAGS_weight_name);
   if (options.head.checkpoint_dir.empty()) return Fail("--checkpoint is required");
+  if (!absl::GetFlag(FLAGS_vocab_range).empty() && !absl::GetFlag(FLAGS_shard).empty()) {
+    return Fail("--vocab_range and --shard are alternatives; give one");
+  }
+  if (const std::string range = absl::GetFlag(FLAGS_vocab_range); !range.empty()) {
+    const std::vector<std::string> parts = absl::StrSplit(range, ':');
+    if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &options.head.range_begin) ||
+        !absl::SimpleAtoi(parts[1], &options.head.range_end)) {
+      return Fail("--vocab_range must be START:END (token ids, END exclusive), e.g. 0:64128");
+    }
+  }
+  if (const std::string shard = absl::GetFlag(FLAGS_shard); !shard.empty()) {
+    const std::vector<std::string> parts = absl::StrSplit(shard, '/');
+    if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &options.head.shard_index) ||
+        !absl::SimpleAtoi(parts[1], &options.head.shard_count) || options.head.shard_count < 1) {
+      return Fail("--shard must be I/N with N >= 1, e.g. 0/2");
+    }
+  }
   if (!lmhead::ParseWeightFormat(absl::GetFlag(FLAGS_weight_format), &options.head.format)) {
     return Fail("--weight_format must be fp8_e4m3 or bf16");
   }

@@ -83,7 +83,10 @@ absl::Status LmHeadServer::LoadAndServe() {
   facts.hidden = source.cols;
 
   v1::ModelInfo info;
-  info.set_vocab_size(static_cast<uint32_t>(source.rows));
+  const int64_t full_vocab = head->full_vocab, vocab_begin = head->vocab_begin;
+  info.set_vocab_size(static_cast<uint32_t>(full_vocab));
+  info.set_vocab_begin(static_cast<uint32_t>(vocab_begin));
+  info.set_vocab_end(static_cast<uint32_t>(vocab_begin + source.rows));
   info.set_hidden_size(static_cast<uint32_t>(source.cols));
   info.set_weight_format(facts.weight_format);
   info.set_scale_mode(format == WeightFormat::kFp8E4m3 ? ScaleModeName(scale_mode) : "");
@@ -111,6 +114,9 @@ absl::Status LmHeadServer::LoadAndServe() {
   info.set_weight_bytes(static_cast<uint64_t>(facts.weight_bytes));
   info.set_backend(backend_->Name());
   LOG_INFO() << "loaded " << head->checkpoint.weight_name << " [" << source.rows << ", " << source.cols << "] "
+             << (source.rows != full_vocab ? absl::StrCat("(rows ", vocab_begin, "..", vocab_begin + source.rows,
+                                                          " of ", full_vocab, ") ")
+                                           : "")
              << head->source_dtype << " -> " << facts.weight_format << " "
              << (format == WeightFormat::kFp8E4m3 ? ScaleModeName(scale_mode) : "") << " on the " << backend_->Name()
              << " backend in " << facts.load_seconds << " s";
@@ -119,7 +125,9 @@ absl::Status LmHeadServer::LoadAndServe() {
   batcher_ = std::make_unique<Batcher>(backend_.get(), options_.batcher, metrics_.get());
 
   RequestLimits limits;
-  limits.vocab = backend_->vocab();
+  limits.vocab = full_vocab;
+  limits.vocab_begin = vocab_begin;
+  limits.vocab_end = vocab_begin + backend_->vocab();
   limits.hidden = backend_->hidden();
   limits.max_rows = options_.max_rows_per_request;
   limits.max_top_k = options_.max_top_k;

@@ -34,7 +34,7 @@ v1::LogitsRequest Fp32Request(int rows, std::vector<float> values = {}) {
 
 std::string DecodeError(const v1::LogitsRequest& r) {
   Task task;
-  DType dtype;
+  ResponseMapping dtype;
   absl::Status s = DecodeLogitsRequest(r, Limits(), &task, &dtype);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
   return std::string(s.message());
@@ -61,7 +61,7 @@ TEST(RequestCodecTest, DecodesEveryDType) {
     r.mutable_output()->set_top_k(3);
     r.mutable_output()->add_logprob_token_ids(99);
     Task task;
-    DType logits_dtype;
+    ResponseMapping logits_dtype;
     ASSERT_TRUE(DecodeLogitsRequest(r, Limits(), &task, &logits_dtype).ok());
     EXPECT_EQ(task.rows, 1);
     EXPECT_EQ(task.top_k, 3u);
@@ -115,9 +115,9 @@ TEST(RequestCodecTest, EveryValidationErrorNamesTheProblem) {
   EXPECT_NE(DecodeError(r).find("over the server's max message size"), std::string::npos);
   r.mutable_output()->set_logits_dtype(v1::DTYPE_BF16);
   Task task;
-  DType dtype;
+  ResponseMapping dtype;
   EXPECT_TRUE(DecodeLogitsRequest(r, Limits(), &task, &dtype).ok());
-  EXPECT_EQ(dtype, DType::kBf16);
+  EXPECT_EQ(dtype.logits_dtype, DType::kBf16);
   r.mutable_output()->set_logits_dtype(static_cast<v1::DType>(7));
   EXPECT_NE(DecodeError(r).find("output.logits_dtype 7"), std::string::npos);
 
@@ -145,7 +145,12 @@ TEST(RequestCodecTest, EncodesRowsLogprobsAndLogits) {
   result.compute_time = absl::Microseconds(34);
   result.batch_rows = 7;
   v1::LogitsResponse resp;
-  EncodeLogitsResponse("abc", true, DType::kBf16, {}, result, &resp);
+  ResponseMapping mapping;
+  mapping.request_id = "abc";
+  mapping.return_logits = true;
+  mapping.logits_dtype = DType::kBf16;
+  mapping.token_slots = {0};
+  EncodeLogitsResponse(mapping, result, &resp);
   EXPECT_EQ(resp.request_id(), "abc");
   ASSERT_EQ(resp.rows_size(), 1);
   EXPECT_EQ(resp.rows(0).argmax_id(), 4u);
@@ -226,7 +231,7 @@ TEST(RequestCodecTest, DecodesSamplingIntoSortedSpecs) {
   (*p->mutable_logit_bias())[4] = 1.0f;
   r.mutable_output()->set_logprobs_mode(v1::LOGPROBS_MODE_PROCESSED);
   Task task;
-  DType dtype;
+  ResponseMapping dtype;
   ASSERT_TRUE(DecodeLogitsRequest(r, Limits(), &task, &dtype).ok());
   ASSERT_EQ(task.sampling.size(), 1u);
   const SamplingSpec& s = task.sampling[0];

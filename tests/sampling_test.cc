@@ -32,7 +32,8 @@ uint32_t Draw(const SamplingSpec& spec, const std::vector<float>& l) {
   ProcessLogits(spec, l.data(), vocab, z.data());
   const uint32_t argmax = static_cast<uint32_t>(std::max_element(z.begin(), z.end()) - z.begin());
   const std::vector<uint32_t> top = spec.top_k > 0 ? TopIdsOf(z.data(), vocab, spec.top_k) : std::vector<uint32_t>{};
-  return SelectToken(spec, z.data(), vocab, z[argmax], argmax, top);
+  float score;
+  return SelectToken(spec, z.data(), vocab, z[argmax], argmax, top, &score);
 }
 
 // The distribution the contract promises, computed independently in double: softmax(l / T)

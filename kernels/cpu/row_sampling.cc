@@ -40,7 +40,7 @@ absl::Status SampleRow(const RowSpec& spec, const float* logits, int64_t vocab, 
   const uint32_t k = std::max(spec.processed_logprobs ? spec.top_k : 0u, s.greedy() ? 0u : s.top_k);
   const std::vector<uint32_t> top = k > 0 ? TopIdsOf(z.data(), vocab, k) : std::vector<uint32_t>{};
   out->sampled = true;
-  out->sampled_id = SelectToken(s, z.data(), vocab, m, argmax, top);
+  out->sampled_id = SelectToken(s, z.data(), vocab, m, argmax, top, &out->sampled_score);
   out->sampled_logprob = spec.processed_logprobs ? z[out->sampled_id] - lse
                                                  : logits[out->sampled_id] - out->logsumexp;
   if (spec.processed_logprobs) {

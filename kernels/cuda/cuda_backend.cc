@@ -152,11 +152,12 @@ class CudaBackend final : public Backend {
   // The sampled rows' results: the processed epilogue's arrays, then sampled ids and logprobs.
   struct SampleLayout {
     ResultLayout base;
-    size_t sampled_id, sampled_logprob, end;
+    size_t sampled_id, sampled_logprob, sampled_score, end;
     SampleLayout(int64_t n, int64_t top_k, int64_t max_ids) : base(n, top_k, max_ids) {
       sampled_id = base.end;
       sampled_logprob = sampled_id + n * 4;
-      end = sampled_logprob + n * 4;
+      sampled_score = sampled_logprob + n * 4;
+      end = sampled_score + n * 4;
     }
   };
 
@@ -612,6 +613,7 @@ absl::Status CudaBackend::EnqueueSampling(const LogitsBatch& batch, int64_t star
     p.frequency = s.frequency_penalty;
     p.seed = s.seed;
     p.step = s.step;
+    p.token_offset = s.token_offset;
     p.processed_logprobs = spec.processed_logprobs ? 1 : 0;
     p.bias_offset = next;
     for (const auto& [id, bias] : s.logit_bias) ids[next] = id, values[next++] = bias;
@@ -688,6 +690,7 @@ absl::Status CudaBackend::EnqueueSampling(const LogitsBatch& batch, int64_t star
     sp.raw_lse = reinterpret_cast<const float*>(d_results_.get() + slice_layout.lse);
     sp.sampled_id = reinterpret_cast<int32_t*>(out + layout.sampled_id) + g0;
     sp.sampled_logprob = reinterpret_cast<float*>(out + layout.sampled_logprob) + g0;
+    sp.sampled_score = reinterpret_cast<float*>(out + layout.sampled_score) + g0;
     sp.scratch = select_scratch_.get();
     for (int i = g0; i < g0 + gc; ++i) {
       const SamplingSpec& spec = *batch.specs[start + plan->rows[i]].sampling;
@@ -712,6 +715,7 @@ absl::Status CudaBackend::ReadSampling(const LogitsBatch& batch, int64_t start, 
   const float* token_logits = reinterpret_cast<const float*>(h + layout.base.token_logits);
   const int32_t* sampled = reinterpret_cast<const int32_t*>(h + layout.sampled_id);
   const float* logprob = reinterpret_cast<const float*>(h + layout.sampled_logprob);
+  const float* score = reinterpret_cast<const float*>(h + layout.sampled_score);
   for (int64_t i = 0; i < count; ++i) {
     const int64_t row = start + plan.rows[i];
     const RowSpec& spec = batch.specs[row];
@@ -723,6 +727,7 @@ absl::Status CudaBackend::ReadSampling(const LogitsBatch& batch, int64_t start, 
     o.sampled = true;
     o.sampled_id = static_cast<uint32_t>(sampled[i]);
     o.sampled_logprob = logprob[i];
+    o.sampled_score = score[i];
     if (!spec.processed_logprobs) continue;
     o.logprob_lse = lse[i];
     o.top_ids.clear();

@@ -224,11 +224,11 @@ __global__ void __launch_bounds__(kSelectBlock) GumbelPickKernel(SelectTokenPara
   Pick best{-INFINITY, INT32_MAX};
   if (v.r.temperature > 0.0f) {
     const int32_t chosen = p.proc_argmax[j];
-    const float floor_score = v.m + GumbelNoise(v.r.seed, v.r.step, static_cast<uint32_t>(chosen));
+    const float floor_score = v.m + GumbelNoise(v.r.seed, v.r.step, v.r.token_offset + static_cast<uint32_t>(chosen));
     auto consider = [&](int32_t id) {
       const float zv = v.z[id];
       if (!v.InS0(zv) || zv < tau || zv + kMaxGumbel < floor_score) return;
-      best = PickOp()(best, Pick{zv + GumbelNoise(v.r.seed, v.r.step, static_cast<uint32_t>(id)), id});
+      best = PickOp()(best, Pick{zv + GumbelNoise(v.r.seed, v.r.step, v.r.token_offset + static_cast<uint32_t>(id)), id});
     };
     if (v.r.top_k > 0) {
       const int32_t* list = p.proc_top_ids + j * int64_t{p.top_stride};
@@ -262,6 +262,7 @@ __global__ void __launch_bounds__(kSelectBlock) FinishSelectKernel(SelectTokenPa
   // The argmax is always in S, so a sampling row always has a pick.
   const int32_t chosen = v.r.temperature > 0.0f ? winner.id : p.proc_argmax[j];
   p.sampled_id[j] = chosen;
+  p.sampled_score[j] = v.r.temperature > 0.0f ? winner.score : v.z[chosen];
   p.sampled_logprob[j] = v.r.processed_logprobs ? v.z[chosen] - p.proc_lse[j]
                                                 : p.raw[v.r.src_row * p.ld + chosen] - p.raw_lse[v.r.src_row];
 }

@@ -22,6 +22,7 @@ struct SampleRowParams {
   float frequency = 0.0f;
   uint64_t seed = 0;
   uint64_t step = 0;
+  uint32_t token_offset = 0;  // global id of row 0 (vocab shards): the noise is keyed by global ids
   int32_t processed_logprobs = 0;
   int32_t bias_offset = 0, bias_count = 0;        // ids[] and bias_values[]
   int32_t allowed_offset = 0, allowed_count = 0;  // ids[]
@@ -65,6 +66,7 @@ struct SelectTokenParams {
   // Outputs.
   int32_t* sampled_id = nullptr;     // [count]
   float* sampled_logprob = nullptr;  // [count]
+  float* sampled_score = nullptr;    // [count]: processed logit + noise of the winner
 };
 
 size_t SelectScratchBytes(int count, int64_t vocab);

@@ -62,8 +62,13 @@ std::vector<std::unique_ptr<Task>> Split(std::unique_ptr<Task> task, int64_t max
     part->processed_logprobs = task->processed_logprobs;
     if (task->sampling.size() == 1) {
       part->sampling = task->sampling;
+      part->sampling_skipped = task->sampling_skipped;
     } else if (!task->sampling.empty()) {
       part->sampling.assign(task->sampling.begin() + begin, task->sampling.begin() + begin + part->rows);
+      if (!task->sampling_skipped.empty()) {
+        part->sampling_skipped.assign(task->sampling_skipped.begin() + begin,
+                                      task->sampling_skipped.begin() + begin + part->rows);
+      }
     }
     part->deadline = task->deadline;
     part->cancelled = task->cancelled;

@@ -29,10 +29,14 @@ struct Task {
   // Token selection: empty = none, one entry = every row, else one per row.
   std::vector<SamplingSpec> sampling;
   bool processed_logprobs = false;  // with sampling: top-k/token logprobs from processed logits
+  // Parallel to `sampling`: 1 where this server (a vocab shard) holds no token the spec could
+  // choose, so the row samples nothing here.
+  std::vector<uint8_t> sampling_skipped;
   // The spec row r samples with, or null.
   const SamplingSpec* SamplingOf(int64_t r) const {
     if (sampling.empty()) return nullptr;
-    return sampling.size() == 1 ? &sampling[0] : &sampling[r];
+    const size_t i = sampling.size() == 1 ? 0 : static_cast<size_t>(r);
+    return i < sampling_skipped.size() && sampling_skipped[i] ? nullptr : &sampling[i];
   }
   // Work not started by then is answered DEADLINE_EXCEEDED instead of computed.
   absl::Time deadline = absl::InfiniteFuture();

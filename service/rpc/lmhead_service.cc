@@ -55,22 +55,19 @@ absl::Status LmHeadService::Submit(const v1::LogitsRequest& request, absl::Time 
   const Ready* ready = this->ready();
   if (ready == nullptr) return absl::FailedPreconditionError("the head is still loading; retry later");
   auto task = std::make_unique<Task>();
-  DType logits_dtype;
-  if (absl::Status s = DecodeLogitsRequest(request, ready->limits, task.get(), &logits_dtype); !s.ok()) {
+  ResponseMapping mapping;
+  if (absl::Status s = DecodeLogitsRequest(request, ready->limits, task.get(), &mapping); !s.ok()) {
     return s;
   }
   task->deadline = deadline;
   task->cancelled = std::move(cancelled);
-  std::vector<uint64_t> seeds;
-  for (const SamplingSpec& s : task->sampling) seeds.push_back(s.seed);
-  task->done = [request_id = request.request_id(), return_logits = request.output().return_logits(),
-                logits_dtype, seeds = std::move(seeds), response, on_done = std::move(on_done)](
+  task->done = [mapping = std::move(mapping), response, on_done = std::move(on_done)](
                    absl::StatusOr<TaskResult> result) mutable {
     if (!result.ok()) {
       on_done(result.status());
       return;
     }
-    EncodeLogitsResponse(request_id, return_logits, logits_dtype, seeds, *result, response);
+    EncodeLogitsResponse(mapping, *result, response);
     on_done(absl::OkStatus());
   };
   return ready->batcher->Schedule(&task);

@@ -2,6 +2,8 @@
 
 #include <cmath>
 #include <cstring>
+#include <iterator>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include <algorithm>
@@ -40,10 +42,46 @@ void StoreLogits(DType d, const std::vector<float>& logits, std::string* out) {
   }
 }
 
+// Keeps the ids of `ids` (sorted, global) that fall in [begin, end), as local ids.
+std::vector<uint32_t> LocalIds(const std::vector<uint32_t>& ids, int64_t begin, int64_t end) {
+  std::vector<uint32_t> out;
+  for (uint32_t id : ids) {
+    if (id >= begin && id < end) out.push_back(static_cast<uint32_t>(id - begin));
+  }
+  return out;
+}
+
+// Restricts a validated spec to the served rows [begin, end). Returns false when no token of
+// those rows can be chosen (all outside the allowed list, or all banned): the row then samples
+// nothing here and another shard's candidate wins.
+bool LocalizeSampling(int64_t begin, int64_t end, SamplingSpec* s) {
+  const bool had_allowed = !s->allowed_token_ids.empty();
+  s->allowed_token_ids = LocalIds(s->allowed_token_ids, begin, end);
+  s->banned_token_ids = LocalIds(s->banned_token_ids, begin, end);
+  std::vector<std::pair<uint32_t, float>> bias;
+  for (const auto& [id, b] : s->logit_bias) {
+    if (id >= begin && id < end) bias.emplace_back(static_cast<uint32_t>(id - begin), b);
+  }
+  s->logit_bias = std::move(bias);
+  std::vector<std::pair<uint32_t, uint32_t>> counts;
+  for (const auto& [id, c] : s->previous_counts) {
+    if (id >= begin && id < end) counts.emplace_back(static_cast<uint32_t>(id - begin), c);
+  }
+  s->previous_counts = std::move(counts);
+  s->token_offset = static_cast<uint32_t>(begin);
+  if (had_allowed) {
+    std::vector<uint32_t> left;
+    std::set_difference(s->allowed_token_ids.begin(), s->allowed_token_ids.end(), s->banned_token_ids.begin(),
+                        s->banned_token_ids.end(), std::back_inserter(left));
+    return !left.empty();
+  }
+  return static_cast<int64_t>(s->banned_token_ids.size()) < end - begin;
+}
+
 }  // namespace
 
 absl::Status DecodeLogitsRequest(const v1::LogitsRequest& request, const RequestLimits& limits,
-                                 Task* task, DType* logits_dtype) {
+                                 Task* task, ResponseMapping* mapping) {
   const v1::HiddenStates& hs = request.hidden();
   const v1::OutputSpec& spec = request.output();
   if (!request.has_hidden()) return Invalid("hidden is missing");
@@ -89,13 +127,19 @@ absl::Status DecodeLogitsRequest(const v1::LogitsRequest& request, const Request
                                   " is out of range for vocab size ", limits.vocab));
     }
   }
-  *logits_dtype = DType::kFp32;
+  const int64_t vocab_end = limits.vocab_end > 0 ? limits.vocab_end : limits.vocab;
+  const int64_t served = vocab_end - limits.vocab_begin;
+  mapping->request_id = request.request_id();
+  mapping->return_logits = spec.return_logits();
+  mapping->logits_dtype = DType::kFp32;
+  mapping->id_offset = static_cast<uint32_t>(limits.vocab_begin);
+  DType* logits_dtype = &mapping->logits_dtype;
   if (spec.return_logits()) {
     if (spec.logits_dtype() != v1::DTYPE_UNSPECIFIED && !FromProto(spec.logits_dtype(), logits_dtype)) {
       return Invalid(absl::StrCat("output.logits_dtype ", static_cast<int>(spec.logits_dtype()),
                                   " is not a known DType"));
     }
-    const int64_t bytes = int64_t{hs.rows()} * limits.vocab * DTypeSize(*logits_dtype);
+    const int64_t bytes = int64_t{hs.rows()} * served * DTypeSize(*logits_dtype);
     if (bytes > limits.max_message_bytes) {
       return Invalid(absl::StrCat("the requested logits are ", bytes,
                                   " bytes, over the server's max message size of ",
@@ -109,7 +153,7 @@ absl::Status DecodeLogitsRequest(const v1::LogitsRequest& request, const Request
                                 " is not a known LogprobsMode"));
   }
   const SamplingLimits sampling_limits{limits.vocab, static_cast<uint32_t>(std::min<int64_t>(
-                                                         limits.max_sampling_top_k, limits.vocab))};
+                                                         limits.max_sampling_top_k, served))};
   task->sampling.clear();
   if (request.has_sampling() && request.row_sampling_size() > 0) {
     return Invalid("set either sampling (every row) or row_sampling (one per row), not both");
@@ -129,6 +173,14 @@ absl::Status DecodeLogitsRequest(const v1::LogitsRequest& request, const Request
     }
   }
   task->processed_logprobs = spec.logprobs_mode() == v1::LOGPROBS_MODE_PROCESSED;
+  mapping->seeds.clear();
+  for (const SamplingSpec& s : task->sampling) mapping->seeds.push_back(s.seed);
+  task->sampling_skipped.assign(task->sampling.size(), 0);
+  if (served != limits.vocab) {
+    for (size_t i = 0; i < task->sampling.size(); ++i) {
+      task->sampling_skipped[i] = LocalizeSampling(limits.vocab_begin, vocab_end, &task->sampling[i]) ? 0 : 1;
+    }
+  }
 
   task->rows = hs.rows();
   task->hidden.resize(task->rows * limits.hidden);
@@ -144,15 +196,24 @@ absl::Status DecodeLogitsRequest(const v1::LogitsRequest& request, const Request
       task->hidden[i] = v;
     }
   }
-  task->top_k = spec.top_k();
-  task->token_ids.assign(spec.logprob_token_ids().begin(), spec.logprob_token_ids().end());
+  task->top_k = static_cast<uint32_t>(std::min<int64_t>(spec.top_k(), served));
+  task->token_ids.clear();
+  mapping->token_slots.clear();
+  for (uint32_t id : spec.logprob_token_ids()) {
+    const bool here = id >= limits.vocab_begin && id < vocab_end;
+    mapping->token_slots.push_back(here ? static_cast<int32_t>(task->token_ids.size()) : -1);
+    if (here) task->token_ids.push_back(static_cast<uint32_t>(id - limits.vocab_begin));
+  }
   task->want_logits = spec.return_logits();
   return absl::OkStatus();
 }
 
-void EncodeLogitsResponse(const std::string& request_id, bool return_logits, DType logits_dtype,
-                          const std::vector<uint64_t>& seeds, TaskResult& result, v1::LogitsResponse* response) {
-  response->set_request_id(request_id);
+void EncodeLogitsResponse(const ResponseMapping& mapping, TaskResult& result, v1::LogitsResponse* response) {
+  const bool return_logits = mapping.return_logits;
+  const DType logits_dtype = mapping.logits_dtype;
+  const std::vector<uint64_t>& seeds = mapping.seeds;
+  const uint32_t offset = mapping.id_offset;
+  response->set_request_id(mapping.request_id);
   if (return_logits) {
     response->set_logits_dtype(ToProto(logits_dtype));
     response->mutable_logits()->reserve(result.rows.size() * (result.rows.empty() ? 0 : result.rows[0].logits.size()) *
@@ -161,18 +222,23 @@ void EncodeLogitsResponse(const std::string& request_id, bool return_logits, DTy
   for (size_t r = 0; r < result.rows.size(); ++r) {
     RowOutput& row = result.rows[r];
     v1::RowResult* out = response->add_rows();
-    out->set_argmax_id(row.argmax_id);
+    out->set_argmax_id(row.argmax_id + offset);
     out->set_max_logit(row.max_logit);
     out->set_logsumexp(row.logsumexp);
     for (size_t i = 0; i < row.top_ids.size(); ++i) {
-      out->add_top_ids(row.top_ids[i]);
+      out->add_top_ids(row.top_ids[i] + offset);
       out->add_top_logits(row.top_logits[i]);
       out->add_top_logprobs(row.top_logits[i] - row.logprob_lse);
     }
-    for (float logit : row.token_logits) out->add_token_logprobs(logit - row.logprob_lse);
+    for (int32_t slot : mapping.token_slots) {
+      out->add_token_logprobs(slot < 0 ? std::numeric_limits<float>::quiet_NaN()
+                                       : row.token_logits[slot] - row.logprob_lse);
+    }
+    out->set_logprob_logsumexp(row.logprob_lse);
     if (row.sampled) {
-      out->set_sampled_id(row.sampled_id);
+      out->set_sampled_id(row.sampled_id + offset);
       out->set_sampled_logprob(row.sampled_logprob);
+      out->set_sampled_score(row.sampled_score);
       if (!seeds.empty()) out->set_seed(seeds.size() == 1 ? seeds[0] : seeds[r]);
     }
     if (return_logits) {

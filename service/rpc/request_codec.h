@@ -4,6 +4,8 @@
 #define LMHEAD_SERVICE_RPC_REQUEST_CODEC_H_
 
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "kernels/tensor.h"
@@ -19,23 +21,36 @@ struct RequestLimits {
   uint32_t max_rows = 64;
   uint32_t max_top_k = 256;
   uint32_t max_logprob_token_ids = 1024;
-  // Largest sampling top_k (the backend's selection limit, capped by vocab).
+  // Largest sampling top_k (the backend's selection limit, capped by the served rows).
   uint32_t max_sampling_top_k = 1024;
+  // The rows this server holds, as global token ids [vocab_begin, vocab_end) of a head of `vocab`
+  // rows (a vocab shard; the whole head by default: vocab_end = 0 means vocab).
+  int64_t vocab_begin = 0;
+  int64_t vocab_end = 0;
   // Responses larger than this cannot be sent; requests whose logits would exceed it are refused.
   int64_t max_message_bytes = 64 << 20;
 };
 
-// Validates `request` and fills task->rows, hidden, top_k, token_ids, want_logits, sampling,
-// processed_logprobs and
-// *logits_dtype. Errors are INVALID_ARGUMENT with a message naming the field (and the row for
-// non-finite hidden states).
-absl::Status DecodeLogitsRequest(const v1::LogitsRequest& request, const RequestLimits& limits,
-                                 Task* task, DType* logits_dtype);
+// How a task's results map back onto its request: ids on the wire are global, the backend's
+// are local to the served rows.
+struct ResponseMapping {
+  std::string request_id;
+  bool return_logits = false;
+  DType logits_dtype = DType::kFp32;
+  uint32_t id_offset = 0;            // global id of local row 0
+  std::vector<int32_t> token_slots;  // per requested logprob id: its index in Task::token_ids, or -1
+                                     // when another shard holds it (answered NaN)
+  std::vector<uint64_t> seeds;       // the rows' sampling seeds: none, one for all rows, or one per row
+};
 
-// Fills `response` from a finished task. Consumes result.rows' logits. `seeds` are the rows'
-// sampling seeds: empty (no sampling), one for every row, or one per row.
-void EncodeLogitsResponse(const std::string& request_id, bool return_logits, DType logits_dtype,
-                          const std::vector<uint64_t>& seeds, TaskResult& result, v1::LogitsResponse* response);
+// Validates `request` against the global vocabulary and fills the task (ids translated to the
+// served rows) and *mapping. Errors are INVALID_ARGUMENT with a message naming the field (and the
+// row for non-finite hidden states).
+absl::Status DecodeLogitsRequest(const v1::LogitsRequest& request, const RequestLimits& limits,
+                                 Task* task, ResponseMapping* mapping);
+
+// Fills `response` from a finished task. Consumes result.rows' logits.
+void EncodeLogitsResponse(const ResponseMapping& mapping, TaskResult& result, v1::LogitsResponse* response);
 
 // Makes `response` an error response for `request_id`.
 void EncodeErrorResponse(const std::string& request_id, const absl::Status& status,

@@ -1,7 +1,9 @@
 #include "service/weights/head_loader.h"
 
+#include <algorithm>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "kernels/head_quantizer.h"
@@ -29,6 +31,33 @@ SourceDType SourceDTypeOf(StDType t) {
 
 }  // namespace
 
+absl::Status ResolveVocabRange(const HeadLoadOptions& o, int64_t vocab, int64_t* begin, int64_t* end) {
+  *begin = 0;
+  *end = vocab;
+  if (o.shard_count > 0) {
+    if (o.shard_index < 0 || o.shard_index >= o.shard_count) {
+      return absl::InvalidArgumentError(absl::StrCat("--shard=", o.shard_index, "/", o.shard_count,
+                                                     ": the index must be in [0, ", o.shard_count, ")"));
+    }
+    const int64_t per = (vocab + o.shard_count - 1) / o.shard_count;
+    const int64_t aligned = (per + 15) / 16 * 16;
+    *begin = o.shard_index * aligned;
+    *end = std::min(vocab, *begin + aligned);
+    if (*begin >= vocab) {
+      return absl::InvalidArgumentError(absl::StrCat("--shard=", o.shard_index, "/", o.shard_count, ": a ", vocab,
+                                                     "-row head split in 16-row-aligned parts leaves this shard empty"));
+    }
+  } else if (o.range_begin >= 0 || o.range_end >= 0) {
+    if (o.range_begin < 0 || o.range_end <= o.range_begin || o.range_end > vocab) {
+      return absl::InvalidArgumentError(absl::StrCat("--vocab_range=", o.range_begin, ":", o.range_end,
+                                                     " must satisfy 0 <= START < END <= ", vocab, " (the head's rows)"));
+    }
+    *begin = o.range_begin;
+    *end = o.range_end;
+  }
+  return absl::OkStatus();
+}
+
 LogitTransform OpenedHead::Transform() const { return TransformOf(checkpoint.config); }
 LogitTransform LoadedHead::Transform() const { return TransformOf(config); }
 
@@ -54,6 +83,23 @@ absl::StatusOr<std::unique_ptr<OpenedHead>> OpenHead(const HeadLoadOptions& opti
     source.fp8_scales.resize(s->NumElements());
     SourceToFloat(SourceDTypeOf(s->dtype), head->checkpoint.weight_scale.file->Data(*s), s->NumElements(),
                   source.fp8_scales.data());
+  }
+  // A vocab shard: the source covers only its rows (the mapping stays whole; untouched rows are
+  // never read, so memory and load time scale with the slice).
+  head->full_vocab = source.rows;
+  int64_t begin, end;
+  RETURN_IF_ERROR(ResolveVocabRange(options, source.rows, &begin, &end));
+  head->vocab_begin = begin;
+  if (begin != 0 || end != source.rows) {
+    const uint64_t row_bytes = source.cols * SourceDTypeSize(source.dtype);
+    if (source.fp8_scales.size() == static_cast<size_t>(source.rows)) {
+      source.fp8_scales = std::vector<float>(source.fp8_scales.begin() + begin, source.fp8_scales.begin() + end);
+    }
+    source.data += begin * row_bytes;
+    source.rows = end - begin;
+    source.release = [release = source.release, skip = begin * row_bytes](uint64_t offset, uint64_t len) {
+      release(offset + skip, len);
+    };
   }
   return head;
 }

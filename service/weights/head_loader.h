@@ -23,13 +23,24 @@ struct HeadLoadOptions {
   int threads = 1;
   int64_t chunk_rows = 1024;
   bool log_progress = true;
+  // Serve only some rows of the head (a vocab shard); token ids on the wire stay global.
+  // Either an explicit range [range_begin, range_end) or shard `shard_index` of `shard_count`
+  // equal parts aligned to 16 rows (the last one shorter); neither = the whole head.
+  int64_t range_begin = -1, range_end = -1;
+  int shard_index = -1, shard_count = 0;
 };
+
+// The rows [begin, end) the options select from a head of `vocab` rows; INVALID_ARGUMENT when the
+// range is empty, reversed or out of bounds.
+absl::Status ResolveVocabRange(const HeadLoadOptions& options, int64_t vocab, int64_t* begin, int64_t* end);
 
 // A checkpoint's head, mapped and described. `source` points into `checkpoint`'s mapping and is
 // valid while this object lives.
 struct OpenedHead {
   Checkpoint checkpoint;
-  HeadSource source;
+  HeadSource source;  // the served rows only
+  int64_t full_vocab = 0;   // rows of the checkpoint's head
+  int64_t vocab_begin = 0;  // global id of source row 0
   std::string source_dtype;  // "BF16", "F16", "F32", "F8_E4M3"
   absl::Time opened_at;
 
