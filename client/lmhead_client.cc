@@ -76,6 +76,8 @@ LogitsResult ResultFromProto(const v1::LogitsResponse& resp) {
     if (r.has_sampled_id()) row.sampled_id = r.sampled_id();
     row.sampled_logprob = r.sampled_logprob();
     row.seed = r.seed();
+    row.logprob_logsumexp = r.logprob_logsumexp();
+    row.sampled_score = r.sampled_score();
     out.rows.push_back(std::move(row));
   }
   const std::string& bytes = resp.logits();
@@ -259,6 +261,8 @@ absl::StatusOr<ModelInfo> LmHeadClient::GetModelInfo() {
   info.final_logit_softcapping = p.final_logit_softcapping();
   info.max_rows_per_request = p.max_rows_per_request();
   info.max_top_k = p.max_top_k();
+  info.vocab_begin = p.vocab_begin();
+  info.vocab_end = p.vocab_end();
   return info;
 }
 

@@ -74,6 +74,10 @@ struct RowResult {
   std::optional<uint32_t> sampled_id;  // with sampling
   float sampled_logprob = 0.0f;
   uint64_t seed = 0;  // the seed that drew sampled_id
+  // Normalizer of top/token/sampled logprobs (logit = logprob + this), and the winner's perturbed
+  // score: what vocab shards need to merge exactly.
+  float logprob_logsumexp = 0.0f;
+  float sampled_score = 0.0f;
 };
 
 struct LogitsResult {
@@ -105,6 +109,9 @@ struct ModelInfo {
   float final_logit_softcapping = 0;
   int64_t max_rows_per_request = 0;
   int64_t max_top_k = 0;
+  // Rows this server holds: [vocab_begin, vocab_end) of vocab_size (a vocab shard, or all).
+  int64_t vocab_begin = 0;
+  int64_t vocab_end = 0;
 };
 
 struct ClientOptions {
