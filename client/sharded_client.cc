@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 
 namespace lmhead::client {
 namespace {
@@ -26,6 +27,15 @@ bool NeedsGlobalFilter(const SamplingOptions& s) {
 }
 
 }  // namespace
+
+std::vector<std::vector<std::string>> ParseShardList(const std::string& text) {
+  std::vector<std::vector<std::string>> shards;
+  for (absl::string_view shard : absl::StrSplit(text, ';', absl::SkipEmpty())) {
+    shards.emplace_back();
+    for (absl::string_view replica : absl::StrSplit(shard, ',', absl::SkipEmpty())) shards.back().emplace_back(replica);
+  }
+  return shards;
+}
 
 absl::StatusOr<std::unique_ptr<ShardedClient>> ShardedClient::Connect(const std::vector<std::vector<std::string>>& shards,
                                                                       const ClientOptions& options) {

@@ -18,6 +18,9 @@
 
 namespace lmhead::client {
 
+// "a:1,b:1;c:1" -> {{"a:1", "b:1"}, {"c:1"}}: shards separated by ';', a shard's replicas by ','.
+std::vector<std::vector<std::string>> ParseShardList(const std::string& text);
+
 class ShardedClient {
  public:
   // `shards[i]` lists the addresses of one shard's replicas (in any shard order: each server's

@@ -18,10 +18,14 @@
 #include "client/lmhead_client.h"
 #include "client/cli/client_flags.h"
 #include "client/sampling_text.h"
+#include "client/sharded_client.h"
 #include "client/loadgen/load_stats.h"
 #include "client/random_hidden.h"
 
 ABSL_FLAG(std::string, target, "127.0.0.1:50051", "Server address host:port");
+ABSL_FLAG(std::string, shards, "",
+          "A vocab-sharded head instead of --target: shards separated by ';', a shard's replicas by ',' "
+          "(e.g. 127.0.0.1:50051;127.0.0.1:50052)");
 ABSL_FLAG(std::string, mode, "stream", "stream (StreamLogits sessions) | unary (ComputeLogits calls)");
 ABSL_FLAG(int, concurrency, 16, "Concurrent streams or unary callers");
 ABSL_FLAG(int, rows, 1, "Hidden-state rows per request");
@@ -67,29 +71,57 @@ absl::Time Scheduled(const Plan& plan, int64_t i) {
 absl::Status StatusOf(const absl::StatusOr<LogitsResult>& r) { return r.ok() ? r->error : r.status(); }
 int64_t BytesOf(const absl::StatusOr<LogitsResult>& r) { return r.ok() ? r->wire_bytes : 0; }
 
+// One server, or a sharded head behind ShardedClient: the two calls the workers make.
+struct Endpoint {
+  std::function<absl::StatusOr<LogitsResult>(const HiddenStates&, const OutputOptions&)> compute;
+  std::function<std::unique_ptr<StreamSession>()> open_stream;
+};
+
+Endpoint Connect(const std::string& target, const Plan& plan) {
+  const std::string shards = absl::GetFlag(FLAGS_shards);
+  if (shards.empty()) {
+    std::shared_ptr<LmHeadClient> client = LmHeadClient::Connect(target, plan.client);
+    return {[client](const HiddenStates& h, const OutputOptions& o) { return client->ComputeLogits(h, o); },
+            [client] { return client->OpenStream(); }};
+  }
+  auto sharded = ShardedClient::Connect(ParseShardList(shards), plan.client);
+  if (!sharded.ok()) {
+    const absl::Status error = sharded.status();
+    return {[error](const HiddenStates&, const OutputOptions&) { return absl::StatusOr<LogitsResult>(error); },
+            nullptr};
+  }
+  std::shared_ptr<ShardedClient> client = std::move(*sharded);
+  return {[client](const HiddenStates& h, const OutputOptions& o) { return client->ComputeLogits(h, o); },
+          [client] { return client->OpenStream(); }};
+}
+
 void UnaryWorker(const std::string& target, const Plan& plan, int w, std::atomic<int64_t>& issued, LoadStats& stats) {
-  auto client = LmHeadClient::Connect(target, plan.client);
+  Endpoint client = Connect(target, plan);
   for (int64_t i = 0; Claim(plan, issued); ++i) {
     absl::Time sent = absl::Now();
     if (plan.per_worker_rate > 0) {
       sent = Scheduled(plan, i);
       if (sent > absl::Now()) absl::SleepFor(sent - absl::Now());
     }
-    auto r = client->ComputeLogits(plan.payloads[(w + i) % plan.payloads.size()], plan.output);
+    auto r = client.compute(plan.payloads[(w + i) % plan.payloads.size()], plan.output);
     stats.Record(StatusOf(r), absl::Now() - sent, plan.rows, BytesOf(r));
   }
 }
 
 void StreamWorker(const std::string& target, const Plan& plan, int w, std::atomic<int64_t>& issued, LoadStats& stats) {
-  auto client = LmHeadClient::Connect(target, plan.client);
-  auto stream = client->OpenStream();
+  Endpoint client = Connect(target, plan);
+  if (!client.open_stream) {
+    stats.Record(client.compute({}, {}).status(), absl::ZeroDuration(), 0);
+    return;
+  }
+  auto stream = client.open_stream();
   if (plan.per_worker_rate <= 0) {  // closed loop: one message in flight
     for (int64_t i = 0; Claim(plan, issued); ++i) {
       const absl::Time sent = absl::Now();
       absl::Status s = stream->Send(plan.payloads[(w + i) % plan.payloads.size()], plan.output, "");
       absl::StatusOr<LogitsResult> r = s.ok() ? stream->Receive() : absl::StatusOr<LogitsResult>(s);
       stats.Record(StatusOf(r), absl::Now() - sent, plan.rows, BytesOf(r));
-      if (!r.ok()) stream = client->OpenStream();  // transport failure: start a new stream
+      if (!r.ok()) stream = client.open_stream();  // transport failure: start a new stream
     }
     stream->Close().IgnoreError();
     return;
@@ -154,7 +186,15 @@ int main(int argc, char** argv) {
   base.timeout = absl::GetFlag(FLAGS_timeout);
   auto client_options = SecureClientOptionsFromFlags(base);
   if (!client_options.ok()) return std::fprintf(stderr, "%s\n", client_options.status().ToString().c_str()), 2;
-  auto info = LmHeadClient::Connect(target, *client_options)->GetModelInfo();
+  absl::StatusOr<ModelInfo> info;
+  if (absl::GetFlag(FLAGS_shards).empty()) {
+    info = LmHeadClient::Connect(target, *client_options)->GetModelInfo();
+  } else if (auto sharded = ShardedClient::Connect(ParseShardList(absl::GetFlag(FLAGS_shards)), *client_options);
+             sharded.ok()) {
+    info = (*sharded)->model_info();
+  } else {
+    info = sharded.status();
+  }
   if (!info.ok()) return std::fprintf(stderr, "cannot reach %s: %s\n", target.c_str(), info.status().ToString().c_str()), 1;
 
   Plan plan;
