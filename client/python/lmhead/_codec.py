@@ -128,7 +128,8 @@ def parse_response(resp: pb.LogitsResponse) -> LogitsResult:
             top_logprobs=np.array(r.top_logprobs, dtype=np.float32),
             token_logprobs=np.array(r.token_logprobs, dtype=np.float32),
             sampled_id=r.sampled_id if sampled else None, sampled_logprob=r.sampled_logprob if sampled else None,
-            seed=r.seed if sampled else None))
+            seed=r.seed if sampled else None, logprob_logsumexp=r.logprob_logsumexp,
+            sampled_score=r.sampled_score if sampled else None))
     return LogitsResult(request_id=resp.request_id, rows=rows, logits=_logits_array(resp, len(rows)),
                         queue_us=resp.timing.queue_us, compute_us=resp.timing.compute_us,
                         batch_rows=resp.timing.batch_rows)

@@ -43,6 +43,10 @@ class RowResult:
     sampled_id: Optional[int] = None
     sampled_logprob: Optional[float] = None
     seed: Optional[int] = None
+    # What vocab shards need to merge exactly: the normalizer of the logprobs (logit = logprob +
+    # this) and the winner's perturbed score.
+    logprob_logsumexp: float = 0.0
+    sampled_score: Optional[float] = None
 
     @property
     def token(self) -> int:
@@ -89,6 +93,8 @@ class ModelInfo:
     max_top_k: int
     max_message_bytes: int
     max_sampling_top_k: int
+    vocab_begin: int  # rows this server holds: [vocab_begin, vocab_end) of vocab_size
+    vocab_end: int
 
 
 @dataclasses.dataclass
