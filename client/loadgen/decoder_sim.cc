@@ -18,9 +18,12 @@
 #include "client/lmhead_client.h"
 #include "client/cli/client_flags.h"
 #include "client/sampling_text.h"
+#include "client/sharded_client.h"
 #include "client/random_hidden.h"
 
 ABSL_FLAG(std::string, target, "127.0.0.1:50051", "Server address host:port");
+ABSL_FLAG(std::string, shards, "",
+          "A vocab-sharded head instead of --target: shards separated by ';', replicas by ','");
 ABSL_FLAG(int, sequences, 8, "Concurrent sequences (one stream each)");
 ABSL_FLAG(double, steps_per_second, 20, "Decode steps per second per sequence (0: as fast as possible)");
 ABSL_FLAG(absl::Duration, duration, absl::ZeroDuration(), "Run time; 0 runs until killed");
@@ -54,15 +57,26 @@ void Sequence(const std::string& target, const ClientOptions& options, int id, a
   int64_t step = 0;
   absl::Duration backoff = absl::Milliseconds(100);
   while (absl::Now() < stop) {
-    auto client = LmHeadClient::Connect(target, options);
-    auto info = client->GetModelInfo();
+    // One server, or the shards of a sharded head (then streams go to every shard and merge).
+    std::unique_ptr<LmHeadClient> client;
+    std::unique_ptr<ShardedClient> sharded;
+    absl::StatusOr<ModelInfo> info;
+    if (absl::GetFlag(FLAGS_shards).empty()) {
+      client = LmHeadClient::Connect(target, options);
+      info = client->GetModelInfo();
+    } else if (auto c = ShardedClient::Connect(ParseShardList(absl::GetFlag(FLAGS_shards)), options); c.ok()) {
+      sharded = std::move(*c);
+      info = sharded->model_info();
+    } else {
+      info = c.status();
+    }
     if (!info.ok()) {
       counters.errors++;
       absl::SleepFor(backoff);
       backoff = std::min(backoff * 2, absl::Seconds(1));
       continue;
     }
-    auto stream = client->OpenStream();
+    auto stream = sharded ? sharded->OpenStream() : client->OpenStream();
     absl::Time next = absl::Now();
     while (absl::Now() < stop) {
       const uint64_t seed = absl::HashOf(absl::GetFlag(FLAGS_seed), id, token, step);

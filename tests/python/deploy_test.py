@@ -123,6 +123,53 @@ class ComposeTest(unittest.TestCase):
         self.assertRegex(dockerfile, r"(?m)^HEALTHCHECK .*\n.*lmhead health")
 
 
+class ShardedDeploymentTest(unittest.TestCase):
+    """The sharded compose profile and k8s manifests: every shard of the head, in replicas, with
+    valid flags, and a client that reaches all of them."""
+
+    def test_compose_sharded_profile(self):
+        r = subprocess.run(["docker-compose", "-f", COMPOSE, "config"], capture_output=True, text=True, cwd=DEPLOY)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        services = yaml.safe_load(r.stdout)["services"]
+        server = accepted_flags("lmhead-server")
+        shards = {}
+        for name, svc in services.items():
+            if not name.startswith("lmhead-shard"):
+                continue
+            self.assertEqual(svc["profiles"], ["sharded"])
+            for flag in flag_names(svc["command"]):
+                self.assertIn(flag, server)
+            shard = [a for a in svc["command"] if a.startswith("--shard=")][0]
+            alias = svc["networks"]["default"]["aliases"][0]
+            shards.setdefault(shard, set()).add(alias)
+            self.assertIn("devices", svc["deploy"]["resources"]["reservations"])
+        self.assertEqual(shards, {"--shard=0/2": {"lmhead-shard0"}, "--shard=1/2": {"lmhead-shard1"}})
+        decoder = services["decoder-sharded"]["command"]
+        self.assertIn("--shards=dns:///lmhead-shard0:50051;dns:///lmhead-shard1:50051", decoder)
+        for flag in flag_names(decoder):
+            self.assertIn(flag, accepted_flags("lmhead-decoder-sim"))
+        prom = load_yaml(os.path.join(DEPLOY, "prometheus/prometheus.yml"))
+        self.assertEqual(set(prom["scrape_configs"][0]["dns_sd_configs"][0]["names"]),
+                         {"lmhead", "lmhead-shard0", "lmhead-shard1"})
+
+    def test_k8s_sharded_manifests(self):
+        docs = load_yaml_all(os.path.join(DEPLOY, "k8s/sharded/lmhead-sharded.yaml"))
+        deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+        services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+        self.assertEqual(set(deployments), {"lmhead-shard-0", "lmhead-shard-1"})
+        server = accepted_flags("lmhead-server")
+        for i in range(2):
+            dep, svc = deployments[f"lmhead-shard-{i}"], services[f"lmhead-shard-{i}"]
+            self.assertGreaterEqual(dep["spec"]["replicas"], 2)
+            container = dep["spec"]["template"]["spec"]["containers"][0]
+            self.assertIn(f"--shard={i}/2", container["args"])
+            for flag in flag_names(container["args"]):
+                self.assertIn(flag, server)
+            self.assertEqual(svc["spec"]["clusterIP"], "None")
+            self.assertEqual(svc["spec"]["selector"], dep["spec"]["selector"]["matchLabels"])
+            self.assertEqual(container["readinessProbe"]["grpc"]["port"], 50051)
+
+
 class PrometheusFilesTest(unittest.TestCase):
     def test_promtool_accepts_config_and_rules(self):
         for args in (["check", "config", "prometheus/prometheus.yml"], ["check", "rules", "prometheus/alerts.yml"]):
@@ -171,6 +218,8 @@ class KubernetesTest(unittest.TestCase):
     def load(self):
         docs = {}
         for name in sorted(os.listdir(os.path.join(DEPLOY, "k8s"))):
+            if not name.endswith(".yaml"):
+                continue
             for doc in load_yaml_all(os.path.join(DEPLOY, "k8s", name)):
                 self.assertIn("apiVersion", doc, name)
                 docs[doc["kind"]] = doc
