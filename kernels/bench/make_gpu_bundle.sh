@@ -8,11 +8,13 @@ B=build
 rm -rf .gpu && mkdir -p .gpu/bin .gpu/lib
 cp $B/service/lmhead-server $B/service/lmhead-make-checkpoint $B/client/lmhead \
    $B/tests/cuda_backend_test $B/kernels/bench/lmhead-gpu-bench $B/service/liblmhead_cuda.so \
-   $B/client/lmhead-bench $B/service/lmhead-echo-server $B/kernels/lmhead-selection-bench .gpu/bin/
+   $B/client/lmhead-bench $B/service/lmhead-echo-server $B/kernels/lmhead-selection-bench \
+   $B/client/lmhead-shard-check .gpu/bin/
 for f in .gpu/bin/*; do
   ldd "$f" | awk '/=> \//{print $3}'
 done | sort -u | grep -v -E '/(libc|libm|libstdc\+\+|libgcc_s|libpthread|libdl|librt|ld-linux[^/]*|libcuda|libcublas[^/]*|libcudart[^/]*)\.so' \
   | xargs -r -I{} cp -L {} .gpu/lib/
-cp kernels/bench/run_on_gpu.sh kernels/bench/run_service_on_gpu.sh kernels/bench/run_selection_on_gpu.sh .gpu/
+cp kernels/bench/run_on_gpu.sh kernels/bench/run_service_on_gpu.sh kernels/bench/run_selection_on_gpu.sh \
+   kernels/bench/run_shards_on_gpus.sh .gpu/
 tar czf .gpu.tgz -C .gpu . && rm -rf .gpu && mkdir .gpu && mv .gpu.tgz .gpu/bundle.tgz
 du -sh .gpu/bundle.tgz
