@@ -36,6 +36,10 @@ void SamplingToProto(const SamplingOptions& o, v1::SamplingParams* p) {
   p->set_presence_penalty(o.presence_penalty);
   p->set_frequency_penalty(o.frequency_penalty);
   for (uint32_t id : o.previous_token_ids) p->add_previous_token_ids(id);
+  if (o.keep_above) {
+    p->set_keep_above(*o.keep_above);
+    p->set_keep_tie_max_id(o.keep_tie_max_id);
+  }
 }
 
 v1::LogitsRequest MakeRequest(const HiddenStates& hidden, const OutputOptions& output,

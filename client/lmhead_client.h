@@ -49,6 +49,10 @@ struct SamplingOptions {
   float presence_penalty = 0.0f;
   float frequency_penalty = 0.0f;
   std::vector<uint32_t> previous_token_ids;
+  // An explicit kept set replacing top_k / top_p / min_p (set by ShardedClient's second round;
+  // see SamplingParams.keep_above).
+  std::optional<float> keep_above;
+  uint32_t keep_tie_max_id = 0;
 };
 
 struct OutputOptions {

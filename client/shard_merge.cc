@@ -46,7 +46,6 @@ absl::StatusOr<LogitsResult> MergeShardResults(const std::vector<ShardRange>& ra
     out.batch_rows = std::max(out.batch_rows, p.batch_rows);
     out.wire_bytes += p.wire_bytes;
   }
-  const bool sampling = output.sampling.has_value() || !output.row_sampling.empty();
   out.rows.resize(rows);
   for (size_t r = 0; r < rows; ++r) {
     RowResult& row = out.rows[r];
@@ -56,9 +55,7 @@ absl::StatusOr<LogitsResult> MergeShardResults(const std::vector<ShardRange>& ra
     for (const LogitsResult& p : parts) {
       const RowResult& shard = p.rows[r];
       lses.push_back(shard.logsumexp);
-      // A shard that sampled nothing (its tokens all excluded) has no processed mass.
-      const bool empty_processed = output.processed_logprobs && sampling && !shard.sampled_id;
-      norms.push_back(empty_processed ? kNegInf : shard.logprob_logsumexp);
+      norms.push_back(shard.logprob_logsumexp);  // -inf from a shard with no processed mass
       if (best == nullptr || Better(shard.max_logit, shard.argmax_id, best->max_logit, best->argmax_id)) best = &shard;
       if (shard.sampled_id &&
           (winner == nullptr || Better(shard.sampled_score, *shard.sampled_id, winner->sampled_score, *winner->sampled_id))) {
@@ -75,7 +72,6 @@ absl::StatusOr<LogitsResult> MergeShardResults(const std::vector<ShardRange>& ra
     std::vector<std::pair<float, uint32_t>> candidates;
     for (size_t s = 0; s < parts.size(); ++s) {
       const RowResult& shard = parts[s].rows[r];
-      if (norms[s] == kNegInf && output.processed_logprobs && sampling) continue;
       for (size_t i = 0; i < shard.top_ids.size(); ++i) candidates.emplace_back(shard.top_logits[i], shard.top_ids[i]);
     }
     std::sort(candidates.begin(), candidates.end(),
@@ -94,7 +90,7 @@ absl::StatusOr<LogitsResult> MergeShardResults(const std::vector<ShardRange>& ra
       if (s == ranges.size()) return absl::InvalidArgumentError(absl::StrCat("token id ", id, " is in no shard"));
       const RowResult& shard = parts[s].rows[r];
       if (j >= shard.token_logprobs.size()) return absl::InternalError("a shard returned too few token logprobs");
-      const double logit = static_cast<double>(shard.token_logprobs[j]) + norms[s];
+      const double logit = norms[s] == kNegInf ? kNegInf : static_cast<double>(shard.token_logprobs[j]) + norms[s];
       row.token_logprobs.push_back(static_cast<float>(logit - norm));
     }
     if (winner != nullptr) {

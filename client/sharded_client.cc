@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "client/shard_filters.h"
 
 namespace lmhead::client {
 namespace {
@@ -21,10 +22,6 @@ bool Retryable(const absl::Status& s) {
 }
 
 std::string RangeText(const ShardRange& r) { return absl::StrCat("[", r.begin, ", ", r.end, ")"); }
-
-bool NeedsGlobalFilter(const SamplingOptions& s) {
-  return s.top_k > 0 || (s.top_p && *s.top_p < 1.0f) || s.min_p > 0.0f;
-}
 
 }  // namespace
 
@@ -104,14 +101,75 @@ absl::StatusOr<OutputOptions> ShardedClient::Prepare(const OutputOptions& output
   for (SamplingOptions& s : prepared.row_sampling) all.push_back(&s);
   std::random_device random;
   for (SamplingOptions* s : all) {
-    if (shards_.size() > 1 && NeedsGlobalFilter(*s)) {
-      return absl::UnimplementedError(
-          "top_k, top_p and min_p sampling need the whole vocabulary's distribution before the draw and are not "
-          "supported over vocab shards yet; use temperature, bias, masks and penalties, or one unsharded server");
-    }
     if (!s->seed) s->seed = (uint64_t{random()} << 32) | random();
   }
   return prepared;
+}
+
+absl::StatusOr<OutputOptions> ShardedClient::ResolveFilters(const HiddenStates& hidden, OutputOptions output,
+                                                            const std::string& request_id) {
+  const int64_t rows = hidden.rows;
+  auto spec_of = [&](int64_t r) -> const SamplingOptions* {
+    if (output.sampling) return &*output.sampling;
+    return r < static_cast<int64_t>(output.row_sampling.size()) ? &output.row_sampling[r] : nullptr;
+  };
+  bool needed = false;
+  uint32_t k = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const SamplingOptions* s = spec_of(r);
+    if (s == nullptr || !NeedsGlobalFilter(*s)) continue;
+    needed = true;
+    k = std::max<uint32_t>(k, s->top_k > 0 ? s->top_k : static_cast<uint32_t>(info_.max_top_k));
+  }
+  if (!needed || shards_.size() == 1) return output;
+  if (k > info_.max_top_k) {
+    return absl::InvalidArgumentError(absl::StrCat("sampling top_k ", k, " over vocab shards needs the servers' "
+                                                   "--max_top_k to be at least that (it is ", info_.max_top_k, ")"));
+  }
+  // Round 1: every shard's best k processed candidates, with the rows' processing but no filters.
+  OutputOptions first;
+  first.top_k = k;
+  first.processed_logprobs = true;
+  for (int64_t r = 0; r < rows; ++r) {
+    SamplingOptions s = spec_of(r) != nullptr ? *spec_of(r) : SamplingOptions{};
+    s.top_k = 0;
+    s.top_p.reset();
+    s.min_p = 0.0f;
+    first.row_sampling.push_back(s);
+  }
+  absl::StatusOr<std::vector<LogitsResult>> answers = FanOut(hidden, first, request_id);
+  if (!answers.ok()) return answers.status();
+  const std::vector<LogitsResult>& parts = *answers;
+  std::vector<LogitsResult> copy = parts;
+  absl::StatusOr<LogitsResult> merged = MergeShardResults(ranges_, copy, first, info_.vocab_size);
+  if (!merged.ok()) return merged.status();
+  // Round 2 carries each row's kept set explicitly.
+  std::vector<SamplingOptions> second;
+  for (int64_t r = 0; r < rows; ++r) {
+    SamplingOptions s = spec_of(r) != nullptr ? *spec_of(r) : SamplingOptions{};
+    if (spec_of(r) != nullptr && NeedsGlobalFilter(s)) {
+      auto complete_above = [&](float t) {
+        for (const LogitsResult& p : parts) {
+          const RowResult& row = p.rows[r];
+          if (row.top_logits.size() >= k && row.top_logits.back() >= t) return false;
+        }
+        return true;
+      };
+      absl::StatusOr<KeepRule> keep = KeptSetFromCandidates(s, merged->rows[r], info_.vocab_size, complete_above);
+      if (!keep.ok()) return absl::Status(keep.status().code(), absl::StrCat("row ", r, ": ", keep.status().message()));
+      s.top_k = 0;
+      s.top_p.reset();
+      s.min_p = 0.0f;
+      s.keep_above = keep->above;
+      s.keep_tie_max_id = keep->tie_max_id;
+    }
+    second.push_back(s);
+  }
+  if (output.sampling || !output.row_sampling.empty()) {
+    output.sampling.reset();
+    output.row_sampling = std::move(second);
+  }
+  return output;
 }
 
 absl::StatusOr<LogitsResult> ShardedClient::CallShard(Shard& shard, const HiddenStates& hidden,
@@ -132,22 +190,30 @@ absl::StatusOr<LogitsResult> ShardedClient::CallShard(Shard& shard, const Hidden
 absl::StatusOr<LogitsResult> ShardedClient::ComputeLogits(const HiddenStates& hidden, const OutputOptions& output,
                                                           const std::string& request_id) {
   absl::StatusOr<OutputOptions> prepared = Prepare(output);
+  if (prepared.ok()) prepared = ResolveFilters(hidden, *std::move(prepared), request_id);
   if (!prepared.ok()) return prepared.status();
+  absl::StatusOr<std::vector<LogitsResult>> parts = FanOut(hidden, *prepared, request_id);
+  if (!parts.ok()) return parts.status();
+  return MergeShardResults(ranges_, *parts, *prepared, info_.vocab_size);
+}
+
+absl::StatusOr<std::vector<LogitsResult>> ShardedClient::FanOut(const HiddenStates& hidden, const OutputOptions& output,
+                                                                const std::string& request_id) {
   std::vector<std::future<absl::StatusOr<LogitsResult>>> calls;
   for (size_t s = 1; s < shards_.size(); ++s) {
-    calls.push_back(std::async(std::launch::async, [this, s, &hidden, &prepared, &request_id] {
-      return CallShard(*shards_[s], hidden, *prepared, request_id);
+    calls.push_back(std::async(std::launch::async, [this, s, &hidden, &output, &request_id] {
+      return CallShard(*shards_[s], hidden, output, request_id);
     }));
   }
   std::vector<absl::StatusOr<LogitsResult>> answers;
-  answers.push_back(CallShard(*shards_[0], hidden, *prepared, request_id));  // this thread takes shard 0
+  answers.push_back(CallShard(*shards_[0], hidden, output, request_id));  // this thread takes shard 0
   for (auto& call : calls) answers.push_back(call.get());
   std::vector<LogitsResult> parts;
   for (auto& a : answers) {
     if (!a.ok()) return a.status();
     parts.push_back(std::move(*a));
   }
-  return MergeShardResults(ranges_, parts, *prepared, info_.vocab_size);
+  return parts;
 }
 
 // One stream per shard; a message is sent to every shard and the answers merged in order.
@@ -162,6 +228,7 @@ class ShardedStreamSession final : public StreamSession {
 
   absl::Status Send(const HiddenStates& hidden, const OutputOptions& output, const std::string& request_id) override {
     absl::StatusOr<OutputOptions> prepared = client_->Prepare(output);
+    if (prepared.ok()) prepared = client_->ResolveFilters(hidden, *std::move(prepared), request_id);
     if (!prepared.ok()) return prepared.status();
     for (size_t s = 0; s < streams_.size(); ++s) {
       if (absl::Status st = streams_[s]->Send(hidden, *prepared, request_id); !st.ok()) return Failed(s, st);

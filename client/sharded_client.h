@@ -30,10 +30,11 @@ class ShardedClient {
   static absl::StatusOr<std::unique_ptr<ShardedClient>> Connect(const std::vector<std::vector<std::string>>& shards,
                                                                 const ClientOptions& options = {});
 
-  // As LmHeadClient::ComputeLogits, over the whole vocabulary. Sampling may use temperature,
-  // bias, masks and penalties (merged exactly); top_k / top_p / min_p need the whole distribution
-  // before the draw and are refused with UNIMPLEMENTED when there is more than one shard. A
-  // missing seed is drawn here, so that every shard uses the same one.
+  // As LmHeadClient::ComputeLogits, over the whole vocabulary. Temperature, bias, masks and
+  // penalties merge exactly in one round. Rows with top_k / top_p / min_p take two: the first
+  // gathers every shard's best processed candidates (client/shard_filters.h turns them into the
+  // whole head's kept set), the second draws within it. A missing seed is drawn here, so that
+  // every shard uses the same one.
   absl::StatusOr<LogitsResult> ComputeLogits(const HiddenStates& hidden, const OutputOptions& output,
                                              const std::string& request_id = "");
 
@@ -56,8 +57,15 @@ class ShardedClient {
   // position; errors that another replica would repeat (INVALID_ARGUMENT, ...) return at once.
   absl::StatusOr<LogitsResult> CallShard(Shard& shard, const HiddenStates& hidden, const OutputOptions& output,
                                          const std::string& request_id);
-  // Checks sampling for what shards can merge and fixes a seed where none was given.
+  // Every shard's answer, asked concurrently; the first failure (after retries) fails the call.
+  absl::StatusOr<std::vector<LogitsResult>> FanOut(const HiddenStates& hidden, const OutputOptions& output,
+                                                   const std::string& request_id);
+  // Fixes a seed where none was given.
   absl::StatusOr<OutputOptions> Prepare(const OutputOptions& output) const;
+  // For rows with top_k / top_p / min_p: the first round, and `output` rewritten with the rows'
+  // explicit kept sets (row_sampling). Unchanged when no row needs it or there is one shard.
+  absl::StatusOr<OutputOptions> ResolveFilters(const HiddenStates& hidden, OutputOptions output,
+                                               const std::string& request_id);
 
   std::vector<std::unique_ptr<Shard>> shards_;  // sorted by range
   std::vector<ShardRange> ranges_;

@@ -14,6 +14,7 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // Largest value GumbelNoise can return (u <= 1 - 2^-25): a token with z + this below the best
 // score so far cannot win.
 constexpr float kMaxGumbel = 17.5f;
+constexpr uint32_t kNoToken = 0xffffffffu;
 
 // The highest value t such that the tokens with z >= t carry at least `target` of the mass: a
 // mass-weighted radix select over the order-preserving keys, digits of 11, 11 and 10 bits (the
@@ -95,7 +96,13 @@ uint32_t SelectToken(const SamplingSpec& spec, const float* z, int64_t vocab, fl
   }
   const uint32_t offset = spec.token_offset;
   const float min_z = spec.min_p > 0.0f ? m + std::log(spec.min_p) : kNegInf;
-  auto in_s0 = [&](uint32_t id) { return std::isfinite(z[id]) && z[id] >= min_z; };
+  auto in_s0 = [&](uint32_t id) {
+    if (!std::isfinite(z[id])) return false;
+    if (spec.has_keep) {
+      return z[id] > spec.keep_above || (z[id] == spec.keep_above && uint64_t{offset} + id <= spec.keep_tie_max_id);
+    }
+    return z[id] >= min_z;
+  };
 
   // Candidates of S0: the top-k list (already ordered) or every token.
   std::vector<uint32_t> candidates;
@@ -125,14 +132,19 @@ uint32_t SelectToken(const SamplingSpec& spec, const float* z, int64_t vocab, fl
     tau = TopPThreshold(massed, TopPTarget(spec.top_p, total));
   }
 
-  // Gumbel-max over S. The argmax is always in S: start from it and skip tokens that cannot win.
-  uint32_t best = argmax;
-  float best_score = z[argmax] + GumbelNoise(spec.seed, spec.step, offset + argmax);
+  // Gumbel-max over S. The argmax is in S unless an explicit kept set excludes it: start from it
+  // and skip tokens that cannot win.
+  uint32_t best = kNoToken;
+  float best_score = kNegInf;
+  if (in_s0(argmax)) {
+    best = argmax;
+    best_score = z[argmax] + GumbelNoise(spec.seed, spec.step, offset + argmax);
+  }
   auto consider = [&](uint32_t id) {
     const float zi = z[id];
     if (!in_s0(id) || zi < tau || zi + kMaxGumbel < best_score) return;
     const float s = zi + GumbelNoise(spec.seed, spec.step, offset + id);
-    if (s > best_score || (s == best_score && id < best)) {
+    if (best == kNoToken || s > best_score || (s == best_score && id < best)) {
       best_score = s;
       best = id;
     }

@@ -15,6 +15,7 @@
 //     S  = S0 when top_p = 1, else {i in S0 : z_i >= tau}, tau the highest value such that the
 //          tokens of S0 with z >= tau carry mass >= ceil(top_p * total mass of S0), where a
 //          token's mass is TopPMass(z, m) (fixed point; ties at tau are all kept);
+//     (or, with has_keep, S = the explicit set described at SamplingSpec::keep_above);
 //   and the sample is argmax over S of z_i + GumbelNoise(seed, step, i) — a draw from
 //   softmax(z) restricted to S, reproducible from (seed, step) alone.
 // "Processed" logprobs are log_softmax(z) over the whole vocabulary (before the S filter).
@@ -46,6 +47,11 @@ struct SamplingSpec {
   // Global id of row 0 (a vocab shard): the Gumbel noise of row i is that of token token_offset + i,
   // so shards draw exactly the noise the whole head would.
   uint32_t token_offset = 0;
+  // An explicit kept set replacing top_k / top_p / min_p (vocab shards' second round):
+  // {z > keep_above} and {z == keep_above, global id <= keep_tie_max_id}.
+  bool has_keep = false;
+  float keep_above = 0.0f;
+  uint32_t keep_tie_max_id = 0;
 
   bool greedy() const { return temperature == 0.0f; }
 };
@@ -59,6 +65,7 @@ float ProcessLogit(const SamplingSpec& spec, uint32_t id, float l);
 // Selects the token from processed logits z[vocab] with max m (its argmax `argmax`), given the
 // row's top_k best ids by descending z (ties: lower id), at least spec.top_k of them when
 // spec.top_k > 0. Returns the chosen id; *score gets its perturbed score (z + noise; z when greedy).
+// With an explicit kept set (has_keep) that holds none of these tokens, returns 0xffffffff.
 uint32_t SelectToken(const SamplingSpec& spec, const float* z, int64_t vocab, float m, uint32_t argmax,
                      const std::vector<uint32_t>& top_ids, float* score);
 

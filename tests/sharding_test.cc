@@ -224,7 +224,7 @@ TEST_F(ShardingTest, OneToFourShardsMergeExactlyIncludingUnevenSplits) {
   }
 }
 
-TEST_F(ShardingTest, StreamsWorkShardedAndGlobalFiltersAreRefused) {
+TEST_F(ShardingTest, StreamsWorkSharded) {
   auto sharded = StartShards({{"--shard=0/3"}, {"--shard=1/3"}, {"--shard=2/3"}});
   ASSERT_NE(sharded, nullptr);
   auto stream = sharded->OpenStream();
@@ -251,10 +251,54 @@ TEST_F(ShardingTest, StreamsWorkShardedAndGlobalFiltersAreRefused) {
   ASSERT_TRUE(bad.ok());
   EXPECT_EQ(bad->error.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(stream->Close().ok());
-  OutputOptions nucleus;
-  nucleus.sampling = SamplingOptions{};
-  nucleus.sampling->top_p = 0.9f;
-  EXPECT_EQ(sharded->ComputeLogits(Hidden(1, 3), nucleus).status().code(), absl::StatusCode::kUnimplemented);
+}
+
+// top_k / top_p / min_p need the whole distribution: two rounds, then the same tokens as one server.
+TEST_F(ShardingTest, GlobalFiltersTakeTwoRoundsAndMatchOneServer) {
+  for (const auto& layout : std::vector<std::vector<std::vector<std::string>>>{
+           {{"--shard=0/2"}, {"--shard=1/2"}},
+           {{"--vocab_range=0:333"}, {"--vocab_range=333:400"}, {"--vocab_range=400:1000"}}}) {
+    servers_.clear();
+    auto sharded = StartShards(layout);
+    ASSERT_NE(sharded, nullptr);
+    const HiddenStates x = Hidden(24, 11, 12.0f);
+    OutputOptions out;
+    out.top_k = 5;
+    for (int r = 0; r < 24; ++r) {
+      SamplingOptions s;
+      s.seed = 500 + r;
+      s.temperature = 0.6f + 0.1f * (r % 5);
+      switch (r % 6) {
+        case 0: s.top_k = 1 + r; break;
+        case 1: s.top_p = 0.5f + 0.02f * r; break;
+        case 2: s.min_p = 0.05f * (1 + r % 4); break;
+        case 3: s.top_k = 40, s.top_p = 0.8f; break;
+        case 4: s.top_k = 100, s.min_p = 0.1f, s.top_p = 0.9f; break;
+        case 5: s.top_p = 0.7f, s.logit_bias = {{3, 4.0f}, {990, 4.0f}}, s.banned_token_ids = {7}; break;
+      }
+      out.row_sampling.push_back(s);
+    }
+    for (bool processed : {false, true}) {
+      out.processed_logprobs = processed;
+      auto want = whole_client_->ComputeLogits(x, out);
+      auto got = sharded->ComputeLogits(x, out);
+      ASSERT_TRUE(want.ok() && got.ok()) << want.status() << got.status();
+      ExpectSame(*got, *want);
+    }
+    auto stream = sharded->OpenStream();
+    ASSERT_TRUE(stream->Send(x, out, "s").ok());
+    auto streamed = stream->Receive();
+    ASSERT_TRUE(streamed.ok()) << streamed.status();
+    ExpectSame(*streamed, *whole_client_->ComputeLogits(x, out));
+    EXPECT_TRUE(stream->Close().ok());
+    // A nucleus wider than the candidates the shards may return is refused, not approximated.
+    OutputOptions flat;
+    flat.sampling = SamplingOptions{};
+    flat.sampling->top_p = 0.99f;
+    flat.sampling->temperature = 5.0f;
+    auto refused = sharded->ComputeLogits(Hidden(1, 12, 1.0f), flat);
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kOutOfRange) << refused.status();
+  }
 }
 
 // Wilson-Hilferty upper 0.1% point of chi-squared with df degrees of freedom.

@@ -39,10 +39,12 @@ absl::Status SampleRow(const RowSpec& spec, const float* logits, int64_t vocab, 
 
   const uint32_t k = std::max(spec.processed_logprobs ? spec.top_k : 0u, s.greedy() ? 0u : s.top_k);
   const std::vector<uint32_t> top = k > 0 ? TopIdsOf(z.data(), vocab, k) : std::vector<uint32_t>{};
-  out->sampled = true;
   out->sampled_id = SelectToken(s, z.data(), vocab, m, argmax, top, &out->sampled_score);
-  out->sampled_logprob = spec.processed_logprobs ? z[out->sampled_id] - lse
-                                                 : logits[out->sampled_id] - out->logsumexp;
+  out->sampled = out->sampled_id != 0xffffffffu;  // else: no candidate in these rows (a shard)
+  if (!out->sampled) out->sampled_id = 0;
+  out->sampled_logprob = !out->sampled               ? 0.0f
+                         : spec.processed_logprobs ? z[out->sampled_id] - lse
+                                                   : logits[out->sampled_id] - out->logsumexp;
   if (spec.processed_logprobs) {
     out->logprob_lse = lse;
     out->top_ids.assign(top.begin(), top.begin() + std::min<size_t>(spec.top_k, top.size()));

@@ -614,6 +614,9 @@ absl::Status CudaBackend::EnqueueSampling(const LogitsBatch& batch, int64_t star
     p.seed = s.seed;
     p.step = s.step;
     p.token_offset = s.token_offset;
+    p.has_keep = s.has_keep ? 1 : 0;
+    p.keep_above = s.keep_above;
+    p.keep_tie_max_id = s.keep_tie_max_id;
     p.processed_logprobs = spec.processed_logprobs ? 1 : 0;
     p.bias_offset = next;
     for (const auto& [id, bias] : s.logit_bias) ids[next] = id, values[next++] = bias;
@@ -724,8 +727,8 @@ absl::Status CudaBackend::ReadSampling(const LogitsBatch& batch, int64_t start, 
       return absl::InvalidArgumentError(absl::StrCat(
           "row ", row, ": processed logits are not finite (temperature too small for these logits?)"));
     }
-    o.sampled = true;
-    o.sampled_id = static_cast<uint32_t>(sampled[i]);
+    o.sampled = sampled[i] >= 0;  // -1: an explicit kept set holds none of these rows (a shard)
+    o.sampled_id = o.sampled ? static_cast<uint32_t>(sampled[i]) : 0;
     o.sampled_logprob = logprob[i];
     o.sampled_score = score[i];
     if (!spec.processed_logprobs) continue;

@@ -103,7 +103,14 @@ struct RowView {
   const float* z;
   float m;
   float min_z;
-  __device__ bool InS0(float zv) const { return zv != -INFINITY && zv >= min_z; }
+  __device__ bool InS0(float zv, int32_t id) const {
+    if (zv == -INFINITY) return false;
+    if (r.has_keep) {
+      return zv > r.keep_above ||
+             (zv == r.keep_above && uint64_t{r.token_offset} + static_cast<uint32_t>(id) <= r.keep_tie_max_id);
+    }
+    return zv >= min_z;
+  }
   __device__ bool DenseTopP() const { return r.temperature > 0.0f && r.top_p < 1.0f && r.top_k == 0; }
 };
 
@@ -133,7 +140,7 @@ __global__ void __launch_bounds__(kDigitThreads) ThresholdInitKernel(SelectToken
   const int32_t* list = p.proc_top_ids + j * int64_t{p.top_stride};
   for (int i = threadIdx.x; i < v.r.top_k; i += kDigitThreads) {
     const float zv = v.z[list[i]];
-    masses[i] = v.InS0(zv) ? TopPMass(zv, v.m) : 0ull;
+    masses[i] = v.InS0(zv, list[i]) ? TopPMass(zv, v.m) : 0ull;
   }
   __syncthreads();
   if (threadIdx.x != 0) return;
@@ -168,7 +175,7 @@ __global__ void __launch_bounds__(kSelectBlock) TopPHistogramKernel(SelectTokenP
   const int64_t end = min(begin + kSelectChunk, p.vocab);
   for (int64_t i = begin + threadIdx.x; i < end; i += kSelectBlock) {
     const float zv = v.z[i];
-    if (!v.InS0(zv)) continue;
+    if (!v.InS0(zv, static_cast<int32_t>(i))) continue;
     const uint32_t key = OrderedKey(zv);
     if ((key & mask_so_far) != prefix) continue;
     const unsigned long long w = TopPMass(zv, v.m);
@@ -224,10 +231,12 @@ __global__ void __launch_bounds__(kSelectBlock) GumbelPickKernel(SelectTokenPara
   Pick best{-INFINITY, INT32_MAX};
   if (v.r.temperature > 0.0f) {
     const int32_t chosen = p.proc_argmax[j];
-    const float floor_score = v.m + GumbelNoise(v.r.seed, v.r.step, v.r.token_offset + static_cast<uint32_t>(chosen));
+    // The argmax's score bounds the winner's from below, unless an explicit kept set excludes it.
+    const float floor_score =
+        v.r.has_keep ? -INFINITY : v.m + GumbelNoise(v.r.seed, v.r.step, v.r.token_offset + static_cast<uint32_t>(chosen));
     auto consider = [&](int32_t id) {
       const float zv = v.z[id];
-      if (!v.InS0(zv) || zv < tau || zv + kMaxGumbel < floor_score) return;
+      if (!v.InS0(zv, id) || zv < tau || zv + kMaxGumbel < floor_score) return;
       best = PickOp()(best, Pick{zv + GumbelNoise(v.r.seed, v.r.step, v.r.token_offset + static_cast<uint32_t>(id)), id});
     };
     if (v.r.top_k > 0) {
@@ -259,8 +268,15 @@ __global__ void __launch_bounds__(kSelectBlock) FinishSelectKernel(SelectTokenPa
   __shared__ typename Reduce::TempStorage temp;
   const Pick winner = Reduce(temp).Reduce(best, PickOp());
   if (threadIdx.x != 0) return;
-  // The argmax is always in S, so a sampling row always has a pick.
+  // Without an explicit kept set the argmax is in S, so a sampling row always has a pick; with
+  // one, these rows (a shard) may hold none of it: sampled_id -1.
   const int32_t chosen = v.r.temperature > 0.0f ? winner.id : p.proc_argmax[j];
+  if (chosen == INT32_MAX) {
+    p.sampled_id[j] = -1;
+    p.sampled_score[j] = -INFINITY;
+    p.sampled_logprob[j] = 0.0f;
+    return;
+  }
   p.sampled_id[j] = chosen;
   p.sampled_score[j] = v.r.temperature > 0.0f ? winner.score : v.z[chosen];
   p.sampled_logprob[j] = v.r.processed_logprobs ? v.z[chosen] - p.proc_lse[j]

@@ -23,6 +23,9 @@ struct SampleRowParams {
   uint64_t seed = 0;
   uint64_t step = 0;
   uint32_t token_offset = 0;  // global id of row 0 (vocab shards): the noise is keyed by global ids
+  int32_t has_keep = 0;       // explicit kept set (SamplingSpec::keep_above), replacing the filters
+  float keep_above = 0.0f;
+  uint32_t keep_tie_max_id = 0;  // global id
   int32_t processed_logprobs = 0;
   int32_t bias_offset = 0, bias_count = 0;        // ids[] and bias_values[]
   int32_t allowed_offset = 0, allowed_count = 0;  // ids[]

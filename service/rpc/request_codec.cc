@@ -176,9 +176,15 @@ absl::Status DecodeLogitsRequest(const v1::LogitsRequest& request, const Request
   mapping->seeds.clear();
   for (const SamplingSpec& s : task->sampling) mapping->seeds.push_back(s.seed);
   task->sampling_skipped.assign(task->sampling.size(), 0);
+  mapping->processed_empty.clear();
   if (served != limits.vocab) {
     for (size_t i = 0; i < task->sampling.size(); ++i) {
       task->sampling_skipped[i] = LocalizeSampling(limits.vocab_begin, vocab_end, &task->sampling[i]) ? 0 : 1;
+    }
+    if (task->processed_logprobs && !task->sampling.empty()) {
+      for (uint32_t r = 0; r < hs.rows(); ++r) {
+        mapping->processed_empty.push_back(task->sampling_skipped[task->sampling.size() == 1 ? 0 : r]);
+      }
     }
   }
 
@@ -222,6 +228,13 @@ void EncodeLogitsResponse(const ResponseMapping& mapping, TaskResult& result, v1
   for (size_t r = 0; r < result.rows.size(); ++r) {
     RowOutput& row = result.rows[r];
     v1::RowResult* out = response->add_rows();
+    // No processed mass here (a shard without admissible tokens): every processed logit is -inf.
+    const bool empty = r < mapping.processed_empty.size() && mapping.processed_empty[r];
+    constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+    if (empty) {
+      row.top_ids.clear();
+      row.top_logits.clear();
+    }
     out->set_argmax_id(row.argmax_id + offset);
     out->set_max_logit(row.max_logit);
     out->set_logsumexp(row.logsumexp);
@@ -232,9 +245,10 @@ void EncodeLogitsResponse(const ResponseMapping& mapping, TaskResult& result, v1
     }
     for (int32_t slot : mapping.token_slots) {
       out->add_token_logprobs(slot < 0 ? std::numeric_limits<float>::quiet_NaN()
+                              : empty  ? kNegInf
                                        : row.token_logits[slot] - row.logprob_lse);
     }
-    out->set_logprob_logsumexp(row.logprob_lse);
+    out->set_logprob_logsumexp(empty ? kNegInf : row.logprob_lse);
     if (row.sampled) {
       out->set_sampled_id(row.sampled_id + offset);
       out->set_sampled_logprob(row.sampled_logprob);

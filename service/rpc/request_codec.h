@@ -41,6 +41,9 @@ struct ResponseMapping {
   std::vector<int32_t> token_slots;  // per requested logprob id: its index in Task::token_ids, or -1
                                      // when another shard holds it (answered NaN)
   std::vector<uint64_t> seeds;       // the rows' sampling seeds: none, one for all rows, or one per row
+  // Per row (or empty): 1 where processed logprobs were asked but this shard holds no admissible
+  // token, so its processed mass is empty (answered with a -inf normalizer and no top list).
+  std::vector<uint8_t> processed_empty;
 };
 
 // Validates `request` against the global vocabulary and fills the task (ids translated to the

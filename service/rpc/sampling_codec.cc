@@ -115,6 +115,21 @@ absl::Status DecodeSamplingParams(const v1::SamplingParams& p, const std::string
     ++counts[id];
   }
   spec->previous_counts.assign(counts.begin(), counts.end());
+  if (p.has_keep_above()) {
+    if (!std::isfinite(p.keep_above())) {
+      return Invalid(field, absl::StrCat("keep_above = ", p.keep_above(), " must be finite"));
+    }
+    if (p.keep_tie_max_id() >= limits.vocab) {
+      return Invalid(field, absl::StrCat("keep_tie_max_id = ", p.keep_tie_max_id(), " is out of range for vocab size ",
+                                         limits.vocab));
+    }
+    if (p.top_k() != 0 || p.has_top_p() || p.min_p() != 0.0f) {
+      return Invalid(field, "keep_above replaces top_k, top_p and min_p; leave those unset");
+    }
+    spec->has_keep = true;
+    spec->keep_above = p.keep_above();
+    spec->keep_tie_max_id = p.keep_tie_max_id();
+  }
   return absl::OkStatus();
 }
 

@@ -1,6 +1,7 @@
 """The Python ShardedClient over separate shard servers on loopback equals one unsharded server on
-the same checkpoint (ids equal, logprobs within 1e-5, identical seeded samples, concatenated
-logits), including an uneven 3-way split, and survives losing one replica of a shard."""
+the same checkpoint (ids equal, logprobs within 1e-5, identical seeded samples — top_k / top_p /
+min_p included —, concatenated logits), including an uneven 3-way split, and survives losing one
+replica of a shard."""
 import os
 import shutil
 import tempfile
@@ -59,8 +60,13 @@ class ShardedClientTest(unittest.TestCase):
                         want = self.client.compute_logits(x, processed_logprobs=processed, **options)
                         got = sharded.compute_logits(x, processed_logprobs=processed, **options)
                         self.compare(got, want)
-                    with self.assertRaises(NotImplementedError):
-                        sharded.compute_logits(x, sampling=lmhead.Sampling(top_p=0.9))
+                    # top_k / top_p / min_p: two rounds, the same tokens as one server.
+                    filtered = [lmhead.Sampling(seed=20 + r, temperature=0.8, top_k=5) if r % 3 == 0 else
+                                lmhead.Sampling(seed=20 + r, top_p=0.8) if r % 3 == 1 else
+                                lmhead.Sampling(seed=20 + r, min_p=0.1, top_p=0.9) for r in range(4)]
+                    want = self.client.compute_logits(x, row_sampling=filtered, top_k=3)
+                    got = sharded.compute_logits(x, row_sampling=filtered, top_k=3)
+                    self.compare(got, want)
             finally:
                 for s in servers:
                     s.stop()

@@ -73,6 +73,9 @@ def _sampling_proto(s: Sampling, out: pb.SamplingParams):
     out.presence_penalty = s.presence_penalty
     out.frequency_penalty = s.frequency_penalty
     out.previous_token_ids.extend(int(i) for i in s.previous_token_ids)
+    if s.keep_above is not None:
+        out.keep_above = s.keep_above
+        out.keep_tie_max_id = s.keep_tie_max_id
 
 
 _LOGITS_DTYPES = {"float32": pb.DTYPE_FP32, "bfloat16": pb.DTYPE_BF16, "float16": pb.DTYPE_FP16}

@@ -29,6 +29,9 @@ class Sampling:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     previous_token_ids: Sequence[int] = ()
+    # An explicit kept set replacing top_k / top_p / min_p (ShardedClient's second round).
+    keep_above: Optional[float] = None
+    keep_tie_max_id: int = 0
 
 
 @dataclasses.dataclass

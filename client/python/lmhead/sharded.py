@@ -7,6 +7,10 @@ merged exactly (the same contract as the C++ client/shard_merge.h):
     highest perturbed score (Gumbel-max over the union, so a seed draws the whole head's token);
     logits = the shards' columns side by side.
 
+Rows whose sampling uses top_k / top_p / min_p take two rounds: the first gathers every shard's
+best processed candidates, from which the whole head's kept set is computed (as in C++
+client/shard_filters.h), and the second draws within that explicit set.
+
 A failed replica is retried on the next one of its shard; when a vocab range has no live replica
 the request raises Unavailable naming the range — never a partial answer.
 """
@@ -28,6 +32,67 @@ from lmhead.client import LmHeadClient
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
               grpc.StatusCode.CANCELLED, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNKNOWN,
               grpc.StatusCode.INTERNAL}
+
+
+_MASS_ONE = float(1 << 40)
+
+
+def _mass(z, m):
+    """kernels/sampling_math.h TopPMass: exp(z - m) in float32, times 2^40, truncated."""
+    return int(float(np.exp(np.float32(np.float32(z) - np.float32(m)))) * _MASS_ONE)
+
+
+def _target(top_p, total):
+    t = float(np.float32(top_p)) * float(total)
+    target = int(t)
+    if target < t:
+        target += 1
+    return max(target, 1)
+
+
+def _needs_global_filter(s: Sampling) -> bool:
+    greedy = s.temperature is not None and s.temperature < 1e-5
+    return not greedy and (s.top_k > 0 or (s.top_p is not None and s.top_p < 1) or s.min_p > 0)
+
+
+def _kept_set(s: Sampling, merged: RowResult, vocab: int, complete_above):
+    """(keep_above, keep_tie_max_id) of the whole head's kept set, from merged processed candidates."""
+    z = [float(v) for v in merged.top_logits]
+    ids = [int(i) for i in merged.top_ids]
+    last_id = vocab - 1
+    m = np.float32(z[0])
+    min_z = float(m + np.float32(np.log(np.float32(s.min_p)))) if s.min_p > 0 else -math.inf
+    s0 = min(s.top_k, len(z)) if s.top_k > 0 else len(z)
+    n = 0
+    while n < s0 and math.isfinite(z[n]) and z[n] >= min_z:
+        n += 1
+    s0 = n
+    top_p = 1.0 if s.top_p is None else s.top_p
+    if top_p >= 1.0:
+        return (z[s0 - 1], ids[s0 - 1]) if s.top_k > 0 else (min_z, last_id)
+    mass = [_mass(v, m) for v in z[:s0]]
+    total = sum(mass)
+    if s.top_k == 0 and not complete_above(min_z):
+        if s.min_p > 0:
+            raise error_for(grpc.StatusCode.OUT_OF_RANGE, "top_p with min_p over vocab shards needs every token above "
+                                                          "the min_p cut among the candidates; add top_k")
+        total = int(math.exp(merged.logprob_logsumexp - float(m)) * _MASS_ONE)
+    target = _target(top_p, total)
+    cumulative = 0
+    for i in range(s0):
+        if mass[i] == 0:
+            continue
+        cumulative += mass[i]
+        if cumulative < target:
+            continue
+        if s.top_k == 0:
+            return z[i], last_id
+        last = i
+        while last + 1 < s0 and z[last + 1] == z[i]:
+            last += 1
+        return z[last], ids[last]
+    raise error_for(grpc.StatusCode.OUT_OF_RANGE, f"the top_p nucleus spans more than the {len(z)} candidates the "
+                                                  "shards returned; add top_k or raise the servers' --max_top_k")
 
 
 def _logsumexp(values):
@@ -59,8 +124,7 @@ class _Shard:
 
 class ShardedClient:
     """shards: one list of replica addresses per shard (any order). Same compute_logits surface as
-    LmHeadClient; top_k / top_p / min_p sampling need the whole distribution and raise
-    NotImplementedError with more than one shard."""
+    LmHeadClient (numpy / torch hidden states; sampling with every control)."""
 
     def __init__(self, shards: Sequence[Sequence[str]], **client_options):
         built = []
@@ -101,19 +165,49 @@ class ShardedClient:
             if value is None:
                 continue
             specs = [value] if key == "sampling" else list(value)
-            fixed = []
-            for s in specs:
-                if len(self._shards) > 1 and (s.top_k > 0 or (s.top_p is not None and s.top_p < 1) or s.min_p > 0):
-                    raise NotImplementedError("top_k, top_p and min_p sampling are not supported over vocab shards")
-                fixed.append(s if s.seed is not None else dataclasses.replace(s, seed=random.getrandbits(63)))
+            fixed = [s if s.seed is not None else dataclasses.replace(s, seed=random.getrandbits(63)) for s in specs]
             options[key] = fixed[0] if key == "sampling" else fixed
         return options
 
-    def compute_logits(self, hidden, **options) -> LogitsResult:
-        options = self._prepare(options)
+    def _fan_out(self, hidden, options):
         futures = [self._pool.submit(s.call, hidden, options) for s in self._shards]
-        parts = [f.result() for f in futures]
-        return self._merge(parts, options)
+        return [f.result() for f in futures]
+
+    def _resolve_filters(self, hidden, options):
+        """Rows with top_k / top_p / min_p: round 1 and per-row explicit kept sets for round 2."""
+        rows = int(np.asarray(hidden).shape[0]) if np.asarray(hidden).ndim == 2 else 1
+        single = options.get("sampling")
+        specs = [single] * rows if single is not None else list(options.get("row_sampling") or [])
+        if len(self._shards) == 1 or not any(s is not None and _needs_global_filter(s) for s in specs):
+            return options
+        k = max((s.top_k if s.top_k > 0 else self._info.max_top_k) for s in specs if _needs_global_filter(s))
+        if k > self._info.max_top_k:
+            raise error_for(grpc.StatusCode.INVALID_ARGUMENT, f"sampling top_k {k} over vocab shards needs the "
+                                                              f"servers' --max_top_k >= {k}")
+        unfiltered = [dataclasses.replace(s, top_k=0, top_p=None, min_p=0.0) for s in specs]
+        first = dict(top_k=k, processed_logprobs=True, row_sampling=unfiltered)
+        parts = self._fan_out(hidden, first)
+        merged = self._merge(parts, first)
+        second = []
+        for r, s in enumerate(specs):
+            if not _needs_global_filter(s):
+                second.append(s)
+                continue
+
+            def complete_above(t, r=r):
+                return all(len(p.rows[r].top_logits) < k or p.rows[r].top_logits[-1] < t for p in parts)
+
+            above, tie = _kept_set(s, merged.rows[r], self._info.vocab_size, complete_above)
+            second.append(dataclasses.replace(s, top_k=0, top_p=None, min_p=0.0, keep_above=above,
+                                              keep_tie_max_id=tie))
+        options = dict(options)
+        options.pop("sampling", None)
+        options["row_sampling"] = second
+        return options
+
+    def compute_logits(self, hidden, **options) -> LogitsResult:
+        options = self._resolve_filters(hidden, self._prepare(options))
+        return self._merge(self._fan_out(hidden, options), options)
 
     def close(self):
         self._pool.shutdown()
@@ -128,22 +222,21 @@ class ShardedClient:
         self.close()
 
     def _merge(self, parts: List[LogitsResult], options) -> LogitsResult:
-        sampling = options.get("sampling") is not None or bool(options.get("row_sampling"))
-        processed = bool(options.get("processed_logprobs")) and sampling
         top_k = options.get("top_k", 0)
         token_ids = list(options.get("logprob_token_ids", ()))
         rows = []
         for r in range(len(parts[0].rows)):
             shard_rows = [p.rows[r] for p in parts]
-            norms = [(-math.inf if processed and row.sampled_id is None else row.logprob_logsumexp) for row in shard_rows]
+            norms = [row.logprob_logsumexp for row in shard_rows]  # -inf: a shard with no processed mass
             norm = _logsumexp(norms)
             best = min(shard_rows, key=lambda row: (-row.max_logit, row.argmax_id))
-            candidates = sorted(((float(l), int(i)) for row, n in zip(shard_rows, norms) if n != -math.inf or not processed
-                                 for l, i in zip(row.top_logits, row.top_ids)), key=lambda c: (-c[0], c[1]))[:top_k]
+            candidates = sorted(((float(l), int(i)) for row in shard_rows for l, i in zip(row.top_logits, row.top_ids)),
+                                key=lambda c: (-c[0], c[1]))[:top_k]
             token_logprobs = []
             for j, token in enumerate(token_ids):
                 s = next(i for i, shard in enumerate(self._shards) if shard.begin <= token < shard.end)
-                token_logprobs.append(float(shard_rows[s].token_logprobs[j]) + norms[s] - norm)
+                logit = -math.inf if norms[s] == -math.inf else float(shard_rows[s].token_logprobs[j]) + norms[s]
+                token_logprobs.append(logit - norm)
             winners = [row for row in shard_rows if row.sampled_id is not None]
             winner = min(winners, key=lambda row: (-row.sampled_score, row.sampled_id)) if winners else None
             rows.append(RowResult(
