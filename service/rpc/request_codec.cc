@@ -1,13 +1,12 @@
 #include "service/rpc/request_codec.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <iterator>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
-#include <algorithm>
-
 #include "kernels/half.h"
 #include "kernels/status_macros.h"
 #include "proto/dtype_codec.h"

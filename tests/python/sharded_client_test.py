@@ -67,6 +67,15 @@ class ShardedClientTest(unittest.TestCase):
                     want = self.client.compute_logits(x, row_sampling=filtered, top_k=3)
                     got = sharded.compute_logits(x, row_sampling=filtered, top_k=3)
                     self.compare(got, want)
+                    # A sharded stream session: steps merged like unary calls; a bad step raises.
+                    with sharded.stream() as session:
+                        for step in range(10):
+                            s = lmhead.Sampling(seed=7, step=step, temperature=0.9, top_p=0.9)
+                            self.compare(session.step(x[step % 4], sampling=s, top_k=4),
+                                         self.client.compute_logits(x[step % 4], sampling=s, top_k=4))
+                        with self.assertRaises(lmhead.InvalidArgument):
+                            session.step(np.zeros(3, np.float32))
+                        self.compare(session.step(x, top_k=2), self.client.compute_logits(x, top_k=2))
             finally:
                 for s in servers:
                     s.stop()

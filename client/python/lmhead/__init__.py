@@ -2,10 +2,10 @@
 from lmhead._types import (DeadlineExceeded, FailedPrecondition, InvalidArgument, LmHeadError, LogitsResult,
                            ModelInfo, ResourceExhausted, RowResult, Sampling, TlsConfig, Unauthenticated, Unavailable)
 from lmhead.client import AsyncLmHeadClient, AsyncStreamSession, LmHeadClient, StreamSession
-from lmhead.sharded import ShardedClient
+from lmhead.sharded import ShardedClient, ShardedStreamSession
 
 __all__ = [
     "AsyncLmHeadClient", "AsyncStreamSession", "DeadlineExceeded", "FailedPrecondition", "InvalidArgument",
     "LmHeadClient", "LmHeadError", "LogitsResult", "ModelInfo", "ResourceExhausted", "RowResult", "Sampling",
-    "ShardedClient", "StreamSession", "TlsConfig", "Unauthenticated", "Unavailable",
+    "ShardedClient", "ShardedStreamSession", "StreamSession", "TlsConfig", "Unauthenticated", "Unavailable",
 ]

@@ -175,7 +175,8 @@ class ShardedClient:
 
     def _resolve_filters(self, hidden, options):
         """Rows with top_k / top_p / min_p: round 1 and per-row explicit kept sets for round 2."""
-        rows = int(np.asarray(hidden).shape[0]) if np.asarray(hidden).ndim == 2 else 1
+        shape = tuple(getattr(hidden, "shape", np.shape(hidden)))  # numpy arrays and torch tensors alike
+        rows = int(shape[0]) if len(shape) == 2 else 1
         single = options.get("sampling")
         specs = [single] * rows if single is not None else list(options.get("row_sampling") or [])
         if len(self._shards) == 1 or not any(s is not None and _needs_global_filter(s) for s in specs):
@@ -208,6 +209,10 @@ class ShardedClient:
     def compute_logits(self, hidden, **options) -> LogitsResult:
         options = self._resolve_filters(hidden, self._prepare(options))
         return self._merge(self._fan_out(hidden, options), options)
+
+    def stream(self) -> "ShardedStreamSession":
+        """One StreamLogits call per shard (one replica each); each step goes to all and is merged."""
+        return ShardedStreamSession(self)
 
     def close(self):
         self._pool.shutdown()
@@ -256,3 +261,37 @@ class ShardedClient:
         return LogitsResult(request_id=parts[0].request_id, rows=rows, logits=logits,
                             queue_us=max(p.queue_us for p in parts), compute_us=max(p.compute_us for p in parts),
                             batch_rows=max(p.batch_rows for p in parts))
+
+
+class ShardedStreamSession:
+    """A decode loop's stream over every shard: step() sends one message to each shard's stream,
+    reads their answers and merges them (rows with top_k / top_p / min_p first take the unary
+    candidate round). A bad message raises its error from every shard alike; the session goes on."""
+
+    def __init__(self, client: ShardedClient):
+        self._client = client
+        self._sessions = [shard.clients[next(shard._next) % len(shard.clients)].stream() for shard in client._shards]
+
+    def step(self, hidden, **options) -> LogitsResult:
+        options = self._client._resolve_filters(hidden, self._client._prepare(options))
+        for session in self._sessions:
+            session.send(hidden, **options)
+        parts, error = [], None
+        for session in self._sessions:
+            try:
+                parts.append(session.receive())
+            except LmHeadError as e:  # read every shard's answer to keep the streams in step
+                error = error or e
+        if error is not None:
+            raise error
+        return self._client._merge(parts, options)
+
+    def close(self):
+        for session in self._sessions:
+            session.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
