@@ -92,15 +92,15 @@ void DecodeFp8Scaled(const uint8_t* q, int64_t n, float* dst) {
 template <int NB>
 __attribute__((target("avx2,fma,f16c"))) void Fp8DotsAvx2(const uint8_t* q, int64_t n, const float* x,
                                                          int64_t stride, float* out) {
-  const __m256i sign_mask = _mm256_set1_epi16(0x80);
-  const __m256i magnitude_mask = _mm256_set1_epi16(0x7f);
+  // Sign-extending the code to 16 bits and shifting left by 7 puts the exponent and mantissa at
+  // bits 7..13 and, for negative codes, ones at bits 14 and 15; the mask keeps bit 15 only.
+  const __m256i half_mask = _mm256_set1_epi16(static_cast<int16_t>(0xBF80));
   __m256 acc0[NB], acc1[NB];
   for (int b = 0; b < NB; ++b) acc0[b] = acc1[b] = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
-    const __m256i codes = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + i)));
-    const __m256i half = _mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(codes, sign_mask), 8),
-                                         _mm256_slli_epi16(_mm256_and_si256(codes, magnitude_mask), 7));
+    const __m256i codes = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + i)));
+    const __m256i half = _mm256_and_si256(_mm256_slli_epi16(codes, 7), half_mask);
     const __m256 w0 = _mm256_cvtph_ps(_mm256_castsi256_si128(half));
     const __m256 w1 = _mm256_cvtph_ps(_mm256_extracti128_si256(half, 1));
     for (int b = 0; b < NB; ++b) {
