@@ -35,6 +35,8 @@ echo "== lmhead info"
 $CLI info
 echo "== lmhead logits (2 seeded random hidden states, top 5)"
 $CLI logits --rows=2 --top_k=5 --ids=0,1
+echo "== lmhead logits with a sampled token (temperature 0.8, top-p 0.95, seed 7)"
+$CLI logits --rows=1 --top_k=3 --sample=temperature=0.8,top_p=0.95,seed=7
 echo "== lmhead stream (8 decode steps on one stream)"
 $CLI stream --steps=8 --top_k=1
 echo "== metrics (http://127.0.0.1:$METRICS_PORT/metrics)"
