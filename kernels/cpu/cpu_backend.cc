@@ -60,7 +60,7 @@ struct RowReduction {
       sum_exp = sum_exp * std::exp(static_cast<double>(best.first) - logit) + 1.0;
       best = c;
     } else {
-      sum_exp += std::exp(static_cast<double>(logit) - best.first);
+      sum_exp += std::exp(logit - best.first);  // float exp: 1 ulp per term, summed in double
       if (logit == best.first && id < best.second) best = c;
     }
     if (k == 0) return;
