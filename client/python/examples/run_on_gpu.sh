@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Runs examples/hf_decoder.py on the GPU machine (device tool) from the repository root, with
 # .gpu/bundle.tgz (server binaries) and .gpu/pylib (the lmhead package, built here with stubs
-# from proto/) carried. Results go to $OUT/hf_decoder.md.
+# from proto/) carried. Results go to $OUT/hf_decoder.md. Make .gpu/pylib here with a grpcio-tools old
+# enough for the GPU machine's protobuf (1.62 generates code any protobuf >= 4.25 loads):
+#   bash kernels/bench/make_gpu_bundle.sh
+#   python3 -m venv /tmp/tools && /tmp/tools/bin/pip install grpcio-tools==1.62.3 setuptools wheel
+#   /tmp/tools/bin/pip install --no-build-isolation --no-deps --target .gpu/pylib ./client/python
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p /tmp/lmhead "$OUT"
