@@ -28,7 +28,7 @@ bool Better(float a_logit, uint32_t a_id, float b_logit, uint32_t b_id) {
 
 }  // namespace
 
-absl::StatusOr<LogitsResult> MergeShardResults(const std::vector<ShardRange>& ranges, std::vector<LogitsResult>& parts,
+absl::StatusOr<LogitsResult> MergeShardResults(const std::vector<ShardRange>& ranges, const std::vector<LogitsResult>& parts,
                                                const OutputOptions& output, int64_t vocab) {
   if (parts.empty() || parts.size() != ranges.size()) return absl::InternalError("no shard results to merge");
   const size_t rows = parts[0].rows.size();

@@ -25,7 +25,7 @@ struct ShardRange {
 //               the same token the whole head draws with the same seed and step);
 //   logits    = the shards' columns side by side.
 // INTERNAL when the parts disagree in shape.
-absl::StatusOr<LogitsResult> MergeShardResults(const std::vector<ShardRange>& ranges, std::vector<LogitsResult>& parts,
+absl::StatusOr<LogitsResult> MergeShardResults(const std::vector<ShardRange>& ranges, const std::vector<LogitsResult>& parts,
                                                const OutputOptions& output, int64_t vocab);
 
 }  // namespace lmhead::client

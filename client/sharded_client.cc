@@ -38,6 +38,7 @@ absl::StatusOr<std::unique_ptr<ShardedClient>> ShardedClient::Connect(const std:
                                                                       const ClientOptions& options) {
   if (shards.empty()) return absl::InvalidArgumentError("no shards given");
   std::unique_ptr<ShardedClient> c(new ShardedClient());
+  int64_t weight_bytes = 0, reference_bytes = 0;  // summed over shards
   for (const std::vector<std::string>& addresses : shards) {
     if (addresses.empty()) return absl::InvalidArgumentError("a shard has no replica addresses");
     auto shard = std::make_unique<Shard>();
@@ -54,6 +55,8 @@ absl::StatusOr<std::unique_ptr<ShardedClient>> ShardedClient::Connect(const std:
       }
       known = true;
       shard->range = {info->vocab_begin, info->vocab_end > 0 ? info->vocab_end : info->vocab_size};
+      weight_bytes += info->weight_bytes;
+      reference_bytes += info->reference_bytes;
       if (c->info_.vocab_size == 0) {
         c->info_ = *info;
       } else if (info->vocab_size != c->info_.vocab_size || info->hidden_size != c->info_.hidden_size) {
@@ -84,13 +87,8 @@ absl::StatusOr<std::unique_ptr<ShardedClient>> ShardedClient::Connect(const std:
   }
   c->info_.vocab_begin = 0;
   c->info_.vocab_end = c->info_.vocab_size;
-  int64_t bytes = 0, reference = 0;
-  for (const auto& shard : c->shards_) {
-    auto info = shard->replicas.front()->GetModelInfo();
-    if (info.ok()) bytes += info->weight_bytes, reference += info->reference_bytes;
-  }
-  c->info_.weight_bytes = bytes;
-  c->info_.reference_bytes = reference;
+  c->info_.weight_bytes = weight_bytes;
+  c->info_.reference_bytes = reference_bytes;
   return c;
 }
 
@@ -140,8 +138,7 @@ absl::StatusOr<OutputOptions> ShardedClient::ResolveFilters(const HiddenStates& 
   absl::StatusOr<std::vector<LogitsResult>> answers = FanOut(hidden, first, request_id);
   if (!answers.ok()) return answers.status();
   const std::vector<LogitsResult>& parts = *answers;
-  std::vector<LogitsResult> copy = parts;
-  absl::StatusOr<LogitsResult> merged = MergeShardResults(ranges_, copy, first, info_.vocab_size);
+  absl::StatusOr<LogitsResult> merged = MergeShardResults(ranges_, parts, first, info_.vocab_size);
   if (!merged.ok()) return merged.status();
   // Round 2 carries each row's kept set explicitly.
   std::vector<SamplingOptions> second;

@@ -108,19 +108,33 @@ struct Shape {
   ActivationPrecision precision;
 };
 
-class CudaConformanceTest : public ::testing::TestWithParam<Shape> {};
+// Each test: a fresh random seed, an FP8 head made from it, the CPU reference and the CUDA backend
+// on that head (the test skips without a CUDA backend).
+class CudaConformanceTest : public ::testing::TestWithParam<Shape> {
+ protected:
+  void SetUp() override {
+    std::random_device seed_source;
+    seed_ = (uint64_t{seed_source()} << 32) | seed_source();
+    const Shape& s = GetParam();
+    HeadWeights head = Fp8Head(s.vocab, s.hidden, seed_);
+    auto cpu = NewCpuBackend(head, s.transform, 4);
+    ASSERT_TRUE(cpu.ok());
+    cpu_ = std::move(*cpu);
+    std::string skip;
+    gpu_ = CudaOrSkip(head, s.transform, s.precision, &skip);
+    if (gpu_ == nullptr) GTEST_SKIP() << "no CUDA backend here: " << skip;
+  }
+
+  uint64_t seed_ = 0;
+  std::unique_ptr<Backend> cpu_, gpu_;
+};
 
 TEST_P(CudaConformanceTest, MatchesCpuBackendOnTheSameFp8Weights) {
   const Shape s = GetParam();
-  std::random_device seed_source;
-  const uint64_t seed = (uint64_t{seed_source()} << 32) | seed_source();
+  const uint64_t seed = seed_;
   SCOPED_TRACE(::testing::Message() << "seed " << seed);
-  HeadWeights head = Fp8Head(s.vocab, s.hidden, seed);
-  auto cpu = NewCpuBackend(head, s.transform, 4);
-  ASSERT_TRUE(cpu.ok());
-  std::string skip;
-  auto gpu = CudaOrSkip(head, s.transform, s.precision, &skip);
-  if (gpu == nullptr) GTEST_SKIP() << "no CUDA backend here: " << skip;
+  Backend* cpu = cpu_.get();
+  Backend* gpu = gpu_.get();
   EXPECT_STREQ(gpu->Name(), "cuda");
   // Accuracy against exact (fp32) activations, as rms(logit error) / rms(logit): bf16-level for
   // the high + residual split, per-token FP8 otherwise.
@@ -146,8 +160,8 @@ TEST_P(CudaConformanceTest, MatchesCpuBackendOnTheSameFp8Weights) {
       // after the argmax) are known.
       std::vector<RowSpec> ref_specs = specs;
       for (RowSpec& spec : ref_specs) spec.top_k = std::min<uint32_t>(spec.top_k + 2, s.vocab);
-      ASSERT_TRUE((*cpu)->ComputeLogits({x_gpu.data(), rows, ref_specs}, &want).ok());
-      ASSERT_TRUE((*cpu)->ComputeLogits({x.data(), rows, specs}, &exact).ok());
+      ASSERT_TRUE(cpu->ComputeLogits({x_gpu.data(), rows, ref_specs}, &want).ok());
+      ASSERT_TRUE(cpu->ComputeLogits({x.data(), rows, specs}, &exact).ok());
       absl::Status st = gpu->ComputeLogits({x.data(), rows, specs}, &got);
       ASSERT_TRUE(st.ok()) << st;
       ASSERT_EQ(got.size(), want.size());
@@ -333,15 +347,10 @@ std::vector<SamplingSpec> SamplingMix(int64_t vocab, uint64_t seed) {
 // backend's own logits, whose draws agree except where the logits differ by the GEMM tolerance.
 TEST_P(CudaConformanceTest, SamplingMatchesTheCpuReference) {
   const Shape s = GetParam();
-  std::random_device seed_source;
-  const uint64_t seed = (uint64_t{seed_source()} << 32) | seed_source();
+  const uint64_t seed = seed_;
   SCOPED_TRACE(::testing::Message() << "seed " << seed);
-  HeadWeights head = Fp8Head(s.vocab, s.hidden, seed);
-  auto cpu = NewCpuBackend(head, s.transform, 4);
-  ASSERT_TRUE(cpu.ok());
-  std::string skip;
-  auto gpu = CudaOrSkip(head, s.transform, s.precision, &skip);
-  if (gpu == nullptr) GTEST_SKIP() << "no CUDA backend here: " << skip;
+  Backend* cpu = cpu_.get();
+  Backend* gpu = gpu_.get();
   const std::vector<SamplingSpec> mix = SamplingMix(s.vocab, seed);
   std::mt19937_64 rng(seed);
   int64_t compared = 0, same_on_gpu_logits = 0, same_on_cpu_logits = 0;
@@ -358,7 +367,7 @@ TEST_P(CudaConformanceTest, SamplingMatchesTheCpuReference) {
       std::vector<RowOutput> got(rows), cpu_out;
       for (auto& o : got) o.sampled_id = 0xdeadbeef, o.sampled_logprob = NAN;  // poisoned
       ASSERT_TRUE(gpu->ComputeLogits({x.data(), rows, specs}, &got).ok());
-      ASSERT_TRUE((*cpu)->ComputeLogits({x.data(), rows, specs}, &cpu_out).ok());
+      ASSERT_TRUE(cpu->ComputeLogits({x.data(), rows, specs}, &cpu_out).ok());
       for (int64_t r = 0; r < rows; ++r) {
         SCOPED_TRACE(::testing::Message() << "rows " << rows << " row " << r << " scale " << scale);
         const RowOutput& g = got[r];

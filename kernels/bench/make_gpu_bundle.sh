@@ -14,7 +14,5 @@ for f in .gpu/bin/*; do
   ldd "$f" | awk '/=> \//{print $3}'
 done | sort -u | grep -v -E '/(libc|libm|libstdc\+\+|libgcc_s|libpthread|libdl|librt|ld-linux[^/]*|libcuda|libcublas[^/]*|libcudart[^/]*)\.so' \
   | xargs -r -I{} cp -L {} .gpu/lib/
-cp kernels/bench/run_on_gpu.sh kernels/bench/run_service_on_gpu.sh kernels/bench/run_selection_on_gpu.sh \
-   kernels/bench/run_shards_on_gpus.sh kernels/bench/run_curve_on_gpu.sh .gpu/
 tar czf .gpu.tgz -C .gpu . && rm -rf .gpu && mkdir .gpu && mv .gpu.tgz .gpu/bundle.tgz
 du -sh .gpu/bundle.tgz

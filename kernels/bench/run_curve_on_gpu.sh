@@ -4,11 +4,7 @@
 # concurrent B=1 streams, and the same for 64-row steps. One JSON line per point in $OUT/curve.jsonl
 # (plot with client/loadgen/plot_curve.py).
 set -uo pipefail
-OUT=${OUT:-/tmp/out}
-mkdir -p /tmp/lmhead "$OUT"
-tar xzf .gpu/bundle.tgz -C /tmp/lmhead
-export LD_LIBRARY_PATH=/tmp/lmhead/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-BIN=/tmp/lmhead/bin
+source kernels/bench/gpu_bundle_env.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 $BIN/lmhead-make-checkpoint --out=/tmp/ckpt --vocab=131072 --hidden=5120 > /dev/null 2>&1
 $BIN/lmhead-server --checkpoint=/tmp/ckpt --backend=cuda --listen=127.0.0.1:50051 --metrics_listen= \

@@ -3,11 +3,7 @@
 # the CUDA conformance tests, a server smoke test on the CUDA backend, and the benchmark.
 # Logs and results go to $OUT. Usage: bash kernels/bench/run_on_gpu.sh [bench args...]
 set -uo pipefail
-OUT=${OUT:-/tmp/out}
-mkdir -p /tmp/lmhead "$OUT"
-tar xzf .gpu/bundle.tgz -C /tmp/lmhead
-export LD_LIBRARY_PATH=/tmp/lmhead/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-BIN=/tmp/lmhead/bin
+source kernels/bench/gpu_bundle_env.sh
 nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv | tee "$OUT/gpu.txt"
 
 echo "== conformance"

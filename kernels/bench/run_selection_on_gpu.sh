@@ -4,11 +4,7 @@
 # backend, and the end-to-end comparison of full fp32 logits vs a sampled token + top-20 through
 # the server. Logs go to $OUT. Usage: bash kernels/bench/run_selection_on_gpu.sh
 set -uo pipefail
-OUT=${OUT:-/tmp/out}
-mkdir -p /tmp/lmhead "$OUT"
-tar xzf .gpu/bundle.tgz -C /tmp/lmhead
-export LD_LIBRARY_PATH=/tmp/lmhead/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-BIN=/tmp/lmhead/bin
+source kernels/bench/gpu_bundle_env.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 
 echo "== conformance"

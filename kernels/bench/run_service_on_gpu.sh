@@ -4,15 +4,11 @@
 # backend: (a) 64 streams of B=1, (b) 8 streams of 64-row steps. Results in $OUT/service_gpu.md.
 # Env: VOCAB (131072), HIDDEN (5120), RUN_SECONDS (10), BACKEND (cuda).
 set -uo pipefail
-OUT=${OUT:-/tmp/out}
+source kernels/bench/gpu_bundle_env.sh
 VOCAB=${VOCAB:-131072}
 HIDDEN=${HIDDEN:-5120}
 SECONDS_PER_RUN=${RUN_SECONDS:-10}
 BACKEND=${BACKEND:-cuda}
-mkdir -p /tmp/lmhead "$OUT"
-[ -d /tmp/lmhead/bin ] || tar xzf .gpu/bundle.tgz -C /tmp/lmhead
-export LD_LIBRARY_PATH=/tmp/lmhead/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-BIN=/tmp/lmhead/bin
 $BIN/lmhead-make-checkpoint --out=/tmp/svc_ckpt --vocab=$VOCAB --hidden=$HIDDEN > /dev/null 2>&1
 
 load() {  # name target concurrency rows

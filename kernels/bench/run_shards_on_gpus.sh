@@ -5,11 +5,7 @@
 # at B = 1, 64, 512 (unsharded vs sharded), throughput with 64 streams, the merge overhead and a
 # correctness check (ids equal, logprobs within 1e-3). Results go to $OUT.
 set -uo pipefail
-OUT=${OUT:-/tmp/out}
-mkdir -p /tmp/lmhead "$OUT"
-tar xzf .gpu/bundle.tgz -C /tmp/lmhead
-export LD_LIBRARY_PATH=/tmp/lmhead/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-BIN=/tmp/lmhead/bin
+source kernels/bench/gpu_bundle_env.sh
 N=$(nvidia-smi --query-gpu=index --format=csv,noheader | wc -l)
 nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv | tee "$OUT/gpus.txt"
 SHAPES=${SHAPES:-"131072x5120 152064x8192"}

@@ -82,6 +82,15 @@ class CudaBackend final : public Backend {
   // After the stream synchronized: moves the sampling results into `out`.
   absl::Status ReadSampling(const LogitsBatch& batch, int64_t start, int64_t max_ids, const SamplingPlan& plan,
                             std::vector<RowOutput>* out);
+  // Points the epilogue's scratch arrays at the backend's buffers (sized for slice_rows_ rows).
+  void AttachScratch(EpilogueParams* p) const {
+    p->part_max = part_max_.get();
+    p->part_arg = part_arg_.get();
+    p->part_sum = part_sum_.get();
+    p->hist = topk_hist_.get();
+    p->cut = topk_cut_.get();
+    p->candidates = topk_candidates_.get();
+  }
   void ClearGraphs() {
     for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
     graphs_.clear();
@@ -454,12 +463,7 @@ absl::Status CudaBackend::Enqueue(const float* x_src, int64_t n, int top_k, int6
   p.token_ids = d_token_ids_.get();
   p.max_token_ids = static_cast<int>(max_ids);
   p.token_logits = reinterpret_cast<float*>(d + layout.token_logits);
-  p.part_max = part_max_.get();
-  p.part_arg = part_arg_.get();
-  p.part_sum = part_sum_.get();
-  p.hist = topk_hist_.get();
-  p.cut = topk_cut_.get();
-  p.candidates = topk_candidates_.get();
+  AttachScratch(&p);
   CUDA_RETURN_IF_ERROR(LaunchEpilogue(p, s));
   mark_stage(4);
   CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(h_results_.get(), d, layout.end, cudaMemcpyDeviceToHost, s));
@@ -670,12 +674,7 @@ absl::Status CudaBackend::EnqueueSampling(const LogitsBatch& batch, int64_t star
     e.token_ids = d_tokens + g0 * max_ids;
     e.max_token_ids = static_cast<int>(max_ids);
     e.token_logits = reinterpret_cast<float*>(out + layout.base.token_logits) + g0 * max_ids;
-    e.part_max = part_max_.get();
-    e.part_arg = part_arg_.get();
-    e.part_sum = part_sum_.get();
-    e.hist = topk_hist_.get();
-    e.cut = topk_cut_.get();
-    e.candidates = topk_candidates_.get();
+    AttachScratch(&e);
     CUDA_RETURN_IF_ERROR(LaunchEpilogue(e, stream));
     SelectTokenParams sp;
     sp.arenas = arenas;

@@ -7,10 +7,7 @@
 #   python3 -m venv /tmp/tools && /tmp/tools/bin/pip install grpcio-tools==1.62.3 setuptools wheel
 #   /tmp/tools/bin/pip install --no-build-isolation --no-deps --target .gpu/pylib ./client/python
 set -uo pipefail
-OUT=${OUT:-/tmp/out}
-mkdir -p /tmp/lmhead "$OUT"
-tar xzf .gpu/bundle.tgz -C /tmp/lmhead
-export LD_LIBRARY_PATH=/tmp/lmhead/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+source kernels/bench/gpu_bundle_env.sh
 python3 -c "import torch, transformers, grpc, google.protobuf as p; print('torch', torch.__version__, 'transformers', transformers.__version__, 'grpcio', grpc.__version__, 'protobuf', p.__version__)"
 # Prefer building the package here (stubs from this machine's grpcio-tools); else the carried one.
 if python3 -c "import grpc_tools, setuptools" 2>/dev/null && \
@@ -20,5 +17,5 @@ else
   export PYTHONPATH=$PWD/.gpu/pylib
 fi
 python3 -c "import lmhead; print('lmhead package from', lmhead.__file__)"
-python3 client/python/examples/hf_decoder.py --server=/tmp/lmhead/bin/lmhead-server --backend=cuda "$@" \
+python3 client/python/examples/hf_decoder.py --server=$BIN/lmhead-server --backend=cuda "$@" \
   --out="$OUT/hf_decoder.md" 2>&1 | grep -v -E "Warning|warn|forward_call"
