@@ -23,6 +23,7 @@
 
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_util.h"
+#include "kernels/cuda/fp8_gemv.h"
 #include "kernels/cuda/lt_gemm.h"
 #include "kernels/fp8.h"
 #include "kernels/half.h"
@@ -48,6 +49,17 @@ __global__ void UpcastKernel(const __nv_fp8_e4m3* q, const float* scales, int64_
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
     out[i] = __float2bfloat16(static_cast<float>(q[i]) * scales[i / cols]);
   }
+}
+
+// Reads n 16-byte words once (a read-only stream, like the GEMV's weights); the sum keeps the
+// loads alive.
+__global__ void ReadKernel(const uint4* p, int64_t n, unsigned* sink) {
+  unsigned acc = 0;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+    const uint4 v = __ldcs(p + i);
+    acc ^= v.x ^ v.y ^ v.z ^ v.w;
+  }
+  if (acc == 0x12345678u) *sink = acc;
 }
 
 std::vector<int64_t> ParseList(const std::string& text) {
@@ -138,7 +150,7 @@ Head MakeHead(int64_t vocab, int64_t hidden) {
   return h;
 }
 
-std::unique_ptr<lmhead::Backend> MakeBackend(const Head& h, bool fp8_activations) {
+std::unique_ptr<lmhead::Backend> MakeBackend(const Head& h, bool fp8_activations, int64_t gemv_max_rows) {
   lmhead::HeadWeights w;
   w.vocab = h.vocab;
   w.hidden = h.hidden;
@@ -146,6 +158,7 @@ std::unique_ptr<lmhead::Backend> MakeBackend(const Head& h, bool fp8_activations
   w.row_scales = h.scales;
   lmhead::CudaModuleArgs args;
   args.fp8_activations = fp8_activations;
+  args.gemv_max_rows = gemv_max_rows;
   args.profile_stages = true;
   const lmhead::HeadSource source = lmhead::SourceOf(w);
   args.source = &source;
@@ -219,13 +232,18 @@ int main(int argc, char** argv) {
      << "handle: " << context_mib << " MiB.\n\n"
      << "Times in ms (median). lmhead = end-to-end `ComputeLogits` (host rows in, results on the host): "
         "`argmax` returns argmax + logsumexp; `top20` adds top-20 logprobs and 2 token logprobs. "
-        "`bf16 act` = activations as FP8 high + residual rows (default); `fp8 act` = one FP8 row per token. "
+        "B <= 16 runs lmhead's FP8 GEMV (fp16 hi + lo activations, both modes); `lt` = the same call with "
+        "the GEMV off (cuBLASLt FP8 over FP8 high + residual activation rows). Above 16 rows `bf16 act` = "
+        "cuBLASLt FP8 over high + residual rows (default), `fp8 act` = one FP8 row per token. "
+        "`GEMV kernel` = the GEMV kernel alone (CUDA events). "
         "Baselines are the GEMM alone (CUDA events): cuBLASLt BF16 (BF16 weights), cuBLASLt FP8 tensor-wise "
         "(FP8 weights and activations, no scales), and the seed (upcast FP8 -> BF16 every call, then BF16 GEMM). "
-        "Byte floor = (FP8 weights + scales + fp32 inputs) / copy bandwidth; compute floor = 2*B*V*H / FP8 rate.\n\n"
-     << "| shape | B | lmhead bf16 act argmax | lmhead bf16 act top20 | lmhead fp8 act argmax | cuBLASLt BF16 | "
-        "cuBLASLt FP8 tensor-wise | seed upcast+BF16 | byte floor | compute floor | lmhead/floor | lmhead/BF16 |\n"
-     << "|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+        "Byte floor = (FP8 weights + scales + fp32 inputs) / copy bandwidth (the issue's definition); read floor = "
+        "FP8 weights / the rate of a plain read-only kernel over them; compute floor = 2*B*V*H / FP8 rate.\n\n"
+     << "| shape | B | lmhead bf16 act argmax | lmhead bf16 act top20 | lmhead fp8 act argmax | lmhead lt argmax | "
+        "GEMV kernel | cuBLASLt BF16 | cuBLASLt FP8 tensor-wise | seed upcast+BF16 | byte floor | read floor | "
+        "compute floor | lmhead/floor | GEMV/floor | lmhead/BF16 |\n"
+     << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   std::printf("%s", md.str().c_str());
 
   for (const std::string& shape : [&] {
@@ -238,8 +256,9 @@ int main(int argc, char** argv) {
     const int64_t vocab = std::stoll(shape.substr(0, shape.find('x')));
     const int64_t hidden = std::stoll(shape.substr(shape.find('x') + 1));
     Head head = MakeHead(vocab, hidden);
-    auto split = MakeBackend(head, false);
-    auto fp8act = MakeBackend(head, true);
+    auto split = MakeBackend(head, false, lmhead::kCudaGemvMaxRows);
+    auto fp8act = MakeBackend(head, true, lmhead::kCudaGemvMaxRows);
+    auto lt_only = MakeBackend(head, false, 0);
     DeviceBuffer<uint8_t> w8, w16, up16, act;
     DeviceBuffer<float> scales, d;
     CHECK_OK(w8.Allocate(head.fp8.size()));
@@ -255,6 +274,17 @@ int main(int argc, char** argv) {
     CHECK_OK(g16.status());
     head.bf16.clear();
     head.bf16.shrink_to_fit();
+    DeviceBuffer<unsigned> sink;
+    CHECK_OK(sink.Allocate(1));
+    const double read_floor = TimeDevice(stream, 20, [&] {
+      ReadKernel<<<132 * 16, 256, 0, stream>>>(reinterpret_cast<const uint4*>(w8.get()), head.fp8.size() / 16,
+                                               sink.get());
+    });
+    CHECK_CUDA(lmhead::cuda::PrepareFp8Gemv());
+    DeviceBuffer<__half> gemv_act;
+    DeviceBuffer<float> gemv_scales, x_dev;
+    CHECK_OK(gemv_act.Allocate(2 * lmhead::cuda::kGemvMaxRows * lmhead::cuda::GemvActivationStride(hidden)));
+    CHECK_OK(gemv_scales.Allocate(lmhead::cuda::kGemvMaxRows));
 
     for (int64_t b : ParseList(batches)) {
       const int reps = b <= 512 ? 30 : 5;
@@ -283,6 +313,17 @@ int main(int argc, char** argv) {
       const std::string stages_top = split->TakeStageTimings();
       const double t_fp8 = TimeHost(reps, [&] { call(*fp8act, argmax_specs); });
       const std::string stages_fp8 = fp8act->TakeStageTimings();
+      double t_lt = NAN, t_gemv = NAN;
+      if (b <= lmhead::cuda::kGemvMaxRows) {
+        t_lt = TimeHost(reps, [&] { call(*lt_only, argmax_specs); });
+        CHECK_OK(x_dev.Allocate(b * hidden));
+        CHECK_CUDA(cudaMemcpy(x_dev.get(), x.data(), x.size() * 4, cudaMemcpyHostToDevice));
+        CHECK_CUDA(lmhead::cuda::LaunchGemvActivations(x_dev.get(), b, hidden, hidden, gemv_act.get(),
+                                                       gemv_scales.get(), stream));
+        t_gemv = TimeDevice(stream, reps, [&] {
+          CHECK_CUDA(lmhead::cuda::LaunchFp8Gemv(w8.get(), vocab, hidden, gemv_act.get(), b, d.get(), vocab, stream));
+        });
+      }
       std::fprintf(stderr, "stages %s B=%lld bf16-act argmax: %s\nstages %s B=%lld bf16-act top20: %s\n"
                    "stages %s B=%lld fp8-act argmax: %s\n", shape.c_str(), static_cast<long long>(b),
                    stages_split.c_str(), shape.c_str(), static_cast<long long>(b), stages_top.c_str(),
@@ -299,9 +340,11 @@ int main(int argc, char** argv) {
       const double floor = std::max(byte_floor, compute_floor);
       char row[512];
       std::snprintf(row, sizeof(row),
-                    "| %lldx%lld | %lld | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | %.2f | %.2f |\n",
+                    "| %lldx%lld | %lld | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | "
+                    "%.2f | %.2f | %.2f |\n",
                     static_cast<long long>(vocab), static_cast<long long>(hidden), static_cast<long long>(b), t_split,
-                    t_top, t_fp8, t_bf16, t_fp8tw, t_seed, byte_floor, compute_floor, t_split / floor, t_split / t_bf16);
+                    t_top, t_fp8, t_lt, t_gemv, t_bf16, t_fp8tw, t_seed, byte_floor, read_floor, compute_floor,
+                    t_split / floor, t_gemv / floor, t_split / t_bf16);
       std::printf("%s", row);
       std::fflush(stdout);
       md << row;

@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_util.h"
+#include "kernels/cuda/fp8_gemv.h"
 #include "kernels/cuda/kernels.h"
 #include "kernels/cuda/lt_gemm.h"
 #include "kernels/cuda/sampling_kernels.h"
@@ -25,6 +26,8 @@ namespace lmhead::cuda {
 namespace {
 
 int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+static_assert(kCudaGemvMaxRows == kGemvMaxRows, "the module API's default must match the GEMV's limit");
 
 class CudaBackend final : public Backend {
  public:
@@ -46,7 +49,8 @@ class CudaBackend final : public Backend {
     return true;
   }
   int64_t WorkspaceBytes() const override {
-    return static_cast<int64_t>(x_dev_.bytes() + act_.bytes() + act_scales_.bytes() + raw_.bytes() +
+    return static_cast<int64_t>(x_dev_.bytes() + act_.bytes() + act_scales_.bytes() + gemv_act_.bytes() +
+                                gemv_scales_.bytes() + raw_.bytes() +
                                 part_max_.bytes() + part_sum_.bytes() + part_arg_.bytes() + topk_hist_.bytes() +
                                 topk_cut_.bytes() + topk_candidates_.bytes() + d_results_.bytes() +
                                 d_token_ids_.bytes() + processed_.bytes() + select_scratch_.bytes() + d_sampling_arena_.bytes() +
@@ -98,7 +102,8 @@ class CudaBackend final : public Backend {
 
   int device_ = 0;
   bool fp8_ = true;         // FP8 weights (else BF16)
-  bool split_ = true;       // FP8 activations as high + residual rows
+  bool split_ = true;       // FP8 activations as high + residual rows (cuBLASLt slices)
+  int64_t gemv_max_rows_ = 0;  // slices up to this many rows run the FP8 GEMV
   ScaleMode scale_mode_ = ScaleMode::kPerRow;
   LogitTransform transform_;
   int64_t vocab_ = 0, hidden_ = 0, vocab_pad_ = 0, hidden_pad_ = 0;
@@ -112,6 +117,8 @@ class CudaBackend final : public Backend {
   DeviceBuffer<float> x_dev_;         // [slice, hidden]
   DeviceBuffer<uint8_t> act_;         // [n_pad, hidden_pad] E4M3 or bf16
   DeviceBuffer<float> act_scales_;    // [n_pad]
+  DeviceBuffer<__half> gemv_act_;     // [2 * gemv_max_rows, GemvActivationStride] hi/lo planes
+  DeviceBuffer<float> gemv_scales_;   // [gemv_max_rows] 1 / activation scale
   DeviceBuffer<float> raw_;           // [n_pad, vocab_pad]
   DeviceBuffer<float> part_max_, part_sum_;
   DeviceBuffer<int32_t> part_arg_;
@@ -199,6 +206,10 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
   transform_ = args.transform;
   fp8_ = args.quantize.format == WeightFormat::kFp8E4m3;
   split_ = fp8_ && !args.fp8_activations;
+  if (args.gemv_max_rows < 0 || args.gemv_max_rows > kGemvMaxRows) {
+    return absl::InvalidArgumentError(absl::StrCat("gemv_max_rows = ", args.gemv_max_rows, " must be in [0, ", kGemvMaxRows, "]"));
+  }
+  gemv_max_rows_ = fp8_ ? args.gemv_max_rows : 0;
   vocab_ = src.rows;
   hidden_ = src.cols;
   vocab_pad_ = RoundUp(vocab_, 16);
@@ -227,6 +238,13 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
   RETURN_IF_ERROR(x_host_.Allocate(std::min(slice_rows_, kGraphRows) * hidden_));
   RETURN_IF_ERROR(act_.Allocate(n_pad * hidden_pad_ * (fp8_ ? 1 : 2)));
   RETURN_IF_ERROR(act_scales_.Allocate(n_pad));
+  gemv_max_rows_ = std::min(gemv_max_rows_, slice_rows_);
+  if (gemv_max_rows_ > 0) {
+    CUDA_RETURN_IF_ERROR(PrepareFp8Gemv());
+    RETURN_IF_ERROR(gemv_act_.Allocate(2 * gemv_max_rows_ * GemvActivationStride(hidden_pad_)));
+    CUDA_RETURN_IF_ERROR(cudaMemset(gemv_act_.get(), 0, gemv_act_.bytes()));  // padding columns stay zero
+    RETURN_IF_ERROR(gemv_scales_.Allocate(gemv_max_rows_));
+  }
   RETURN_IF_ERROR(raw_.Allocate(n_pad * vocab_pad_));
   RETURN_IF_ERROR(part_max_.Allocate(slice_rows_ * chunks));
   RETURN_IF_ERROR(part_sum_.Allocate(slice_rows_ * chunks));
@@ -422,11 +440,19 @@ absl::Status CudaBackend::Enqueue(const float* x_src, int64_t n, int top_k, int6
   auto mark_stage = [&](int i) {
     if (mark) Mark(i);
   };
+  const bool gemv = n <= gemv_max_rows_;
+  // The GEMV's activation kernel reads pinned rows straight over PCIe (no copy node).
+  const bool read_host_rows = gemv && x_src == x_host_.get();
   mark_stage(0);
-  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(x_dev_.get(), x_src, n * hidden_ * sizeof(float), cudaMemcpyHostToDevice, s));
+  if (!read_host_rows) {
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(x_dev_.get(), x_src, n * hidden_ * sizeof(float), cudaMemcpyHostToDevice, s));
+  }
   mark_stage(1);
   const int64_t n_pad = LtGemm::PadRows(split_ ? 2 * n : n);
-  if (fp8_) {
+  if (gemv) {
+    CUDA_RETURN_IF_ERROR(LaunchGemvActivations(read_host_rows ? x_src : x_dev_.get(), n, hidden_, hidden_pad_, gemv_act_.get(),
+                                               gemv_scales_.get(), s));
+  } else if (fp8_) {
     CUDA_RETURN_IF_ERROR(LaunchQuantizeActivations(x_dev_.get(), n, hidden_, hidden_pad_, split_, n_pad,
                                                    reinterpret_cast<__nv_fp8_e4m3*>(act_.get()),
                                                    act_scales_.get(), s));
@@ -436,7 +462,12 @@ absl::Status CudaBackend::Enqueue(const float* x_src, int64_t n, int top_k, int6
                                                       act_scales_.get(), s));
   }
   mark_stage(2);
-  RETURN_IF_ERROR(gemm_->Run(weights_.get(), act_.get(), n_pad, raw_.get(), s));
+  if (gemv) {
+    CUDA_RETURN_IF_ERROR(LaunchFp8Gemv(weights_.get(), vocab_pad_, hidden_pad_, gemv_act_.get(), n, raw_.get(),
+                                       vocab_pad_, s));
+  } else {
+    RETURN_IF_ERROR(gemm_->Run(weights_.get(), act_.get(), n_pad, raw_.get(), s));
+  }
   mark_stage(3);
   if (max_ids > 0) {
     CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d_token_ids_.get(), h_token_ids_.get(), n * max_ids * sizeof(int32_t),
@@ -447,11 +478,11 @@ absl::Status CudaBackend::Enqueue(const float* x_src, int64_t n, int top_k, int6
   EpilogueParams p;
   p.raw = raw_.get();
   p.ld = vocab_pad_;
-  p.act_scales = act_scales_.get();
+  p.act_scales = gemv ? gemv_scales_.get() : act_scales_.get();
   p.row_scales = fp8_ ? row_scales_.get() : nullptr;
   p.rows = n;
   p.vocab = vocab_;
-  p.split = split_;
+  p.split = split_ && !gemv;
   p.logit_scale = transform_.scale;
   p.softcap = transform_.softcap;
   p.max_logit = reinterpret_cast<float*>(d + layout.max);
@@ -490,8 +521,10 @@ absl::Status CudaBackend::ComputeSlice(const LogitsBatch& batch, int64_t start, 
     auto it = graphs_.find(key);
     if (it == graphs_.end()) {
       if (graphs_.size() >= kMaxGraphs) ClearGraphs();
-      const int64_t n_pad = LtGemm::PadRows(split_ ? 2 * n : n);
-      RETURN_IF_ERROR(gemm_->Prepare(weights_.get(), act_.get(), n_pad, raw_.get(), s));
+      if (n > gemv_max_rows_) {
+        const int64_t n_pad = LtGemm::PadRows(split_ ? 2 * n : n);
+        RETURN_IF_ERROR(gemm_->Prepare(weights_.get(), act_.get(), n_pad, raw_.get(), s));
+      }
       cudaGraph_t graph;
       CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
       absl::Status captured = Enqueue(x_host_.get(), n, top_k, max_ids, /*mark=*/false);

@@ -13,7 +13,10 @@
 
 namespace lmhead {
 
-inline constexpr int kCudaModuleAbi = 2;
+inline constexpr int kCudaModuleAbi = 3;
+// Batches of up to this many rows run the module's FP8 GEMV (fp16 hi + lo activations) instead
+// of cuBLASLt.
+inline constexpr int64_t kCudaGemvMaxRows = 16;
 inline constexpr char kCudaModuleFile[] = "liblmhead_cuda.so";
 inline constexpr char kCreateCudaBackendSymbol[] = "lmhead_cuda_create_backend";
 inline constexpr char kCudaDeviceCountSymbol[] = "lmhead_cuda_device_count";
@@ -22,9 +25,13 @@ struct CudaModuleArgs {
   int abi = kCudaModuleAbi;
   int device = 0;
   LogitTransform transform;
-  // true: activations as one E4M3 row each (per-token scale); false: an E4M3 "high" row plus an
-  // E4M3 residual row (bf16-level accuracy, the same weight bytes read once).
+  // For cuBLASLt batches (above gemv_max_rows): true: activations as one E4M3 row each
+  // (per-token scale); false: an E4M3 "high" row plus an E4M3 residual row (bf16-level accuracy,
+  // the same weight bytes read once).
   bool fp8_activations = false;
+  // FP8 heads: slices of up to this many rows (<= kCudaGemvMaxRows) use the GEMV; 0 = never
+  // (cuBLASLt for every batch; the benchmark compares the two).
+  int64_t gemv_max_rows = kCudaGemvMaxRows;
   // Device bytes for the GEMM output of one slice of rows (bounds the rows computed at once).
   int64_t output_workspace_bytes = 192ll << 20;
   // Record per-stage GPU times (see Backend::TakeStageTimings); costs a little per call.

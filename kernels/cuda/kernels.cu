@@ -1,5 +1,7 @@
 #include "kernels/cuda/kernels.h"
 
+#include "kernels/cuda/dependent_launch.h"
+
 #include <cfloat>
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
@@ -101,6 +103,8 @@ struct CombineOp {
 };
 
 __global__ void PartialsKernel(EpilogueParams p) {
+  WaitForPrerequisites();  // launched early after the GEMV (LaunchAfterPrevious)
+  LaunchDependents();      // RowStatsKernel's blocks may be scheduled now; they wait for these
   const int64_t b = blockIdx.y;
   const int64_t chunk = blockIdx.x;
   float* logits = p.raw + b * p.ld;
@@ -245,6 +249,7 @@ __device__ void SelectExact(const EpilogueParams& p, const float* logits, FinalS
 // Row statistics from the first pass's partials: max, argmax, logsumexp; the requested token
 // logits; and, when a top-k is wanted, a cleared histogram and counters for the passes below.
 __global__ void RowStatsKernel(EpilogueParams p, int chunks) {
+  WaitForPrerequisites();  // launched early after PartialsKernel
   using Reduce = cub::BlockReduce<Stat, kPartThreads>;
   __shared__ typename Reduce::TempStorage temp;
   const int64_t b = blockIdx.x;
@@ -394,11 +399,12 @@ cudaError_t LaunchConvertActivationsBf16(const float* x, int64_t rows, int64_t h
 cudaError_t LaunchEpilogue(const EpilogueParams& p, cudaStream_t stream) {
   if (p.top_k < 0 || p.top_k > kMaxTopK) return cudaErrorInvalidValue;
   const int chunks = static_cast<int>(PartialChunks(p.vocab));
-  PartialsKernel<<<dim3(chunks, static_cast<unsigned>(p.rows)), kPartThreads, 0, stream>>>(p);
-  cudaError_t e = cudaGetLastError();
+  cudaError_t e = LaunchAfterPrevious(PartialsKernel, dim3(chunks, static_cast<unsigned>(p.rows)), dim3(kPartThreads), 0,
+                                      stream, p);
   if (e != cudaSuccess) return e;
   const unsigned rows = static_cast<unsigned>(p.rows);
-  RowStatsKernel<<<rows, kPartThreads, 0, stream>>>(p, chunks);
+  e = LaunchAfterPrevious(RowStatsKernel, dim3(rows), dim3(kPartThreads), 0, stream, p, chunks);
+  if (e != cudaSuccess) return e;
   if (p.top_k > 0) {
     HistogramKernel<<<dim3(chunks, rows), kPartThreads, 0, stream>>>(p);
     CutKernel<<<rows, kBins, 0, stream>>>(p);

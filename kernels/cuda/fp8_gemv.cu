@@ -1,0 +1,273 @@
+#include "kernels/cuda/fp8_gemv.h"
+
+#include "kernels/cuda/dependent_launch.h"
+
+#include <cuda_fp8.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cub/block/block_reduce.cuh>
+
+namespace lmhead::cuda {
+namespace {
+
+constexpr int kActThreads = 1024;
+constexpr int kActPerThread = 8;  // row elements each thread of the activation kernel keeps in registers
+constexpr int kWarps = 8;    // warps per block; each computes one 16-row tile
+constexpr int kStep = 128;    // weight bytes of one row a warp reads per step (4 threads x 32)
+constexpr int kChunk = 512;   // activation columns (k) staged in shared memory per block at a time
+constexpr int kSmemPad = 32;  // fp16 elements after each staged column (bank-conflict-free reads)
+
+// Stored position of real column k in an activation plane: within each 128-column step, lane
+// t's 32 columns [32t, 32t + 32) are kept as 4 runs of 8, run p at p * 32 + t * 8, so that
+// the 4 lanes of a row read 64 contiguous bytes for their words 2p and 2p + 1 (see the GEMV).
+__device__ __forceinline__ int64_t PlanePosition(int64_t k) {
+  const int64_t in_step = k % kStep;
+  const int t = static_cast<int>(in_step / 32), p = static_cast<int>(in_step % 32) / 8, i = static_cast<int>(in_step % 8);
+  return k - in_step + p * 32 + t * 8 + i;
+}
+
+// One block per row. x may be pinned host memory read over PCIe: every element the block needs is
+// requested up front (kActPerThread independent loads per thread), so a row costs about one
+// round trip, and is read once.
+__global__ void __launch_bounds__(kActThreads) GemvActivationsKernel(const float* __restrict__ x, int64_t hidden,
+                                                                     int64_t stride, __half* __restrict__ act,
+                                                                     float* __restrict__ inv_scales) {
+  LaunchDependents();  // the GEMV may start streaming weights now; it waits for these planes
+  using Reduce = cub::BlockReduce<float, kActThreads>;
+  __shared__ typename Reduce::TempStorage temp;
+  __shared__ float shared_amax;
+  const int64_t b = blockIdx.x;
+  const float* row = x + b * hidden;
+  float v[kActPerThread];
+  float amax = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kActPerThread; ++j) {
+    const int64_t i = threadIdx.x + j * int64_t{kActThreads};
+    v[j] = i < hidden ? row[i] : 0.0f;
+  }
+#pragma unroll
+  for (int j = 0; j < kActPerThread; ++j) amax = fmaxf(amax, fabsf(v[j]));
+  for (int64_t i = threadIdx.x + kActPerThread * int64_t{kActThreads}; i < hidden; i += kActThreads) {
+    amax = fmaxf(amax, fabsf(row[i]));  // rows wider than the registers hold
+  }
+  amax = Reduce(temp).Reduce(amax, [](float a, float c) { return fmaxf(a, c); });
+  if (threadIdx.x == 0) shared_amax = amax;
+  __syncthreads();
+  amax = shared_amax;
+  // amax = m * 2^e with m in [0.5, 1): s = 2^(14 - e) puts amax * s in [2^13, 2^14).
+  int e = 14;
+  if (amax > 0.0f && isfinite(amax)) {
+    frexpf(amax, &e);
+    e = max(e, -100);  // keeps s finite for denormal-sized rows
+  }
+  const float s = ldexpf(1.0f, 14 - e);
+  __half* hi = act + 2 * b * stride;
+  __half* lo = hi + stride;
+  auto put = [&](int64_t i, float value) {
+    const float scaled = value * s;  // exact: s is a power of two
+    const __half h = __float2half_rn(scaled);
+    const int64_t at = PlanePosition(i);
+    hi[at] = h;
+    lo[at] = __float2half_rn(scaled - __half2float(h));
+  };
+#pragma unroll
+  for (int j = 0; j < kActPerThread; ++j) {
+    const int64_t i = threadIdx.x + j * int64_t{kActThreads};
+    if (i < hidden) put(i, v[j]);
+  }
+  for (int64_t i = threadIdx.x + kActPerThread * int64_t{kActThreads}; i < hidden; i += kActThreads) put(i, row[i]);
+  if (threadIdx.x == 0) inv_scales[b] = ldexpf(1.0f, e - 14);
+}
+
+__device__ __forceinline__ uint4 LoadStreaming(const uint8_t* p) {
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p));
+  return v;
+}
+
+// Two E4M3 codes (low byte first) -> fp16x2 (low half first).
+__device__ __forceinline__ uint32_t Fp8x2ToHalf2(uint32_t two) {
+  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(two & 0xffffu), __NV_E4M3);
+  return static_cast<uint32_t>(h.x) | (static_cast<uint32_t>(h.y) << 16);
+}
+
+__device__ __forceinline__ void Mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                    uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void CopyAsync16(void* smem, const void* global) {
+  const uint32_t to = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(to), "l"(global));
+}
+
+// Each warp computes one tile of 16 vocab rows x 8 * NT activation columns (4 * NT batch rows,
+// each as hi and lo). Lane (g, t) = (lane / 4, lane % 4) holds, per 128-byte step of K, the 32
+// bytes [32t, 32t + 32) of rows g and g + 8, loaded straight from global memory into registers
+// one chunk of steps ahead. The MMA's k order is a permutation of the real k, the same for
+// both operands: for the 4-byte word j of those 32 bytes (real k = base .. base + 3,
+// base = 32t + 4j) the fp16 A fragment takes {k0, k1} as its "2t" pair and {k2, k3} as its
+// "2t + 8" pair, and the B fragment of column g reads x[base .. base + 3] in the same order.
+// C columns 2t and 2t + 1 are then hi and lo of batch row 4 * nt + t: their sum is the product.
+//
+// The block's warps share the activations: kChunk columns of k at a time are staged in shared
+// memory (double-buffered with cp.async), so the activations are read from L2 once per block
+// instead of once per warp (per warp they do not fit L1 for B >= 16 and thrashed it).
+template <int NT>
+__global__ void __launch_bounds__(kWarps * 32, 2) Fp8GemvKernel(const uint8_t* __restrict__ w, int64_t tiles,
+                                                              int hidden_pad, const __half* __restrict__ act,
+                                                              int64_t stride, int rows, float* __restrict__ raw,
+                                                              int64_t ld_raw) {
+  constexpr int kSteps = kChunk / kStep;  // weight steps per chunk = steps of weights in flight
+  constexpr int kColumns = 8 * NT;
+  constexpr int kColumnStride = kChunk + kSmemPad;
+  extern __shared__ __align__(16) __half staged[];  // [2][kColumns][kColumnStride]
+
+  const int lane = threadIdx.x & 31;
+  const int g = lane >> 2, t = lane & 3;
+  const int64_t tile = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  const bool active = tile < tiles;  // inactive warps still take part in staging and barriers
+  const int chunks = (hidden_pad + kChunk - 1) / kChunk;
+  const int used_cols = min(2 * rows, kColumns);
+
+  auto stage = [&](int chunk) {
+    __half* to = staged + (chunk & 1) * kColumns * kColumnStride;
+    const int pieces = used_cols * (kChunk / 8);  // 16-byte pieces
+    for (int i = threadIdx.x; i < pieces; i += kWarps * 32) {
+      const int col = i / (kChunk / 8), at = (i % (kChunk / 8)) * 8;
+      CopyAsync16(to + col * kColumnStride + at, act + col * stride + static_cast<int64_t>(chunk) * kChunk + at);
+    }
+    asm volatile("cp.async.commit_group;" ::);
+  };
+
+  const uint8_t* row0 = w + (tile * 16 + g) * static_cast<int64_t>(hidden_pad) + 32 * t;
+  const uint8_t* row8 = row0 + 8 * static_cast<int64_t>(hidden_pad);
+  auto load = [&](int step, uint4 (&buf)[4]) {  // weights of `step`; zeros past the row or tile
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+    const int k = step * kStep + 32 * t;
+    const bool in0 = active && k < hidden_pad, in1 = active && k + 16 < hidden_pad;  // hidden_pad % 16 == 0
+    buf[0] = in0 ? LoadStreaming(row0 + step * kStep) : zero;
+    buf[1] = in1 ? LoadStreaming(row0 + step * kStep + 16) : zero;
+    buf[2] = in0 ? LoadStreaming(row8 + step * kStep) : zero;
+    buf[3] = in1 ? LoadStreaming(row8 + step * kStep + 16) : zero;
+  };
+
+  float acc[NT][4];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+
+  // x: this lane's column g of tile 0 in the staged chunk, at step s.
+  auto compute = [&](const __half* x, const uint4 (&buf)[4]) {
+    const uint32_t* wa = reinterpret_cast<const uint32_t*>(&buf[0]);  // row g, 8 words
+    const uint32_t* wb = reinterpret_cast<const uint32_t*>(&buf[2]);  // row g + 8
+#pragma unroll
+    for (int p = 0; p < 4; ++p) {  // words 2p and 2p + 1
+      uint32_t a[2][4];
+#pragma unroll
+      for (int jj = 0; jj < 2; ++jj) {
+        a[jj][0] = Fp8x2ToHalf2(wa[2 * p + jj]);
+        a[jj][1] = Fp8x2ToHalf2(wb[2 * p + jj]);
+        a[jj][2] = Fp8x2ToHalf2(wa[2 * p + jj] >> 16);
+        a[jj][3] = Fp8x2ToHalf2(wb[2 * p + jj] >> 16);
+      }
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const uint4 xv = 8 * nt + g < used_cols
+                             ? *reinterpret_cast<const uint4*>(x + nt * 8 * kColumnStride + p * 32)
+                             : make_uint4(0, 0, 0, 0);
+        Mma(acc[nt], a[0][0], a[0][1], a[0][2], a[0][3], xv.x, xv.y);
+        Mma(acc[nt], a[1][0], a[1][1], a[1][2], a[1][3], xv.z, xv.w);
+      }
+    }
+  };
+
+  uint4 buf[kSteps][4];
+#pragma unroll
+  for (int d = 0; d < kSteps; ++d) load(d, buf[d]);
+  WaitForPrerequisites();  // the activation planes (written by the previous kernel)
+  stage(0);
+  for (int c = 0; c < chunks; ++c) {
+    if (c + 1 < chunks) {
+      stage(c + 1);
+      asm volatile("cp.async.wait_group 1;" ::);
+    } else {
+      asm volatile("cp.async.wait_group 0;" ::);
+    }
+    __syncthreads();  // chunk c is staged for every warp
+    const __half* x = staged + (c & 1) * kColumns * kColumnStride + g * kColumnStride + 8 * t;
+#pragma unroll
+    for (int d = 0; d < kSteps; ++d) {
+      compute(x + d * kStep, buf[d]);
+      load((c + 1) * kSteps + d, buf[d]);
+    }
+    __syncthreads();  // every warp is done with chunk c before its buffer is staged again
+  }
+  LaunchDependents();  // the epilogue may launch; it waits for this grid's logits
+
+  if (!active) return;
+  const int64_t v = tile * 16 + g;
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    const int b = 4 * nt + t;
+    if (b < rows) {
+      raw[b * ld_raw + v] = acc[nt][0] + acc[nt][1];
+      raw[b * ld_raw + v + 8] = acc[nt][2] + acc[nt][3];
+    }
+  }
+}
+
+template <int NT>
+constexpr int SmemBytes() {
+  return 2 * 8 * NT * (kChunk + kSmemPad) * static_cast<int>(sizeof(__half));
+}
+
+template <int NT>
+cudaError_t AllowSmem() {
+  return cudaFuncSetAttribute(Fp8GemvKernel<NT>, cudaFuncAttributeMaxDynamicSharedMemorySize, SmemBytes<NT>());
+}
+
+template <int NT>
+cudaError_t Launch(const uint8_t* w, int64_t vocab_pad, int64_t hidden_pad, const __half* act, int64_t stride,
+                   int64_t rows, float* raw, int64_t ld_raw, cudaStream_t stream) {
+  const int64_t tiles = vocab_pad / 16;
+  const int64_t blocks = (tiles + kWarps - 1) / kWarps;
+  return LaunchAfterPrevious(Fp8GemvKernel<NT>, dim3(static_cast<unsigned>(blocks)), dim3(kWarps * 32),
+                             SmemBytes<NT>(), stream, w, tiles, static_cast<int>(hidden_pad), act, stride,
+                             static_cast<int>(rows), raw, ld_raw);
+}
+
+}  // namespace
+
+int64_t GemvActivationStride(int64_t hidden_pad) { return (hidden_pad + kChunk - 1) / kChunk * kChunk; }
+
+cudaError_t LaunchGemvActivations(const float* x, int64_t rows, int64_t hidden, int64_t hidden_pad, __half* act,
+                                  float* inv_scales, cudaStream_t stream) {
+  if (rows <= 0) return cudaSuccess;
+  GemvActivationsKernel<<<static_cast<unsigned>(rows), kActThreads, 0, stream>>>(
+      x, hidden, GemvActivationStride(hidden_pad), act, inv_scales);
+  return cudaGetLastError();
+}
+
+cudaError_t PrepareFp8Gemv() {
+  cudaError_t err = AllowSmem<1>();
+  if (err == cudaSuccess) err = AllowSmem<2>();
+  if (err == cudaSuccess) err = AllowSmem<4>();
+  return err;
+}
+
+cudaError_t LaunchFp8Gemv(const uint8_t* w, int64_t vocab_pad, int64_t hidden_pad, const __half* act, int64_t rows,
+                          float* raw, int64_t ld_raw, cudaStream_t stream) {
+  if (rows <= 0 || rows > kGemvMaxRows || vocab_pad % 16 != 0 || hidden_pad % 16 != 0) return cudaErrorInvalidValue;
+  const int64_t stride = GemvActivationStride(hidden_pad);
+  if (rows <= 4) return Launch<1>(w, vocab_pad, hidden_pad, act, stride, rows, raw, ld_raw, stream);
+  if (rows <= 8) return Launch<2>(w, vocab_pad, hidden_pad, act, stride, rows, raw, ld_raw, stream);
+  return Launch<4>(w, vocab_pad, hidden_pad, act, stride, rows, raw, ld_raw, stream);
+}
+
+}  // namespace lmhead::cuda

@@ -1,0 +1,50 @@
+// Small-batch head product with FP8 weights and fp16 "high + low" activations on tensor cores.
+//
+// For batches of up to kGemvMaxRows rows the head is a skinny GEMM bound by reading the weights.
+// This path reads every weight byte once, straight from global memory into registers, decodes
+// E4M3 to fp16 there (exact: every E4M3 value is an fp16 value) and multiplies with mma.sync
+// m16n8k16 (fp32 accumulation). Each activation is carried as hi + lo, two fp16 values after a
+// per-row power-of-two scale, so x is represented to ~2^-22 relative: the products match an
+// fp32 dot product over the same FP8 codes, not just "bf16 accuracy".
+//
+// Shapes are row-major. Kernels know nothing of the service.
+#ifndef LMHEAD_KERNELS_CUDA_FP8_GEMV_H_
+#define LMHEAD_KERNELS_CUDA_FP8_GEMV_H_
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace lmhead::cuda {
+
+// Most rows one GEMV call takes. Beyond 16 rows the tensor-core work (hi + lo columns) makes it
+// slower than cuBLASLt's FP8 GEMM (measured on an H100: at B = 32 0.34 vs 0.27 ms, 131072x5120).
+inline constexpr int64_t kGemvMaxRows = 16;
+
+// Row stride (fp16 elements) of the activation planes for a head of `hidden_pad` columns.
+int64_t GemvActivationStride(int64_t hidden_pad);
+
+// x: [rows, hidden] fp32, in device memory or pinned host memory (read once, over PCIe).
+// Writes act: [2 * rows, GemvActivationStride(hidden_pad)] fp16 where row 2b is
+// hi_b = fp16(x_b * s_b) and row 2b + 1 is lo_b = fp16(x_b * s_b - hi_b), columns permuted
+// within each 128 for the GEMV's loads; s_b is a power of two that puts max|x_b| in [2^13, 2^14)
+// (so no fp16 overflow and no precision lost to the scale), and inv_scales[b] = 1 / s_b. Only
+// the columns below `hidden` are written: `act` must be zeroed once when allocated.
+cudaError_t LaunchGemvActivations(const float* x, int64_t rows, int64_t hidden, int64_t hidden_pad, __half* act,
+                                  float* inv_scales, cudaStream_t stream);
+
+// Sizes the launches for the current device (occupancy queries). Call once per process before
+// LaunchFp8Gemv (and before capturing it in a graph); not thread-safe against concurrent launches.
+cudaError_t PrepareFp8Gemv();
+
+// raw[b, v] = sum_k W[v, k] * (hi_b[k] + lo_b[k]) for b < rows <= kGemvMaxRows, v < vocab_pad.
+// w: [vocab_pad, hidden_pad] E4M3 codes (vocab_pad and hidden_pad multiples of 16);
+// act: from LaunchGemvActivations; raw: [rows, ld_raw] fp32. Per-row weight scales and the
+// activation scales are left to the epilogue (raw is in code units times the scaled x).
+cudaError_t LaunchFp8Gemv(const uint8_t* w, int64_t vocab_pad, int64_t hidden_pad, const __half* act, int64_t rows,
+                          float* raw, int64_t ld_raw, cudaStream_t stream);
+
+}  // namespace lmhead::cuda
+
+#endif  // LMHEAD_KERNELS_CUDA_FP8_GEMV_H_
