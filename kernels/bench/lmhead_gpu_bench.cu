@@ -238,7 +238,7 @@ int main(int argc, char** argv) {
         "B <= 16 runs lmhead's FP8 GEMV (fp16 hi + lo activations, both modes); `lt` = the same call with "
         "the GEMV off (cuBLASLt FP8 over FP8 high + residual activation rows). Above 16 rows `bf16 act` = "
         "cuBLASLt FP8 over high + residual rows (default), `fp8 act` = one FP8 row per token. "
-        "`GEMV kernel` = the GEMV kernel alone (CUDA events). "
+        "`GEMV kernel` = the GEMV kernel alone (CUDA events; it includes the epilogue's first pass: logits and per-block max / argmax / sum of exp). "
         "Baselines are the GEMM alone (CUDA events): cuBLASLt BF16 (BF16 weights), cuBLASLt FP8 tensor-wise "
         "(FP8 weights and activations, no scales), and the seed (upcast FP8 -> BF16 every call, then BF16 GEMM). "
         "Byte floor = (FP8 weights + scales + fp32 inputs) / copy bandwidth (the issue's definition); read floor = "
@@ -289,6 +289,19 @@ int main(int argc, char** argv) {
     DeviceBuffer<float> gemv_scales, x_dev;
     CHECK_OK(gemv_act.Allocate(2 * lmhead::cuda::kGemvMaxRows * lmhead::cuda::GemvActivationStride(hidden)));
     CHECK_OK(gemv_scales.Allocate(lmhead::cuda::kGemvMaxRows));
+    DeviceBuffer<float> part_max, part_sum;
+    DeviceBuffer<int32_t> part_arg;
+    const int64_t partials = lmhead::cuda::kGemvMaxRows * lmhead::cuda::GemvPartials(vocab);
+    CHECK_OK(part_max.Allocate(partials));
+    CHECK_OK(part_sum.Allocate(partials));
+    CHECK_OK(part_arg.Allocate(partials));
+    lmhead::cuda::GemvEpilogue gemv_epilogue;
+    gemv_epilogue.inv_scales = gemv_scales.get();
+    gemv_epilogue.row_scales = scales.get();
+    gemv_epilogue.vocab = vocab;
+    gemv_epilogue.part_max = part_max.get();
+    gemv_epilogue.part_arg = part_arg.get();
+    gemv_epilogue.part_sum = part_sum.get();
 
     for (int64_t b : ParseList(batches)) {
       const int reps = b <= 512 ? 30 : 5;
@@ -325,7 +338,8 @@ int main(int argc, char** argv) {
         CHECK_CUDA(lmhead::cuda::LaunchGemvActivations(x_dev.get(), b, hidden, hidden, gemv_act.get(),
                                                        gemv_scales.get(), stream));
         t_gemv = TimeDevice(stream, reps, [&] {
-          CHECK_CUDA(lmhead::cuda::LaunchFp8Gemv(w8.get(), vocab, hidden, gemv_act.get(), b, d.get(), vocab, stream));
+          CHECK_CUDA(lmhead::cuda::LaunchFp8Gemv(w8.get(), vocab, hidden, gemv_act.get(), b, gemv_epilogue, d.get(), vocab,
+                                                 stream));
         });
       }
       std::fprintf(stderr, "stages %s B=%lld bf16-act argmax: %s\nstages %s B=%lld bf16-act top20: %s\n",

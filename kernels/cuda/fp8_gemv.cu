@@ -1,10 +1,12 @@
 #include "kernels/cuda/fp8_gemv.h"
 
 #include "kernels/cuda/dependent_launch.h"
+#include "kernels/cuda/logit_stats.cuh"
 
 #include <cuda_fp8.h>
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cub/block/block_reduce.cuh>
 
@@ -107,6 +109,52 @@ __device__ __forceinline__ void CopyAsync16(void* smem, const void* global) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(to), "l"(global));
 }
 
+// The GEMV's store for up to kGemvFusedRows rows: logits of the warp's tile and the block's
+// partial statistics.
+template <int NT>
+__device__ __forceinline__ void FinishTile(const float (&acc)[NT][4], bool active, int64_t tile, int rows,
+                                        const GemvEpilogue& e, float* __restrict__ logits, int64_t ld) {
+  const int lane = threadIdx.x & 31;
+  const int g = lane >> 2, t = lane & 3;
+  __shared__ Stat warp_stats[kWarps][4 * NT];
+  const int warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    const int b = 4 * nt + t;
+    Stat st{-FLT_MAX, 0, 0.0f};
+    if (active && b < rows) {
+      const float inv_scale = e.inv_scales[b];
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int64_t v = tile * 16 + g + 8 * half;
+        if (v >= e.vocab) continue;
+        const float l = FinishLogit((acc[nt][2 * half] + acc[nt][2 * half + 1]) * inv_scale,
+                                    e.row_scales != nullptr ? e.row_scales + v : nullptr, e.logit_scale, e.softcap);
+        logits[b * ld + v] = l;
+        st = Combine(st, StatOf(l, v));
+      }
+    }
+    // Lanes 4g + t hold the same batch row for g = 0..7.
+#pragma unroll
+    for (int offset = 4; offset < 32; offset *= 2) {
+      const Stat other{__shfl_xor_sync(0xffffffffu, st.m, offset), __shfl_xor_sync(0xffffffffu, st.a, offset),
+                       __shfl_xor_sync(0xffffffffu, st.s, offset)};
+      st = Combine(st, other);
+    }
+    if (g == 0) warp_stats[warp][b] = st;
+  }
+  __syncthreads();
+  if (threadIdx.x < rows) {
+    Stat st = warp_stats[0][threadIdx.x];
+#pragma unroll
+    for (int i = 1; i < kWarps; ++i) st = Combine(st, warp_stats[i][threadIdx.x]);
+    const int64_t at = threadIdx.x * static_cast<int64_t>(gridDim.x) + blockIdx.x;
+    e.part_max[at] = st.m;
+    e.part_arg[at] = st.a;
+    e.part_sum[at] = st.s;
+  }
+}
+
 // Each warp computes one tile of 16 vocab rows x 8 * NT activation columns (4 * NT batch rows,
 // each as hi and lo). Lane (g, t) = (lane / 4, lane % 4) holds, per 128-byte step of K, the 32
 // bytes [32t, 32t + 32) of rows g and g + 8, loaded straight from global memory into registers
@@ -119,11 +167,16 @@ __device__ __forceinline__ void CopyAsync16(void* smem, const void* global) {
 // The block's warps share the activations: kChunk columns of k at a time are staged in shared
 // memory (double-buffered with cp.async), so the activations are read from L2 once per block
 // instead of once per warp (per warp they do not fit L1 for B >= 16 and thrashed it).
+//
+// For up to kGemvFusedRows rows the products then become logits (FinishLogit) and each block
+// reduces its rows to one partial statistic per batch row, so the epilogue starts from those.
+// (For more rows that store cost the kernel more than the separate pass it saves: measured on an
+// H100 at B = 8 and 16, 131072x5120 and 152064x8192.)
 template <int NT>
 __global__ void __launch_bounds__(kWarps * 32, 2) Fp8GemvKernel(const uint8_t* __restrict__ w, int64_t tiles,
                                                               int hidden_pad, const __half* __restrict__ act,
-                                                              int64_t stride, int rows, float* __restrict__ raw,
-                                                              int64_t ld_raw) {
+                                                              int64_t stride, int rows, GemvEpilogue e,
+                                                              float* __restrict__ logits, int64_t ld) {
   constexpr int kSteps = kChunk / kStep;  // weight steps per chunk = steps of weights in flight
   constexpr int kColumns = 8 * NT;
   constexpr int kColumnStride = kChunk + kSmemPad;
@@ -210,14 +263,17 @@ __global__ void __launch_bounds__(kWarps * 32, 2) Fp8GemvKernel(const uint8_t* _
   }
   LaunchDependents();  // the epilogue may launch; it waits for this grid's logits
 
-  if (!active) return;
-  const int64_t v = tile * 16 + g;
+  if constexpr (4 * NT <= kGemvFusedRows) {
+    FinishTile<NT>(acc, active, tile, rows, e, logits, ld);
+  } else if (active) {  // raw products; the epilogue's first pass finishes them
+    const int64_t v = tile * 16 + g;
 #pragma unroll
-  for (int nt = 0; nt < NT; ++nt) {
-    const int b = 4 * nt + t;
-    if (b < rows) {
-      raw[b * ld_raw + v] = acc[nt][0] + acc[nt][1];
-      raw[b * ld_raw + v + 8] = acc[nt][2] + acc[nt][3];
+    for (int nt = 0; nt < NT; ++nt) {
+      const int b = 4 * nt + t;
+      if (b < rows) {
+        logits[b * ld + v] = acc[nt][0] + acc[nt][1];
+        logits[b * ld + v + 8] = acc[nt][2] + acc[nt][3];
+      }
     }
   }
 }
@@ -234,12 +290,12 @@ cudaError_t AllowSmem() {
 
 template <int NT>
 cudaError_t Launch(const uint8_t* w, int64_t vocab_pad, int64_t hidden_pad, const __half* act, int64_t stride,
-                   int64_t rows, float* raw, int64_t ld_raw, cudaStream_t stream) {
+                   int64_t rows, const GemvEpilogue& e, float* logits, int64_t ld, cudaStream_t stream) {
   const int64_t tiles = vocab_pad / 16;
-  const int64_t blocks = (tiles + kWarps - 1) / kWarps;
+  const int64_t blocks = GemvPartials(vocab_pad);
   return LaunchAfterPrevious(Fp8GemvKernel<NT>, dim3(static_cast<unsigned>(blocks)), dim3(kWarps * 32),
                              SmemBytes<NT>(), stream, w, tiles, static_cast<int>(hidden_pad), act, stride,
-                             static_cast<int>(rows), raw, ld_raw);
+                             static_cast<int>(rows), e, logits, ld);
 }
 
 }  // namespace
@@ -261,13 +317,15 @@ cudaError_t PrepareFp8Gemv() {
   return err;
 }
 
+int64_t GemvPartials(int64_t vocab_pad) { return (vocab_pad / 16 + kWarps - 1) / kWarps; }
+
 cudaError_t LaunchFp8Gemv(const uint8_t* w, int64_t vocab_pad, int64_t hidden_pad, const __half* act, int64_t rows,
-                          float* raw, int64_t ld_raw, cudaStream_t stream) {
+                          const GemvEpilogue& e, float* logits, int64_t ld, cudaStream_t stream) {
   if (rows <= 0 || rows > kGemvMaxRows || vocab_pad % 16 != 0 || hidden_pad % 16 != 0) return cudaErrorInvalidValue;
   const int64_t stride = GemvActivationStride(hidden_pad);
-  if (rows <= 4) return Launch<1>(w, vocab_pad, hidden_pad, act, stride, rows, raw, ld_raw, stream);
-  if (rows <= 8) return Launch<2>(w, vocab_pad, hidden_pad, act, stride, rows, raw, ld_raw, stream);
-  return Launch<4>(w, vocab_pad, hidden_pad, act, stride, rows, raw, ld_raw, stream);
+  if (rows <= 4) return Launch<1>(w, vocab_pad, hidden_pad, act, stride, rows, e, logits, ld, stream);
+  if (rows <= 8) return Launch<2>(w, vocab_pad, hidden_pad, act, stride, rows, e, logits, ld, stream);
+  return Launch<4>(w, vocab_pad, hidden_pad, act, stride, rows, e, logits, ld, stream);
 }
 
 }  // namespace lmhead::cuda

@@ -38,12 +38,35 @@ cudaError_t LaunchGemvActivations(const float* x, int64_t rows, int64_t hidden, 
 // LaunchFp8Gemv (and before capturing it in a graph); not thread-safe against concurrent launches.
 cudaError_t PrepareFp8Gemv();
 
-// raw[b, v] = sum_k W[v, k] * (hi_b[k] + lo_b[k]) for b < rows <= kGemvMaxRows, v < vocab_pad.
+// Batches of up to this many rows get the epilogue's first pass fused into the GEMV.
+inline constexpr int64_t kGemvFusedRows = 4;
+
+// What the GEMV does with its products for up to kGemvFusedRows rows (the first pass of the
+// epilogue, fused). Larger batches get raw products (sum_k W * (hi + lo), no scales) and no
+// partials: the epilogue's first pass runs as for cuBLASLt, with inv_scales as activation scales.
+struct GemvEpilogue {
+  const float* inv_scales = nullptr;  // [rows], from LaunchGemvActivations
+  const float* row_scales = nullptr;  // [vocab] per-row weight scales, or null
+  float logit_scale = 1.0f;
+  float softcap = 0.0f;  // 0 = none
+  int64_t vocab = 0;     // logits at v >= vocab (padding rows) are neither written nor counted
+  // [rows, GemvPartials(vocab_pad)] (max, argmax, sum of exp(l - max)) of each block's rows.
+  float* part_max = nullptr;
+  int32_t* part_arg = nullptr;
+  float* part_sum = nullptr;
+};
+
+// Partial statistics per batch row that LaunchFp8Gemv writes (one per block of vocab rows).
+int64_t GemvPartials(int64_t vocab_pad);
+
+// logits[b, v] = FinishLogit(inv_scales[b] * sum_k W[v, k] * (hi_b[k] + lo_b[k])) for
+// b < rows <= kGemvFusedRows, v < vocab, and the partial statistics of each block of rows; raw
+// products for larger batches (up to kGemvMaxRows), see GemvEpilogue.
 // w: [vocab_pad, hidden_pad] E4M3 codes (vocab_pad and hidden_pad multiples of 16);
-// act: from LaunchGemvActivations; raw: [rows, ld_raw] fp32. Per-row weight scales and the
-// activation scales are left to the epilogue (raw is in code units times the scaled x).
+// act: from LaunchGemvActivations (the previous kernel on `stream`: the GEMV starts streaming
+// weights before it ends); logits: [rows, ld] fp32.
 cudaError_t LaunchFp8Gemv(const uint8_t* w, int64_t vocab_pad, int64_t hidden_pad, const __half* act, int64_t rows,
-                          float* raw, int64_t ld_raw, cudaStream_t stream);
+                          const GemvEpilogue& epilogue, float* logits, int64_t ld, cudaStream_t stream);
 
 }  // namespace lmhead::cuda
 

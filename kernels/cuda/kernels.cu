@@ -1,6 +1,7 @@
 #include "kernels/cuda/kernels.h"
 
 #include "kernels/cuda/dependent_launch.h"
+#include "kernels/cuda/logit_stats.cuh"
 
 #include <cfloat>
 #include <cub/block/block_reduce.cuh>
@@ -81,27 +82,6 @@ __global__ void FillKernel(float* p, int64_t count, float v) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < count; i += int64_t{gridDim.x} * blockDim.x) p[i] = v;
 }
 
-// (max, argmax, sum of exp(l - max)) with ties on the lower id; sum == 0 marks "empty".
-struct Stat {
-  float m;
-  int32_t a;
-  float s;
-};
-
-__device__ __forceinline__ Stat Combine(Stat x, Stat y) {
-  if (x.s == 0.0f) return y;
-  if (y.s == 0.0f) return x;
-  Stat r;
-  r.m = fmaxf(x.m, y.m);
-  r.a = (x.m > y.m || (x.m == y.m && x.a < y.a)) ? x.a : y.a;
-  r.s = x.s * expf(x.m - r.m) + y.s * expf(y.m - r.m);
-  return r;
-}
-
-struct CombineOp {
-  __device__ __forceinline__ Stat operator()(const Stat& x, const Stat& y) const { return Combine(x, y); }
-};
-
 __global__ void PartialsKernel(EpilogueParams p) {
   WaitForPrerequisites();  // launched early after the GEMV (LaunchAfterPrevious)
   LaunchDependents();      // RowStatsKernel's blocks may be scheduled now; they wait for these
@@ -120,13 +100,10 @@ __global__ void PartialsKernel(EpilogueParams p) {
     if (transform) {
       l *= s_hi;
       if (lo != nullptr) l += lo[v] * s_lo;
-      if (p.row_scales != nullptr) l *= p.row_scales[v];
-      l *= p.logit_scale;
-      if (p.softcap > 0.0f) l = p.softcap * tanhf(l / p.softcap);
+      l = FinishLogit(l, p.row_scales != nullptr ? p.row_scales + v : nullptr, p.logit_scale, p.softcap);
       logits[v] = l;
     }
-    // Masked (-inf) logits are empty entries: they add no mass and never win.
-    st = Combine(st, Stat{l, static_cast<int32_t>(v), l == -INFINITY ? 0.0f : 1.0f});
+    st = Combine(st, StatOf(l, v));
   }
   using Reduce = cub::BlockReduce<Stat, kPartThreads>;
   __shared__ typename Reduce::TempStorage temp;
@@ -249,7 +226,7 @@ __device__ void SelectExact(const EpilogueParams& p, const float* logits, FinalS
 // Row statistics from the first pass's partials: max, argmax, logsumexp; the requested token
 // logits; and, when a top-k is wanted, a cleared histogram and counters for the passes below.
 __global__ void RowStatsKernel(EpilogueParams p, int chunks) {
-  WaitForPrerequisites();  // launched early after PartialsKernel
+  WaitForPrerequisites();  // launched early after PartialsKernel or the GEMV
   using Reduce = cub::BlockReduce<Stat, kPartThreads>;
   __shared__ typename Reduce::TempStorage temp;
   const int64_t b = blockIdx.x;
@@ -399,11 +376,14 @@ cudaError_t LaunchConvertActivationsBf16(const float* x, int64_t rows, int64_t h
 cudaError_t LaunchEpilogue(const EpilogueParams& p, cudaStream_t stream) {
   if (p.top_k < 0 || p.top_k > kMaxTopK) return cudaErrorInvalidValue;
   const int chunks = static_cast<int>(PartialChunks(p.vocab));
-  cudaError_t e = LaunchAfterPrevious(PartialsKernel, dim3(chunks, static_cast<unsigned>(p.rows)), dim3(kPartThreads), 0,
-                                      stream, p);
-  if (e != cudaSuccess) return e;
+  cudaError_t e = cudaSuccess;
+  if (p.ready_partials == 0) {
+    e = LaunchAfterPrevious(PartialsKernel, dim3(chunks, static_cast<unsigned>(p.rows)), dim3(kPartThreads), 0, stream, p);
+    if (e != cudaSuccess) return e;
+  }
   const unsigned rows = static_cast<unsigned>(p.rows);
-  e = LaunchAfterPrevious(RowStatsKernel, dim3(rows), dim3(kPartThreads), 0, stream, p, chunks);
+  e = LaunchAfterPrevious(RowStatsKernel, dim3(rows), dim3(kPartThreads), 0, stream, p,
+                          p.ready_partials > 0 ? static_cast<int>(p.ready_partials) : chunks);
   if (e != cudaSuccess) return e;
   if (p.top_k > 0) {
     HistogramKernel<<<dim3(chunks, rows), kPartThreads, 0, stream>>>(p);

@@ -43,6 +43,9 @@ struct EpilogueParams {
   int64_t rows = 0;
   int64_t vocab = 0;
   bool split = false;
+  // > 0: raw already holds finished logits and part_* this many partial statistics per row
+  // ([rows, ready_partials]; the GEMV computes both), so the first pass is skipped.
+  int64_t ready_partials = 0;
   float logit_scale = 1.0f;
   float softcap = 0.0f;  // 0 = none
   // Outputs. Logits overwrite raw rows [0, rows) in place ([rows, ld], first vocab columns).

@@ -1,0 +1,47 @@
+// Device helpers shared by the epilogue and the GEMV: the logit transform and the running row
+// statistic (max, argmax, sum of exp) that both compute over vocab chunks. CUDA sources only.
+#ifndef LMHEAD_KERNELS_CUDA_LOGIT_STATS_CUH_
+#define LMHEAD_KERNELS_CUDA_LOGIT_STATS_CUH_
+
+#include <cstdint>
+
+namespace lmhead::cuda {
+
+// A raw product already multiplied by its activation scale -> the served logit: per-row weight
+// scale (1 when row_scale is null), logit scale, then soft-capping (softcap 0 = none).
+__device__ __forceinline__ float FinishLogit(float l, const float* row_scale, float logit_scale, float softcap) {
+  if (row_scale != nullptr) l *= *row_scale;
+  l *= logit_scale;
+  if (softcap > 0.0f) l = softcap * tanhf(l / softcap);
+  return l;
+}
+
+// (max, argmax, sum of exp(l - max)) with ties on the lower id; sum == 0 marks "empty".
+struct Stat {
+  float m;
+  int32_t a;
+  float s;
+};
+
+// The statistic of one logit: masked (-inf) logits are empty entries (no mass, never win).
+__device__ __forceinline__ Stat StatOf(float l, int64_t id) {
+  return Stat{l, static_cast<int32_t>(id), l == -INFINITY ? 0.0f : 1.0f};
+}
+
+__device__ __forceinline__ Stat Combine(Stat x, Stat y) {
+  if (x.s == 0.0f) return y;
+  if (y.s == 0.0f) return x;
+  Stat r;
+  r.m = fmaxf(x.m, y.m);
+  r.a = (x.m > y.m || (x.m == y.m && x.a < y.a)) ? x.a : y.a;
+  r.s = x.s * expf(x.m - r.m) + y.s * expf(y.m - r.m);
+  return r;
+}
+
+struct CombineOp {
+  __device__ __forceinline__ Stat operator()(const Stat& x, const Stat& y) const { return Combine(x, y); }
+};
+
+}  // namespace lmhead::cuda
+
+#endif  // LMHEAD_KERNELS_CUDA_LOGIT_STATS_CUH_
