@@ -7,6 +7,7 @@
 #include <limits>
 #include <random>
 #include <set>
+#include <string>
 
 #include "gtest/gtest.h"
 #include "kernels/backend_factory.h"
@@ -113,6 +114,12 @@ struct Shape {
   ActivationPrecision precision;
   bool large = false;  // a real-size vocab: fewer batches
 };
+
+std::string ShapeName(const Shape& s) {
+  return std::to_string(s.vocab) + "x" + std::to_string(s.hidden) +
+         (s.precision == ActivationPrecision::kFp8 ? "_fp8" : "_bf16") + (s.transform.softcap > 0 ? "_softcap" : "");
+}
+void PrintTo(const Shape& s, std::ostream* os) { *os << ShapeName(s); }
 
 // Each test: a fresh random seed, an FP8 head made from it, the CPU reference and the CUDA backend
 // on that head (the test skips without a CUDA backend).
@@ -237,7 +244,8 @@ INSTANTIATE_TEST_SUITE_P(
                       Shape{2003, 136, {}, ActivationPrecision::kBf16},  // unaligned: padded inside
                       Shape{32000, 1024, {0.5f, 30.0f}, ActivationPrecision::kBf16},
                       Shape{4096, 256, {}, ActivationPrecision::kFp8},
-                      Shape{131072, 384, {}, ActivationPrecision::kBf16, /*large=*/true}));
+                      Shape{131072, 384, {}, ActivationPrecision::kBf16, /*large=*/true}),
+    [](const ::testing::TestParamInfo<Shape>& info) { return ShapeName(info.param); });
 
 // The GPU quantizer must give the host quantizer's codes and scales, bit for bit.
 TEST(CudaBackendTest, GpuQuantizationIsBitIdenticalToTheHostQuantizer) {

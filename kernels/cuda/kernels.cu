@@ -227,6 +227,7 @@ __device__ void SelectExact(const EpilogueParams& p, const float* logits, FinalS
 // logits; and, when a top-k is wanted, a cleared histogram and counters for the passes below.
 __global__ void RowStatsKernel(EpilogueParams p, int chunks) {
   WaitForPrerequisites();  // launched early after PartialsKernel or the GEMV
+  LaunchDependents();
   using Reduce = cub::BlockReduce<Stat, kPartThreads>;
   __shared__ typename Reduce::TempStorage temp;
   const int64_t b = blockIdx.x;
@@ -257,6 +258,8 @@ __device__ __forceinline__ int BinOf(float max_logit, float l) {
 
 // Histogram of (max - logit) over one vocab chunk of one row, added into the row's histogram.
 __global__ void HistogramKernel(EpilogueParams p) {
+  WaitForPrerequisites();  // chained by LaunchAfterPrevious
+  LaunchDependents();
   __shared__ int warp_hist[kPartThreads / 32][kBins];
   const int64_t b = blockIdx.y;
   for (int i = threadIdx.x; i < (kPartThreads / 32) * kBins; i += kPartThreads) (&warp_hist[0][0])[i] = 0;
@@ -277,6 +280,8 @@ __global__ void HistogramKernel(EpilogueParams p) {
 
 // The bin holding the k-th largest logit (cut[0]) and how many logits lie at or above it (cut[1]).
 __global__ void __launch_bounds__(kBins) CutKernel(EpilogueParams p) {
+  WaitForPrerequisites();  // chained by LaunchAfterPrevious
+  LaunchDependents();
   using Scan = cub::BlockScan<int, kBins>;
   __shared__ typename Scan::TempStorage temp;
   const int64_t b = blockIdx.x;
@@ -298,6 +303,8 @@ __device__ __forceinline__ bool UseHistogram(const EpilogueParams& p, int64_t b)
 
 // Collects the logits at or above the cut bin of one chunk of one row as packed candidates.
 __global__ void CollectKernel(EpilogueParams p) {
+  WaitForPrerequisites();  // chained by LaunchAfterPrevious
+  LaunchDependents();
   const int64_t b = blockIdx.y;
   if (!UseHistogram(p, b)) return;
   const int cut = p.cut[b * 3];
@@ -318,6 +325,8 @@ __global__ void CollectKernel(EpilogueParams p) {
 // better ones (higher key, then lower id: one comparison of the packed value), O(c^2 / threads).
 // Rows whose histogram could not bound the candidates take the exact radix select instead.
 __global__ void __launch_bounds__(kFinalThreads) SelectKernel(EpilogueParams p) {
+  WaitForPrerequisites();  // chained by LaunchAfterPrevious
+  LaunchDependents();
   extern __shared__ unsigned char smem_raw[];
   FinalShared& sh = *reinterpret_cast<FinalShared*>(smem_raw);
   const int64_t b = blockIdx.x;
@@ -386,13 +395,16 @@ cudaError_t LaunchEpilogue(const EpilogueParams& p, cudaStream_t stream) {
                           p.ready_partials > 0 ? static_cast<int>(p.ready_partials) : chunks);
   if (e != cudaSuccess) return e;
   if (p.top_k > 0) {
-    HistogramKernel<<<dim3(chunks, rows), kPartThreads, 0, stream>>>(p);
-    CutKernel<<<rows, kBins, 0, stream>>>(p);
-    CollectKernel<<<dim3(chunks, rows), kPartThreads, 0, stream>>>(p);
+    // Each pass is launched early and waits for the previous one (hides the launch gaps).
+    e = LaunchAfterPrevious(HistogramKernel, dim3(chunks, rows), dim3(kPartThreads), 0, stream, p);
+    if (e == cudaSuccess) e = LaunchAfterPrevious(CutKernel, dim3(rows), dim3(kBins), 0, stream, p);
+    if (e == cudaSuccess) e = LaunchAfterPrevious(CollectKernel, dim3(chunks, rows), dim3(kPartThreads), 0, stream, p);
+    if (e != cudaSuccess) return e;
     const size_t smem = sizeof(FinalShared);
     e = cudaFuncSetAttribute(SelectKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (e != cudaSuccess) return e;
-    SelectKernel<<<rows, kFinalThreads, smem, stream>>>(p);
+    e = LaunchAfterPrevious(SelectKernel, dim3(rows), dim3(kFinalThreads), smem, stream, p);
+    if (e != cudaSuccess) return e;
   }
   return cudaGetLastError();
 }
