@@ -28,7 +28,8 @@ ABSL_FLAG(std::string, scale_mode, "per_row",
 ABSL_FLAG(std::string, backend, "auto", "Compute backend: auto | cpu | cuda");
 ABSL_FLAG(int, device, 0, "CUDA device ordinal");
 ABSL_FLAG(std::string, activation_precision, "bf16",
-          "CUDA backend activations: bf16 (FP8 high + residual rows, bf16-level accuracy) | fp8 (one FP8 row per token)");
+          "CUDA backend activations for batches over 16 rows: bf16 (FP8 high + residual rows, bf16-level accuracy) | "
+          "fp8 (one FP8 row per token); smaller batches run the fp16 hi + lo GEMV in either mode");
 ABSL_FLAG(int, gpu_workspace_mb, 192, "CUDA backend: device memory for one slice of GEMM output (MiB)");
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain of the gRPC endpoint (with --tls_key: TLS)");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <numeric>
 #include <random>
+#include <string>
 
 #include "gtest/gtest.h"
 #include "kernels/fp8.h"
@@ -58,7 +59,20 @@ struct Case {
   WeightFormat format;
   LogitTransform transform;
   int threads;
+  CpuKernel kernel = CpuKernel::kBest;
 };
+
+// The backend with `kernel`, or null (and a skip message) where this CPU lacks its instructions.
+std::unique_ptr<Backend> BackendWith(HeadWeights head, LogitTransform t, int threads, CpuKernel kernel,
+                                     std::string* skip) {
+  auto backend = NewCpuBackend(std::move(head), t, threads, kernel);
+  if (backend.status().code() == absl::StatusCode::kFailedPrecondition) {
+    *skip = std::string(backend.status().message());
+    return nullptr;
+  }
+  EXPECT_TRUE(backend.ok()) << backend.status();
+  return backend.ok() ? std::move(*backend) : nullptr;
+}
 
 class CpuBackendTest : public ::testing::TestWithParam<Case> {};
 
@@ -67,8 +81,9 @@ TEST_P(CpuBackendTest, MatchesFloat64Reference) {
   const std::vector<float> w = testing::RandomWeights(kVocab, kHidden, 11);
   HeadWeights head = Quantized(c.format, w);
   const std::vector<double> wd = Dequantized(head);
-  auto backend = NewCpuBackend(std::move(head), c.transform, c.threads);
-  ASSERT_TRUE(backend.ok()) << backend.status();
+  std::string skip;
+  std::unique_ptr<Backend> backend = BackendWith(std::move(head), c.transform, c.threads, c.kernel, &skip);
+  if (backend == nullptr) GTEST_SKIP() << skip;
 
   constexpr int64_t kRows = 5;
   std::mt19937 rng(3);
@@ -79,7 +94,7 @@ TEST_P(CpuBackendTest, MatchesFloat64Reference) {
   std::vector<RowSpec> specs(kRows);
   for (int64_t r = 0; r < kRows; ++r) specs[r] = {static_cast<uint32_t>(r * 10), ids, r % 2 == 0};
   std::vector<RowOutput> out;
-  ASSERT_TRUE((*backend)->ComputeLogits({x.data(), kRows, specs}, &out).ok());
+  ASSERT_TRUE(backend->ComputeLogits({x.data(), kRows, specs}, &out).ok());
   ASSERT_EQ(out.size(), static_cast<size_t>(kRows));
 
   for (int64_t r = 0; r < kRows; ++r) {
@@ -119,7 +134,56 @@ INSTANTIATE_TEST_SUITE_P(
     Formats, CpuBackendTest,
     ::testing::Values(Case{WeightFormat::kFp8E4m3, {}, 1}, Case{WeightFormat::kFp8E4m3, {}, 3},
                       Case{WeightFormat::kBf16, {}, 2}, Case{WeightFormat::kFp8E4m3, {0.5f, 0.0f}, 2},
-                      Case{WeightFormat::kFp8E4m3, {1.0f, 5.0f}, 4}));
+                      Case{WeightFormat::kFp8E4m3, {1.0f, 5.0f}, 4},
+                      Case{WeightFormat::kFp8E4m3, {}, 3, CpuKernel::kAvx512},
+                      Case{WeightFormat::kFp8E4m3, {}, 3, CpuKernel::kAvx2},
+                      Case{WeightFormat::kFp8E4m3, {}, 3, CpuKernel::kPortable}));
+
+// Every kernel: a row's logits do not depend on its batch (bit for bit), and the kernels agree
+// with each other to fp32 rounding. Hidden 184 = 5 x 32 + 16 + 8 takes every tail of the
+// AVX-512 tiles; 9 rows make batch tiles of 4, 4 and 1; vocab 1001 leaves partial row tiles.
+TEST(CpuBackendKernelTest, RowsDoNotDependOnTheirBatchAndKernelsAgree) {
+  constexpr int64_t kV = 1001, kH = 184, kRows = 9;
+  const std::vector<float> w = testing::RandomWeights(kV, kH, 5);
+  HeadSource src;
+  src.dtype = SourceDType::kF32;
+  src.rows = kV;
+  src.cols = kH;
+  src.data = reinterpret_cast<const uint8_t*>(w.data());
+  const HeadWeights head = *QuantizeHead(src, QuantizeOptions{});
+  std::mt19937 rng(9);
+  std::normal_distribution<float> normal(0, 3);
+  std::vector<float> x(kRows * kH);
+  for (float& v : x) v = normal(rng);
+  const std::vector<uint32_t> ids = {0, 500};
+  const std::vector<RowSpec> specs(kRows, RowSpec{3, ids, true});
+
+  std::vector<std::vector<float>> portable;
+  int kernels_run = 0;
+  for (CpuKernel kernel : {CpuKernel::kPortable, CpuKernel::kAvx2, CpuKernel::kAvx512}) {
+    std::string skip;
+    std::unique_ptr<Backend> backend = BackendWith(head, {}, 2, kernel, &skip);
+    if (backend == nullptr) continue;
+    ++kernels_run;
+    std::vector<RowOutput> batched;
+    const absl::Status status = backend->ComputeLogits({x.data(), kRows, specs}, &batched);
+    ASSERT_TRUE(status.ok()) << status;
+    for (int64_t r = 0; r < kRows; ++r) {
+      SCOPED_TRACE(::testing::Message() << "kernel " << static_cast<int>(kernel) << " row " << r);
+      std::vector<RowOutput> alone;
+      ASSERT_TRUE(backend->ComputeLogits({x.data() + r * kH, 1, {&specs[r], 1}}, &alone).ok());
+      EXPECT_EQ(alone[0].logits, batched[r].logits);
+      EXPECT_EQ(alone[0].top_ids, batched[r].top_ids);
+      EXPECT_EQ(batched[r].token_logits[1], batched[r].logits[500]);
+      if (kernel == CpuKernel::kPortable) {
+        portable.push_back(batched[r].logits);
+        continue;
+      }
+      for (int64_t v = 0; v < kV; ++v) ASSERT_NEAR(batched[r].logits[v], portable[r][v], 1e-5 + 1e-6 * std::fabs(portable[r][v]));
+    }
+  }
+  EXPECT_GE(kernels_run, 1);
+}
 
 TEST(CpuBackendTieTest, EqualLogitsRankLowerIdFirst) {
   HeadWeights h;

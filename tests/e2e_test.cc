@@ -394,7 +394,7 @@ TEST_F(E2eTest, ManyConcurrentStreamsGetTheirOwnResultsInOrder) {
 TEST_F(E2eTest, CancelledAndExpiredCallsAreDroppedBeforeCompute) {
   // A head big enough that 64-row batches keep the 2-thread CPU backend busy for a while.
   testing::TempDir big;
-  constexpr int64_t kBigVocab = 16000, kBigHidden = 4096;
+  constexpr int64_t kBigVocab = 32000, kBigHidden = 4096;  // ~55 ms per 64-row batch with AVX-512
   testing::WriteBf16Checkpoint(big.path(), testing::RandomWeights(kBigVocab, kBigHidden, 5), kBigVocab, kBigHidden);
   options_.head.checkpoint_dir = big.path();
   options_.batcher.max_batch_rows = 64;
@@ -446,12 +446,15 @@ TEST_F(E2eTest, CancelledAndExpiredCallsAreDroppedBeforeCompute) {
   EXPECT_EQ(expired_status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
   // The server dropped both before computing them (a batch ahead takes far longer than 30 ms; the
   // probes arrive while the first one runs, and are checked when the next batch is formed).
-  for (int i = 0; i < 200 && MetricsText().find("lmhead_cancelled_total 1") == std::string::npos; ++i) {
-    absl::SleepFor(absl::Milliseconds(10));
-  }
+  auto both_counted = [&] {
+    const std::string text = MetricsText();
+    return text.find("lmhead_cancelled_total 1\n") != std::string::npos &&
+           text.find("lmhead_deadline_exceeded_total 1\n") != std::string::npos;
+  };
+  for (int i = 0; i < 200 && !both_counted(); ++i) absl::SleepFor(absl::Milliseconds(10));
   const std::string metrics = MetricsText();
   EXPECT_NE(metrics.find("lmhead_cancelled_total 1\n"), std::string::npos) << metrics;
-  EXPECT_NE(metrics.find("lmhead_deadline_exceeded_total 1\n"), std::string::npos);
+  EXPECT_NE(metrics.find("lmhead_deadline_exceeded_total 1\n"), std::string::npos) << metrics;
 }
 
 // A graceful stop answers every message a stream has delivered, in order, then ends the stream

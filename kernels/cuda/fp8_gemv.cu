@@ -1,21 +1,20 @@
 #include "kernels/cuda/fp8_gemv.h"
 
-#include "kernels/cuda/dependent_launch.h"
-#include "kernels/cuda/logit_stats.cuh"
-
 #include <cuda_fp8.h>
 
-#include <algorithm>
 #include <cfloat>
 #include <cmath>
 #include <cub/block/block_reduce.cuh>
+
+#include "kernels/cuda/dependent_launch.h"
+#include "kernels/cuda/logit_stats.cuh"
 
 namespace lmhead::cuda {
 namespace {
 
 constexpr int kActThreads = 1024;
 constexpr int kActPerThread = 8;  // row elements each thread of the activation kernel keeps in registers
-constexpr int kWarps = 8;    // warps per block; each computes one 16-row tile
+constexpr int kWarps = 8;     // warps per block; each computes one 16-row tile
 constexpr int kStep = 128;    // weight bytes of one row a warp reads per step (4 threads x 32)
 constexpr int kChunk = 512;   // activation columns (k) staged in shared memory per block at a time
 constexpr int kSmemPad = 32;  // fp16 elements after each staged column (bank-conflict-free reads)
@@ -215,7 +214,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2) Fp8GemvKernel(const uint8_t* _
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
 
-  // x: this lane's column g of tile 0 in the staged chunk, at step s.
+  // x: where this lane's B fragments start in the staged chunk (column g, lane t's runs) at a step.
   auto compute = [&](const __half* x, const uint4 (&buf)[4]) {
     const uint32_t* wa = reinterpret_cast<const uint32_t*>(&buf[0]);  // row g, 8 words
     const uint32_t* wb = reinterpret_cast<const uint32_t*>(&buf[2]);  // row g + 8
