@@ -19,11 +19,12 @@ namespace {
 constexpr int64_t kVocab = 2003;  // not a multiple of the thread count
 constexpr int64_t kHidden = 136;  // exercises the vector tail
 
-HeadWeights Quantized(WeightFormat format, const std::vector<float>& w) {
+HeadWeights Quantized(WeightFormat format, const std::vector<float>& w, int64_t vocab = kVocab,
+                      int64_t hidden = kHidden) {
   HeadSource s;
   s.dtype = SourceDType::kF32;
-  s.rows = kVocab;
-  s.cols = kHidden;
+  s.rows = vocab;
+  s.cols = hidden;
   s.data = reinterpret_cast<const uint8_t*>(w.data());
   QuantizeOptions opt;
   opt.format = format;
@@ -144,13 +145,7 @@ INSTANTIATE_TEST_SUITE_P(
 // AVX-512 tiles; 9 rows make batch tiles of 4, 4 and 1; vocab 1001 leaves partial row tiles.
 TEST(CpuBackendKernelTest, RowsDoNotDependOnTheirBatchAndKernelsAgree) {
   constexpr int64_t kV = 1001, kH = 184, kRows = 9;
-  const std::vector<float> w = testing::RandomWeights(kV, kH, 5);
-  HeadSource src;
-  src.dtype = SourceDType::kF32;
-  src.rows = kV;
-  src.cols = kH;
-  src.data = reinterpret_cast<const uint8_t*>(w.data());
-  const HeadWeights head = *QuantizeHead(src, QuantizeOptions{});
+  const HeadWeights head = Quantized(WeightFormat::kFp8E4m3, testing::RandomWeights(kV, kH, 5), kV, kH);
   std::mt19937 rng(9);
   std::normal_distribution<float> normal(0, 3);
   std::vector<float> x(kRows * kH);
