@@ -75,8 +75,15 @@ class CudaBackend final : public Backend {
                             const float* x_src, const std::function<void()>& while_gpu_runs,
                             std::vector<RowOutput>* out);
   // Enqueues one slice's device work on the stream: rows from x_src (host), then activations,
-  // GEMM, token ids, epilogue and the packed results' copy back. Capturable.
-  absl::Status Enqueue(const float* x_src, int64_t n, int top_k, int64_t max_ids, bool mark);
+  // GEMM, token ids, epilogue and the packed results' copy back. Capturable. graph: the slice is
+  // being captured (x_src is x_host_[0]; no stage events).
+  absl::Status Enqueue(const float* x_src, int64_t n, int top_k, int64_t max_ids, bool graph);
+  // Where a slice's epilogue leaves its results (ResultLayout): graph slices without a top-k write
+  // them straight into h_results_ (pinned, mapped: a few bytes per row, no copy node); the others
+  // into d_results_, copied back by the slice.
+  uint8_t* ResultsFor(bool graph, int top_k) const {
+    return graph && top_k == 0 ? h_results_.get() : d_results_.get();
+  }
   // Rows of the current slice that sample (slice indices) and the top-k width selected on their
   // processed logits.
   struct SamplingPlan {
@@ -86,8 +93,9 @@ class CudaBackend final : public Backend {
   // Enqueues token selection for the slice's sampling rows after its epilogue: processing, the
   // epilogue on the processed rows, selection, and the results' copy back. Not capturable (the
   // settings change per call); runs on the stream after the slice's graph.
+  // `results`: where the slice's epilogue left its results (ResultsFor).
   absl::Status EnqueueSampling(const LogitsBatch& batch, int64_t start, int64_t n, int top_k, int64_t max_ids,
-                               SamplingPlan* plan);
+                               const uint8_t* results, SamplingPlan* plan);
   // After the stream synchronized: moves the sampling results into `out`.
   absl::Status ReadSampling(const LogitsBatch& batch, int64_t start, int64_t max_ids, const SamplingPlan& plan,
                             std::vector<RowOutput>* out);
@@ -456,10 +464,10 @@ absl::Status CudaBackend::ComputeLogits(const LogitsBatch& batch, std::vector<Ro
   return absl::OkStatus();
 }
 
-absl::Status CudaBackend::Enqueue(const float* x_src, int64_t n, int top_k, int64_t max_ids, bool mark) {
+absl::Status CudaBackend::Enqueue(const float* x_src, int64_t n, int top_k, int64_t max_ids, bool graph) {
   cudaStream_t s = stream_.get();
   auto mark_stage = [&](int i) {
-    if (mark) Mark(i);
+    if (!graph) Mark(i);
   };
   const bool gemv = n <= gemv_max_rows_;
   // The GEMV's activation kernel reads pinned rows straight over PCIe (no copy node).
@@ -504,7 +512,7 @@ absl::Status CudaBackend::Enqueue(const float* x_src, int64_t n, int top_k, int6
                                          cudaMemcpyHostToDevice, s));
   }
   const ResultLayout layout(n, top_k, max_ids);
-  uint8_t* d = d_results_.get();
+  uint8_t* d = ResultsFor(graph, top_k);
   EpilogueParams p;
   p.raw = raw_.get();
   p.ld = vocab_pad_;
@@ -528,7 +536,9 @@ absl::Status CudaBackend::Enqueue(const float* x_src, int64_t n, int top_k, int6
   AttachScratch(&p);
   CUDA_RETURN_IF_ERROR(LaunchEpilogue(p, s));
   mark_stage(4);
-  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(h_results_.get(), d, layout.end, cudaMemcpyDeviceToHost, s));
+  if (d != h_results_.get()) {
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(h_results_.get(), d, layout.end, cudaMemcpyDeviceToHost, s));
+  }
   return absl::OkStatus();
 }
 
@@ -558,7 +568,7 @@ absl::Status CudaBackend::ComputeSlice(const LogitsBatch& batch, int64_t start, 
       }
       cudaGraph_t graph;
       CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-      absl::Status captured = Enqueue(x_host_[0].get(), n, top_k, max_ids, /*mark=*/false);
+      absl::Status captured = Enqueue(x_host_[0].get(), n, top_k, max_ids, /*graph=*/true);
       const cudaError_t ended = cudaStreamEndCapture(s, &graph);
       RETURN_IF_ERROR(captured);
       CUDA_RETURN_IF_ERROR(ended);
@@ -575,10 +585,10 @@ absl::Status CudaBackend::ComputeSlice(const LogitsBatch& batch, int64_t start, 
     // A one-slice batch goes straight from the caller's (pageable) rows: the driver stages the
     // copy, which costs less than a memcpy into pinned memory on the critical path. Batches of
     // several slices come from x_host_, staged while the previous slice computed.
-    RETURN_IF_ERROR(Enqueue(x_src, n, top_k, max_ids, /*mark=*/true));
+    RETURN_IF_ERROR(Enqueue(x_src, n, top_k, max_ids, /*graph=*/false));
   }
   SamplingPlan sampling;
-  RETURN_IF_ERROR(EnqueueSampling(batch, start, n, top_k, max_ids, &sampling));
+  RETURN_IF_ERROR(EnqueueSampling(batch, start, n, top_k, max_ids, ResultsFor(use_graph, top_k), &sampling));
   for (int64_t r = 0; r < n; ++r) {
     if (!batch.specs[start + r].want_logits) continue;
     std::vector<float>& logits = (*out)[start + r].logits;
@@ -632,7 +642,7 @@ absl::Status CudaBackend::ComputeSlice(const LogitsBatch& batch, int64_t start, 
 }
 
 absl::Status CudaBackend::EnqueueSampling(const LogitsBatch& batch, int64_t start, int64_t n, int top_k,
-                                          int64_t max_ids, SamplingPlan* plan) {
+                                          int64_t max_ids, const uint8_t* results, SamplingPlan* plan) {
   plan->rows.clear();
   plan->top_k = 0;
   int64_t list_ids = 0;
@@ -755,7 +765,7 @@ absl::Status CudaBackend::EnqueueSampling(const LogitsBatch& batch, int64_t star
     sp.proc_top_ids = e.top_ids;
     sp.top_stride = K;
     sp.raw = raw_.get();
-    sp.raw_lse = reinterpret_cast<const float*>(d_results_.get() + slice_layout.lse);
+    sp.raw_lse = reinterpret_cast<const float*>(results + slice_layout.lse);
     sp.sampled_id = reinterpret_cast<int32_t*>(out + layout.sampled_id) + g0;
     sp.sampled_logprob = reinterpret_cast<float*>(out + layout.sampled_logprob) + g0;
     sp.sampled_score = reinterpret_cast<float*>(out + layout.sampled_score) + g0;
