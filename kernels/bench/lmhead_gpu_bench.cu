@@ -1,12 +1,15 @@
 // lmhead-gpu-bench: speed of the CUDA backend against cuBLASLt BF16, cuBLASLt FP8 with tensor-wise
 // scales, and the seed's path (FP8 weights upcast to BF16, then a BF16 GEMM), with the byte floor
-// (device-to-device copy bandwidth) and compute floor (FP8 GEMM rate) measured in the same run.
+// (device-to-device copy bandwidth), a read floor (a read-only kernel over the weights) and the
+// compute floor (FP8 GEMM rate) measured in the same run.
 //
 //   lmhead-gpu-bench [--shapes=128256x4096,131072x5120,152064x8192]
 //                    [--batches=1,8,32,64,128,256,512,2048,8192] [--out=results.md]
 //
 // lmhead columns are end-to-end ComputeLogits calls (host fp32 rows in, host results out,
-// synchronised), median of repeated calls. Baseline columns time the GEMM alone with CUDA events.
+// synchronised), median of repeated calls; for batches the FP8 GEMV takes, also the same call with
+// the GEMV off (cuBLASLt) and the GEMV kernel alone. Baseline columns time the GEMM alone with
+// CUDA events.
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
 
