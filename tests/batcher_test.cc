@@ -17,12 +17,7 @@ constexpr int64_t kHidden = 24;
 
 std::unique_ptr<Backend> RealBackend() {
   const std::vector<float> w = testing::RandomWeights(kVocab, kHidden, 5);
-  HeadSource s;
-  s.dtype = SourceDType::kF32;
-  s.rows = kVocab;
-  s.cols = kHidden;
-  s.data = reinterpret_cast<const uint8_t*>(w.data());
-  return *NewCpuBackend(*QuantizeHead(s, QuantizeOptions{}), {}, 2);
+  return *NewCpuBackend(*QuantizeHead(testing::F32HeadSource(w, kVocab, kHidden), QuantizeOptions{}), {}, 2);
 }
 
 // The real CPU backend behind a gate: ComputeLogits waits until Open() (lets a test hold the

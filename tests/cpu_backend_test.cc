@@ -21,14 +21,9 @@ constexpr int64_t kHidden = 136;  // exercises the vector tail
 
 HeadWeights Quantized(WeightFormat format, const std::vector<float>& w, int64_t vocab = kVocab,
                       int64_t hidden = kHidden) {
-  HeadSource s;
-  s.dtype = SourceDType::kF32;
-  s.rows = vocab;
-  s.cols = hidden;
-  s.data = reinterpret_cast<const uint8_t*>(w.data());
   QuantizeOptions opt;
   opt.format = format;
-  return *QuantizeHead(s, opt);
+  return *QuantizeHead(testing::F32HeadSource(w, vocab, hidden), opt);
 }
 
 // float64 dequantized weights of `h`.

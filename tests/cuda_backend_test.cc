@@ -289,12 +289,7 @@ TEST(CudaBackendTest, GpuQuantizationIsBitIdenticalToTheHostQuantizer) {
   }
   // A non-finite weight is reported with its row, as the host quantizer does.
   w[700 * kHidden + 1] = std::numeric_limits<float>::infinity();
-  HeadSource bad;
-  bad.dtype = SourceDType::kF32;
-  bad.rows = kVocab;
-  bad.cols = kHidden;
-  bad.data = reinterpret_cast<const uint8_t*>(w.data());
-  auto failed = NewBackend(CudaOptions(), bad, QuantizeOptions{});
+  auto failed = NewBackend(CudaOptions(), testing::F32HeadSource(w, kVocab, kHidden), QuantizeOptions{});
   ASSERT_FALSE(failed.ok());
   EXPECT_NE(failed.status().message().find("row 700"), std::string::npos) << failed.status();
 }

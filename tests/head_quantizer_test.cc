@@ -13,14 +13,7 @@ namespace {
 constexpr int64_t kVocab = 300;
 constexpr int64_t kHidden = 80;
 
-HeadSource F32Source(const std::vector<float>& w) {
-  HeadSource s;
-  s.dtype = SourceDType::kF32;
-  s.rows = kVocab;
-  s.cols = kHidden;
-  s.data = reinterpret_cast<const uint8_t*>(w.data());
-  return s;
-}
+HeadSource F32Source(const std::vector<float>& w) { return testing::F32HeadSource(w, kVocab, kHidden); }
 
 float Dequant(const HeadWeights& h, int64_t r, int64_t c) {
   return Fp8E4m3Decode(h.data[r * h.hidden + c]) * h.row_scales[r];

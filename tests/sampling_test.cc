@@ -287,12 +287,7 @@ class CpuSamplingTest : public ::testing::Test {
   static constexpr int64_t kVocab = 300, kHidden = 64;
   void SetUp() override {
     const std::vector<float> w = testing::RandomWeights(kVocab, kHidden, 5);
-    HeadSource src;
-    src.dtype = SourceDType::kF32;
-    src.rows = kVocab;
-    src.cols = kHidden;
-    src.data = reinterpret_cast<const uint8_t*>(w.data());
-    auto weights = QuantizeHead(src, QuantizeOptions{});
+    auto weights = QuantizeHead(testing::F32HeadSource(w, kVocab, kHidden), QuantizeOptions{});
     ASSERT_TRUE(weights.ok());
     auto b = NewCpuBackend(*std::move(weights), LogitTransform{}, 2);
     ASSERT_TRUE(b.ok());

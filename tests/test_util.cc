@@ -54,6 +54,15 @@ void WriteBf16Checkpoint(const std::string& dir, const std::vector<float>& weigh
   ASSERT_TRUE(writer.Close().ok());
 }
 
+HeadSource F32HeadSource(const std::vector<float>& weights, int64_t vocab, int64_t hidden) {
+  HeadSource s;
+  s.dtype = SourceDType::kF32;
+  s.rows = vocab;
+  s.cols = hidden;
+  s.data = reinterpret_cast<const uint8_t*>(weights.data());
+  return s;
+}
+
 std::string SafetensorsBytes(const std::string& header, const std::string& data) {
   std::string out(8, '\0');
   for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((header.size() >> (8 * i)) & 0xff);

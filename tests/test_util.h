@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/head_source.h"
 #include "kernels/tensor.h"
 
 namespace lmhead::testing {
@@ -26,6 +27,9 @@ void WriteFile(const std::string& path, const std::string& bytes);
 
 // Seeded weights for a [vocab, hidden] head: Gaussian rows with per-row std around 0.02.
 std::vector<float> RandomWeights(int64_t vocab, int64_t hidden, uint64_t seed);
+
+// A view of `weights` ([vocab, hidden] fp32; must outlive the view) as a head source.
+HeadSource F32HeadSource(const std::vector<float>& weights, int64_t vocab, int64_t hidden);
 
 // Writes config.json + model.safetensors holding `weights` as BF16 under `name`.
 void WriteBf16Checkpoint(const std::string& dir, const std::vector<float>& weights, int64_t vocab,

@@ -201,6 +201,7 @@ int main(int argc, char** argv) {
   }
   cudaStream_t stream;
   CHECK_CUDA(cudaStreamCreate(&stream));
+  CHECK_CUDA(lmhead::cuda::PrepareFp8Gemv());
 
   // Ceilings: copy bandwidth (bytes read + written) and FP8 / BF16 GEMM rates at 8192^3.
   double copy_bw;
@@ -287,7 +288,6 @@ int main(int argc, char** argv) {
       ReadKernel<<<132 * 16, 256, 0, stream>>>(reinterpret_cast<const uint4*>(w8.get()), head.fp8.size() / 16,
                                                sink.get());
     });
-    CHECK_CUDA(lmhead::cuda::PrepareFp8Gemv());
     DeviceBuffer<__half> gemv_act;
     DeviceBuffer<float> gemv_scales, x_dev;
     CHECK_OK(gemv_act.Allocate(2 * lmhead::cuda::kGemvMaxRows * lmhead::cuda::GemvActivationStride(hidden)));
@@ -298,8 +298,9 @@ int main(int argc, char** argv) {
     CHECK_OK(part_max.Allocate(partials));
     CHECK_OK(part_sum.Allocate(partials));
     CHECK_OK(part_arg.Allocate(partials));
-    lmhead::cuda::GemvEpilogue gemv_epilogue;
-    gemv_epilogue.inv_scales = gemv_scales.get();
+    lmhead::cuda::EpilogueParams gemv_epilogue;  // what the GEMV alone reads and writes
+    gemv_epilogue.ld = vocab;
+    gemv_epilogue.act_scales = gemv_scales.get();
     gemv_epilogue.row_scales = scales.get();
     gemv_epilogue.vocab = vocab;
     gemv_epilogue.part_max = part_max.get();
@@ -340,9 +341,10 @@ int main(int argc, char** argv) {
         CHECK_CUDA(cudaMemcpy(x_dev.get(), x.data(), x.size() * 4, cudaMemcpyHostToDevice));
         CHECK_CUDA(lmhead::cuda::LaunchGemvActivations(x_dev.get(), b, hidden, hidden, gemv_act.get(),
                                                        gemv_scales.get(), stream));
+        gemv_epilogue.raw = d.get();
+        gemv_epilogue.rows = b;
         t_gemv = TimeDevice(stream, reps, [&] {
-          CHECK_CUDA(lmhead::cuda::LaunchFp8Gemv(w8.get(), vocab, hidden, gemv_act.get(), b, gemv_epilogue, d.get(), vocab,
-                                                 stream));
+          CHECK_CUDA(lmhead::cuda::LaunchFp8Gemv(w8.get(), vocab, hidden, gemv_act.get(), gemv_epilogue, stream));
         });
       }
       std::fprintf(stderr, "stages %s B=%lld bf16-act argmax: %s\nstages %s B=%lld bf16-act top20: %s\n",

@@ -236,6 +236,7 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
   }
   CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
   RETURN_IF_ERROR(stream_.Create());
+  CUDA_RETURN_IF_ERROR(PrepareEpilogue());
   if (args.profile_stages) {
     events_.resize(kStages + 1);
     for (cudaEvent_t& e : events_) CUDA_RETURN_IF_ERROR(cudaEventCreate(&e));
@@ -254,6 +255,7 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
   RETURN_IF_ERROR(act_.Allocate(n_pad * hidden_pad_ * (fp8_ ? 1 : 2)));
   RETURN_IF_ERROR(act_scales_.Allocate(n_pad));
   gemv_max_rows_ = std::min(gemv_max_rows_, slice_rows_);
+  static_assert(kGemvMaxRows <= kGraphRows, "GEMV slices are graph slices (their rows are pinned)");
   if (gemv_max_rows_ > 0) {
     CUDA_RETURN_IF_ERROR(PrepareFp8Gemv());
     RETURN_IF_ERROR(gemv_act_.Allocate(2 * gemv_max_rows_ * GemvActivationStride(hidden_pad_)));
@@ -469,48 +471,7 @@ absl::Status CudaBackend::Enqueue(const float* x_src, int64_t n, int top_k, int6
   auto mark_stage = [&](int i) {
     if (!graph) Mark(i);
   };
-  const bool gemv = n <= gemv_max_rows_;
-  // The GEMV's activation kernel reads pinned rows straight over PCIe (no copy node).
-  const bool read_host_rows = gemv && x_src == x_host_[0].get();
-  mark_stage(0);
-  if (!read_host_rows) {
-    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(x_dev_.get(), x_src, n * hidden_ * sizeof(float), cudaMemcpyHostToDevice, s));
-  }
-  mark_stage(1);
-  const int64_t n_pad = LtGemm::PadRows(split_ ? 2 * n : n);
-  if (gemv) {
-    CUDA_RETURN_IF_ERROR(LaunchGemvActivations(read_host_rows ? x_src : x_dev_.get(), n, hidden_, hidden_pad_, gemv_act_.get(),
-                                               gemv_scales_.get(), s));
-  } else if (fp8_) {
-    CUDA_RETURN_IF_ERROR(LaunchQuantizeActivations(x_dev_.get(), n, hidden_, hidden_pad_, split_, n_pad,
-                                                   reinterpret_cast<__nv_fp8_e4m3*>(act_.get()),
-                                                   act_scales_.get(), s));
-  } else {
-    CUDA_RETURN_IF_ERROR(LaunchConvertActivationsBf16(x_dev_.get(), n, hidden_, hidden_pad_, n_pad,
-                                                      reinterpret_cast<__nv_bfloat16*>(act_.get()),
-                                                      act_scales_.get(), s));
-  }
-  mark_stage(2);
-  if (gemv) {
-    GemvEpilogue e;
-    e.inv_scales = gemv_scales_.get();
-    e.row_scales = row_scales_.get();
-    e.logit_scale = transform_.scale;
-    e.softcap = transform_.softcap;
-    e.vocab = vocab_;
-    e.part_max = part_max_.get();
-    e.part_arg = part_arg_.get();
-    e.part_sum = part_sum_.get();
-    CUDA_RETURN_IF_ERROR(LaunchFp8Gemv(weights_.get(), vocab_pad_, hidden_pad_, gemv_act_.get(), n, e, raw_.get(),
-                                       vocab_pad_, s));
-  } else {
-    RETURN_IF_ERROR(gemm_->Run(weights_.get(), act_.get(), n_pad, raw_.get(), s));
-  }
-  mark_stage(3);
-  if (max_ids > 0) {
-    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d_token_ids_.get(), h_token_ids_.get(), n * max_ids * sizeof(int32_t),
-                                         cudaMemcpyHostToDevice, s));
-  }
+  const bool gemv = n <= gemv_max_rows_;  // always a graph slice (gemv_max_rows_ <= kGraphRows)
   const ResultLayout layout(n, top_k, max_ids);
   uint8_t* d = ResultsFor(graph, top_k);
   EpilogueParams p;
@@ -534,6 +495,35 @@ absl::Status CudaBackend::Enqueue(const float* x_src, int64_t n, int top_k, int6
   p.max_token_ids = static_cast<int>(max_ids);
   p.token_logits = reinterpret_cast<float*>(d + layout.token_logits);
   AttachScratch(&p);
+
+  mark_stage(0);
+  if (!gemv) {  // the GEMV's activation kernel reads the pinned rows straight over PCIe instead
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(x_dev_.get(), x_src, n * hidden_ * sizeof(float), cudaMemcpyHostToDevice, s));
+  }
+  mark_stage(1);
+  const int64_t n_pad = LtGemm::PadRows(split_ ? 2 * n : n);
+  if (gemv) {
+    CUDA_RETURN_IF_ERROR(LaunchGemvActivations(x_src, n, hidden_, hidden_pad_, gemv_act_.get(), gemv_scales_.get(), s));
+  } else if (fp8_) {
+    CUDA_RETURN_IF_ERROR(LaunchQuantizeActivations(x_dev_.get(), n, hidden_, hidden_pad_, split_, n_pad,
+                                                   reinterpret_cast<__nv_fp8_e4m3*>(act_.get()),
+                                                   act_scales_.get(), s));
+  } else {
+    CUDA_RETURN_IF_ERROR(LaunchConvertActivationsBf16(x_dev_.get(), n, hidden_, hidden_pad_, n_pad,
+                                                      reinterpret_cast<__nv_bfloat16*>(act_.get()),
+                                                      act_scales_.get(), s));
+  }
+  mark_stage(2);
+  if (gemv) {
+    CUDA_RETURN_IF_ERROR(LaunchFp8Gemv(weights_.get(), vocab_pad_, hidden_pad_, gemv_act_.get(), p, s));
+  } else {
+    RETURN_IF_ERROR(gemm_->Run(weights_.get(), act_.get(), n_pad, raw_.get(), s));
+  }
+  mark_stage(3);
+  if (max_ids > 0) {
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d_token_ids_.get(), h_token_ids_.get(), n * max_ids * sizeof(int32_t),
+                                         cudaMemcpyHostToDevice, s));
+  }
   CUDA_RETURN_IF_ERROR(LaunchEpilogue(p, s));
   mark_stage(4);
   if (d != h_results_.get()) {

@@ -111,8 +111,9 @@ __device__ __forceinline__ void CopyAsync16(void* smem, const void* global) {
 // The GEMV's store for up to kGemvFusedRows rows: logits of the warp's tile and the block's
 // partial statistics.
 template <int NT>
-__device__ __forceinline__ void FinishTile(const float (&acc)[NT][4], bool active, int64_t tile, int rows,
-                                        const GemvEpilogue& e, float* __restrict__ logits, int64_t ld) {
+__device__ __forceinline__ void FinishTile(const float (&acc)[NT][4], bool active, int64_t tile,
+                                           const EpilogueParams& e) {
+  const int rows = static_cast<int>(e.rows);
   const int lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
   __shared__ Stat warp_stats[kWarps][4 * NT];
@@ -122,14 +123,14 @@ __device__ __forceinline__ void FinishTile(const float (&acc)[NT][4], bool activ
     const int b = 4 * nt + t;
     Stat st{-FLT_MAX, 0, 0.0f};
     if (active && b < rows) {
-      const float inv_scale = e.inv_scales[b];
+      const float inv_scale = e.act_scales[b];
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const int64_t v = tile * 16 + g + 8 * half;
         if (v >= e.vocab) continue;
         const float l = FinishLogit((acc[nt][2 * half] + acc[nt][2 * half + 1]) * inv_scale,
                                     e.row_scales != nullptr ? e.row_scales + v : nullptr, e.logit_scale, e.softcap);
-        logits[b * ld + v] = l;
+        e.raw[b * e.ld + v] = l;
         st = Combine(st, StatOf(l, v));
       }
     }
@@ -174,8 +175,7 @@ __device__ __forceinline__ void FinishTile(const float (&acc)[NT][4], bool activ
 template <int NT>
 __global__ void __launch_bounds__(kWarps * 32, 2) Fp8GemvKernel(const uint8_t* __restrict__ w, int64_t tiles,
                                                               int hidden_pad, const __half* __restrict__ act,
-                                                              int64_t stride, int rows, GemvEpilogue e,
-                                                              float* __restrict__ logits, int64_t ld) {
+                                                              int64_t stride, EpilogueParams e) {
   constexpr int kSteps = kChunk / kStep;  // weight steps per chunk = steps of weights in flight
   constexpr int kColumns = 8 * NT;
   constexpr int kColumnStride = kChunk + kSmemPad;
@@ -186,6 +186,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2) Fp8GemvKernel(const uint8_t* _
   const int64_t tile = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   const bool active = tile < tiles;  // inactive warps still take part in staging and barriers
   const int chunks = (hidden_pad + kChunk - 1) / kChunk;
+  const int rows = static_cast<int>(e.rows);
   const int used_cols = min(2 * rows, kColumns);
 
   auto stage = [&](int chunk) {
@@ -263,8 +264,10 @@ __global__ void __launch_bounds__(kWarps * 32, 2) Fp8GemvKernel(const uint8_t* _
   LaunchDependents();  // the epilogue may launch; it waits for this grid's logits
 
   if constexpr (4 * NT <= kGemvFusedRows) {
-    FinishTile<NT>(acc, active, tile, rows, e, logits, ld);
+    FinishTile<NT>(acc, active, tile, e);
   } else if (active) {  // raw products; the epilogue's first pass finishes them
+    float* logits = e.raw;
+    const int64_t ld = e.ld;
     const int64_t v = tile * 16 + g;
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
@@ -289,12 +292,11 @@ cudaError_t AllowSmem() {
 
 template <int NT>
 cudaError_t Launch(const uint8_t* w, int64_t vocab_pad, int64_t hidden_pad, const __half* act, int64_t stride,
-                   int64_t rows, const GemvEpilogue& e, float* logits, int64_t ld, cudaStream_t stream) {
+                   const EpilogueParams& p, cudaStream_t stream) {
   const int64_t tiles = vocab_pad / 16;
   const int64_t blocks = GemvPartials(vocab_pad);
   return LaunchAfterPrevious(Fp8GemvKernel<NT>, dim3(static_cast<unsigned>(blocks)), dim3(kWarps * 32),
-                             SmemBytes<NT>(), stream, w, tiles, static_cast<int>(hidden_pad), act, stride,
-                             static_cast<int>(rows), e, logits, ld);
+                             SmemBytes<NT>(), stream, w, tiles, static_cast<int>(hidden_pad), act, stride, p);
 }
 
 }  // namespace
@@ -318,13 +320,13 @@ cudaError_t PrepareFp8Gemv() {
 
 int64_t GemvPartials(int64_t vocab_pad) { return (vocab_pad / 16 + kWarps - 1) / kWarps; }
 
-cudaError_t LaunchFp8Gemv(const uint8_t* w, int64_t vocab_pad, int64_t hidden_pad, const __half* act, int64_t rows,
-                          const GemvEpilogue& e, float* logits, int64_t ld, cudaStream_t stream) {
-  if (rows <= 0 || rows > kGemvMaxRows || vocab_pad % 16 != 0 || hidden_pad % 16 != 0) return cudaErrorInvalidValue;
+cudaError_t LaunchFp8Gemv(const uint8_t* w, int64_t vocab_pad, int64_t hidden_pad, const __half* act,
+                          const EpilogueParams& p, cudaStream_t stream) {
+  if (p.rows <= 0 || p.rows > kGemvMaxRows || vocab_pad % 16 != 0 || hidden_pad % 16 != 0) return cudaErrorInvalidValue;
   const int64_t stride = GemvActivationStride(hidden_pad);
-  if (rows <= 4) return Launch<1>(w, vocab_pad, hidden_pad, act, stride, rows, e, logits, ld, stream);
-  if (rows <= 8) return Launch<2>(w, vocab_pad, hidden_pad, act, stride, rows, e, logits, ld, stream);
-  return Launch<4>(w, vocab_pad, hidden_pad, act, stride, rows, e, logits, ld, stream);
+  if (p.rows <= 4) return Launch<1>(w, vocab_pad, hidden_pad, act, stride, p, stream);
+  if (p.rows <= 8) return Launch<2>(w, vocab_pad, hidden_pad, act, stride, p, stream);
+  return Launch<4>(w, vocab_pad, hidden_pad, act, stride, p, stream);
 }
 
 }  // namespace lmhead::cuda

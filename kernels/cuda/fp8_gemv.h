@@ -16,6 +16,8 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/kernels.h"
+
 namespace lmhead::cuda {
 
 // Most rows one GEMV call takes. Beyond 16 rows the tensor-core work (hi + lo columns) makes it
@@ -34,39 +36,28 @@ int64_t GemvActivationStride(int64_t hidden_pad);
 cudaError_t LaunchGemvActivations(const float* x, int64_t rows, int64_t hidden, int64_t hidden_pad, __half* act,
                                   float* inv_scales, cudaStream_t stream);
 
-// Sizes the launches for the current device (occupancy queries). Call once per process before
-// LaunchFp8Gemv (and before capturing it in a graph); not thread-safe against concurrent launches.
+// Allows the GEMV variants their shared memory on the current device. Call once per process
+// before LaunchFp8Gemv (and before capturing it in a graph).
 cudaError_t PrepareFp8Gemv();
 
 // Batches of up to this many rows get the epilogue's first pass fused into the GEMV.
 inline constexpr int64_t kGemvFusedRows = 4;
 
-// What the GEMV does with its products for up to kGemvFusedRows rows (the first pass of the
-// epilogue, fused). Larger batches get raw products (sum_k W * (hi + lo), no scales) and no
-// partials: the epilogue's first pass runs as for cuBLASLt, with inv_scales as activation scales.
-struct GemvEpilogue {
-  const float* inv_scales = nullptr;  // [rows], from LaunchGemvActivations
-  const float* row_scales = nullptr;  // [vocab] per-row weight scales, or null
-  float logit_scale = 1.0f;
-  float softcap = 0.0f;  // 0 = none
-  int64_t vocab = 0;     // logits at v >= vocab (padding rows) are neither written nor counted
-  // [rows, GemvPartials(vocab_pad)] (max, argmax, sum of exp(l - max)) of each block's rows.
-  float* part_max = nullptr;
-  int32_t* part_arg = nullptr;
-  float* part_sum = nullptr;
-};
-
-// Partial statistics per batch row that LaunchFp8Gemv writes (one per block of vocab rows).
+// Partial statistics per batch row the fused GEMV writes (one per block of vocab rows).
 int64_t GemvPartials(int64_t vocab_pad);
 
-// logits[b, v] = FinishLogit(inv_scales[b] * sum_k W[v, k] * (hi_b[k] + lo_b[k])) for
-// b < rows <= kGemvFusedRows, v < vocab, and the partial statistics of each block of rows; raw
-// products for larger batches (up to kGemvMaxRows), see GemvEpilogue.
+// The head times the activation planes for p.rows <= kGemvMaxRows rows, into p.raw ([rows, p.ld]).
+// For up to kGemvFusedRows rows the GEMV also does the epilogue's first pass: p.raw[b, v] =
+// FinishLogit(p.act_scales[b] * sum_k W[v, k] * (hi_b[k] + lo_b[k])) with p.row_scales,
+// p.logit_scale and p.softcap for v < p.vocab, and per-block (max, argmax, sum of exp) in
+// p.part_* ([rows, GemvPartials(vocab_pad)]) -- run the epilogue with ready_partials set. Larger
+// batches get raw products (the sums, unscaled) for the epilogue's first pass, with p.act_scales
+// (the inv_scales of LaunchGemvActivations) as the activation scales.
 // w: [vocab_pad, hidden_pad] E4M3 codes (vocab_pad and hidden_pad multiples of 16);
 // act: from LaunchGemvActivations (the previous kernel on `stream`: the GEMV starts streaming
-// weights before it ends); logits: [rows, ld] fp32.
-cudaError_t LaunchFp8Gemv(const uint8_t* w, int64_t vocab_pad, int64_t hidden_pad, const __half* act, int64_t rows,
-                          const GemvEpilogue& epilogue, float* logits, int64_t ld, cudaStream_t stream);
+// weights before it ends).
+cudaError_t LaunchFp8Gemv(const uint8_t* w, int64_t vocab_pad, int64_t hidden_pad, const __half* act,
+                          const EpilogueParams& p, cudaStream_t stream);
 
 }  // namespace lmhead::cuda
 

@@ -382,6 +382,11 @@ cudaError_t LaunchConvertActivationsBf16(const float* x, int64_t rows, int64_t h
   return cudaGetLastError();
 }
 
+cudaError_t PrepareEpilogue() {
+  return cudaFuncSetAttribute(SelectKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                              static_cast<int>(sizeof(FinalShared)));
+}
+
 cudaError_t LaunchEpilogue(const EpilogueParams& p, cudaStream_t stream) {
   if (p.top_k < 0 || p.top_k > kMaxTopK) return cudaErrorInvalidValue;
   const int chunks = static_cast<int>(PartialChunks(p.vocab));
@@ -400,10 +405,7 @@ cudaError_t LaunchEpilogue(const EpilogueParams& p, cudaStream_t stream) {
     if (e == cudaSuccess) e = LaunchAfterPrevious(CutKernel, dim3(rows), dim3(kBins), 0, stream, p);
     if (e == cudaSuccess) e = LaunchAfterPrevious(CollectKernel, dim3(chunks, rows), dim3(kPartThreads), 0, stream, p);
     if (e != cudaSuccess) return e;
-    const size_t smem = sizeof(FinalShared);
-    e = cudaFuncSetAttribute(SelectKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    if (e != cudaSuccess) return e;
-    e = LaunchAfterPrevious(SelectKernel, dim3(rows), dim3(kFinalThreads), smem, stream, p);
+    e = LaunchAfterPrevious(SelectKernel, dim3(rows), dim3(kFinalThreads), sizeof(FinalShared), stream, p);
     if (e != cudaSuccess) return e;
   }
   return cudaGetLastError();

@@ -72,6 +72,10 @@ struct EpilogueParams {
 // Number of vocab chunks of the first epilogue pass (sizes the part_* scratch).
 int64_t PartialChunks(int64_t vocab);
 
+// Allows the selection pass its shared memory on the current device. Call once per process before
+// LaunchEpilogue.
+cudaError_t PrepareEpilogue();
+
 // Logits (in place), argmax, logsumexp, top-k (ties: lower id first) and token logits.
 cudaError_t LaunchEpilogue(const EpilogueParams& p, cudaStream_t stream);
 
