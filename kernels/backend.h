@@ -74,6 +74,13 @@ class Backend {
   // head or rows whose logits overflow; INTERNAL for device failures.
   virtual absl::Status ComputeLogits(const LogitsBatch& batch, std::vector<RowOutput>* out) = 0;
 
+  // A host buffer of at least rows x hidden() floats that the caller may assemble the next
+  // batch's rows in and pass as LogitsBatch::hidden, saving the backend a copy (the CUDA backend
+  // hands out pinned memory, which the GPU reads directly). nullptr when the backend has none or
+  // `rows` is more than it holds. Owned by the backend; valid until the next call of
+  // InputBuffer or ComputeLogits. Same thread as ComputeLogits.
+  virtual float* InputBuffer(int64_t /*rows*/) { return nullptr; }
+
   // Device memory in use and in total on the backend's device (all processes), when it has one.
   // Thread-safe: only queries the driver.
   virtual bool DeviceMemory(int64_t* /*used*/, int64_t* /*total*/) const { return false; }

@@ -1,6 +1,7 @@
 #include "service/batching/batcher.h"
 
 #include <atomic>
+#include <cmath>
 #include <condition_variable>
 #include <mutex>
 
@@ -21,10 +22,17 @@ std::unique_ptr<Backend> RealBackend() {
 }
 
 // The real CPU backend behind a gate: ComputeLogits waits until Open() (lets a test hold the
-// worker busy) and records each batch's size.
+// worker busy) and records each batch's size. With an input buffer it offers one, as the CUDA
+// backend does, and counts the batches whose rows arrived in it.
 class GatedBackend : public Backend {
  public:
-  explicit GatedBackend(std::unique_ptr<Backend> inner) : inner_(std::move(inner)) {}
+  explicit GatedBackend(std::unique_ptr<Backend> inner, bool input_buffer = false)
+      : inner_(std::move(inner)), offers_buffer_(input_buffer) {}
+  float* InputBuffer(int64_t rows) override {
+    if (!offers_buffer_) return nullptr;
+    buffer_.assign(rows * hidden(), std::nanf(""));  // stale values must not survive
+    return buffer_.data();
+  }
   const char* Name() const override { return inner_->Name(); }
   int64_t vocab() const override { return inner_->vocab(); }
   int64_t hidden() const override { return inner_->hidden(); }
@@ -33,6 +41,7 @@ class GatedBackend : public Backend {
   absl::Status ComputeLogits(const LogitsBatch& batch, std::vector<RowOutput>* out) override {
     std::unique_lock<std::mutex> lock(mu_);
     batch_sizes_.push_back(batch.rows);
+    if (offers_buffer_ && batch.hidden == buffer_.data()) ++buffered_batches_;
     entered_cv_.notify_all();
     cv_.wait(lock, [&] { return open_; });
     lock.unlock();
@@ -51,9 +60,16 @@ class GatedBackend : public Backend {
     std::lock_guard<std::mutex> lock(mu_);
     return batch_sizes_;
   }
+  int buffered_batches() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return buffered_batches_;
+  }
 
  private:
   std::unique_ptr<Backend> inner_;
+  const bool offers_buffer_;
+  std::vector<float> buffer_;
+  int buffered_batches_ = 0;
   std::mutex mu_;
   std::condition_variable cv_, entered_cv_;
   bool open_ = false;
@@ -79,8 +95,11 @@ std::unique_ptr<Task> MakeTask(int tag, int64_t rows, Results* results, float va
   return t;
 }
 
-TEST(BatcherTest, CoalescesQueuedTasksAndReturnsEachItsOwnRows) {
-  GatedBackend backend(RealBackend());
+// Param: the backend offers an input buffer (rows are gathered there) or not.
+class CoalescingTest : public ::testing::TestWithParam<bool> {};
+
+TEST_P(CoalescingTest, CoalescesQueuedTasksAndReturnsEachItsOwnRows) {
+  GatedBackend backend(RealBackend(), GetParam());
   auto reference = RealBackend();
   Results results;
   {
@@ -98,6 +117,7 @@ TEST(BatcherTest, CoalescesQueuedTasksAndReturnsEachItsOwnRows) {
   }
   // Tasks 1..5 have 2+3+1+2+3 = 11 rows: batches of 8 (tasks 1-4) and 3 (task 5).
   EXPECT_EQ(backend.batch_sizes(), (std::vector<int64_t>{1, 8, 3}));
+  EXPECT_EQ(backend.buffered_batches(), GetParam() ? 3 : 0);
   ASSERT_EQ(results.done.size(), 6u);
   for (auto& [tag, r] : results.done) {
     ASSERT_TRUE(r.ok()) << r.status();
@@ -113,6 +133,11 @@ TEST(BatcherTest, CoalescesQueuedTasksAndReturnsEachItsOwnRows) {
     }
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(InputBuffer, CoalescingTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? "BackendBuffer" : "OwnBuffer";
+                         });
 
 TEST(BatcherTest, FullQueueIsRefusedAtOnce) {
   GatedBackend backend(RealBackend());

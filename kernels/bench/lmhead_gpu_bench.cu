@@ -239,10 +239,11 @@ int main(int argc, char** argv) {
      << "handle: " << context_mib << " MiB.\n\n"
      << "Times in ms (median). lmhead = end-to-end `ComputeLogits` (host rows in, results on the host): "
         "`argmax` returns argmax + logsumexp; `top20` adds top-20 logprobs and 2 token logprobs. "
-        "B <= 16 runs lmhead's FP8 GEMV (fp16 hi + lo activations, both modes); `lt` = the same call with "
-        "the GEMV off (cuBLASLt FP8 over FP8 high + residual activation rows). Above 16 rows `bf16 act` = "
-        "cuBLASLt FP8 over high + residual rows (default), `fp8 act` = one FP8 row per token. "
-        "`GEMV kernel` = the GEMV kernel alone (CUDA events; it includes the epilogue's first pass: logits and per-block max / argmax / sum of exp). "
+        "B <= 64 runs lmhead's FP8 GEMV in both modes (fp16 hi + lo activations up to 8 rows, one fp16 above); "
+        "`lt` = the same call with the GEMV off (cuBLASLt FP8 over FP8 high + residual activation rows). Above "
+        "64 rows `bf16 act` = cuBLASLt FP8 over high + residual rows (default), `fp8 act` = one FP8 row per "
+        "token. `GEMV kernel` = the GEMV kernel alone (CUDA events; for B <= 4 it includes the epilogue's first "
+        "pass: logits and per-block max / argmax / sum of exp). "
         "Baselines are the GEMM alone (CUDA events): cuBLASLt BF16 (BF16 weights), cuBLASLt FP8 tensor-wise "
         "(FP8 weights and activations, no scales), and the seed (upcast FP8 -> BF16 every call, then BF16 GEMM). "
         "Byte floor = (FP8 weights + scales + fp32 inputs) / copy bandwidth (the issue's definition); read floor = "
@@ -290,7 +291,9 @@ int main(int argc, char** argv) {
     });
     DeviceBuffer<__half> gemv_act;
     DeviceBuffer<float> gemv_scales, x_dev;
-    CHECK_OK(gemv_act.Allocate(2 * lmhead::cuda::kGemvMaxRows * lmhead::cuda::GemvActivationStride(hidden)));
+    CHECK_OK(gemv_act.Allocate(lmhead::cuda::GemvPlaneRows(lmhead::cuda::kGemvMaxRows) *
+                               lmhead::cuda::GemvActivationStride(hidden)));
+    CHECK_CUDA(cudaMemset(gemv_act.get(), 0, gemv_act.bytes()));
     CHECK_OK(gemv_scales.Allocate(lmhead::cuda::kGemvMaxRows));
     DeviceBuffer<float> part_max, part_sum;
     DeviceBuffer<int32_t> part_arg;
@@ -335,7 +338,7 @@ int main(int argc, char** argv) {
       TimeHost(reps, [&] { call(*profiled, top_specs); });
       const std::string stages_top = profiled->TakeStageTimings();
       double t_lt = NAN, t_gemv = NAN;
-      if (b <= lmhead::cuda::kGemvMaxRows) {
+      if (b <= lmhead::cuda::GemvMaxRows()) {
         t_lt = TimeHost(reps, [&] { call(*lt_only, argmax_specs); });
         CHECK_OK(x_dev.Allocate(b * hidden));
         CHECK_CUDA(cudaMemcpy(x_dev.get(), x.data(), x.size() * 4, cudaMemcpyHostToDevice));

@@ -29,6 +29,7 @@ namespace {
 int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 static_assert(kCudaGemvMaxRows == kGemvMaxRows, "the module API's default must match the GEMV's limit");
+static_assert(kCudaGemvExactRows == kGemvExactRows, "the module API must state the GEMV's precision switch");
 
 class CudaBackend final : public Backend {
  public:
@@ -40,6 +41,9 @@ class CudaBackend final : public Backend {
     return static_cast<int64_t>(weights_.bytes() + row_scales_.bytes());
   }
   absl::Status ComputeLogits(const LogitsBatch& batch, std::vector<RowOutput>* out) override;
+  // Batches of one slice may be assembled in x_host_[0] (pinned); larger ones are staged slice by
+  // slice through both x_host_ buffers.
+  float* InputBuffer(int64_t rows) override { return rows <= slice_rows_ ? x_host_[0].get() : nullptr; }
   std::string TakeStageTimings() override;
   absl::StatusOr<HeadWeights> ExportWeights() const override;
   bool DeviceMemory(int64_t* used, int64_t* total) const override {
@@ -130,7 +134,7 @@ class CudaBackend final : public Backend {
   DeviceBuffer<float> x_dev_;         // [slice, hidden]
   DeviceBuffer<uint8_t> act_;         // [n_pad, hidden_pad] E4M3 or bf16
   DeviceBuffer<float> act_scales_;    // [n_pad]
-  DeviceBuffer<__half> gemv_act_;     // [2 * gemv_max_rows, GemvActivationStride] hi/lo planes
+  DeviceBuffer<__half> gemv_act_;     // [GemvPlaneRows(gemv_max_rows), GemvActivationStride] planes
   DeviceBuffer<float> gemv_scales_;   // [gemv_max_rows] 1 / activation scale
   DeviceBuffer<float> raw_;           // [n_pad, vocab_pad]
   DeviceBuffer<float> part_max_, part_sum_;
@@ -154,14 +158,19 @@ class CudaBackend final : public Backend {
   DeviceBuffer<uint8_t> d_sample_results_;  // SampleLayout
   PinnedBuffer<uint8_t> h_sample_results_;
 
-  // Small slices (n <= kGraphRows) run as CUDA graphs, one per (n, top_k, max_ids), captured on
-  // first use; their input rows are staged in x_host_[0] (pinned). Launch gaps between the short
-  // kernels are what a graph removes. Batches of several slices stage each slice's rows in
-  // x_host_[0] / [1] alternately while the GPU computes the previous one, so that they go up by
-  // DMA from pinned memory instead of through the driver's pageable staging.
-  // (Measured on an H100 at 131072x5120: a graph saved ~8 us at B = 1; at B = 64 staging 1.3 MB
-  // of rows through pinned memory cost more than the graph saved, so larger slices don't.)
-  static constexpr int64_t kGraphRows = 16;
+  // Small slices run as CUDA graphs, one per (n, top_k, max_ids), captured on first use; their
+  // input rows are read from x_host_[0] (pinned; copied there unless the caller assembled them
+  // there through InputBuffer). Launch gaps between the short kernels are what a graph removes
+  // (~8 us at B = 1, measured on an H100). GEMV slices always run so; other slices of up to
+  // kGraphRows rows only when their rows are already in x_host_[0]: copying 1.3 MB of rows (B =
+  // 64, hidden 5120) into pinned memory first costs more than the driver's pipelined copy from
+  // pageable memory (measured on an H100 machine: 0.49 against 0.42 ms end to end). Batches of
+  // several slices stage each slice's rows in x_host_[0] / [1] alternately while the GPU computes
+  // the previous one, so that they go up by DMA from pinned memory.
+  static constexpr int64_t kGraphRows = 64;
+  bool UseGraph(int64_t n, const float* x_src) const {
+    return n <= gemv_max_rows_ || (n <= kGraphRows && x_src == x_host_[0].get());
+  }
   static constexpr size_t kMaxGraphs = 256;
   PinnedBuffer<float> x_host_[2];  // [slice_rows, hidden] each
   std::map<std::tuple<int64_t, int, int64_t>, cudaGraphExec_t> graphs_;
@@ -258,7 +267,8 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
   static_assert(kGemvMaxRows <= kGraphRows, "GEMV slices are graph slices (their rows are pinned)");
   if (gemv_max_rows_ > 0) {
     CUDA_RETURN_IF_ERROR(PrepareFp8Gemv());
-    RETURN_IF_ERROR(gemv_act_.Allocate(2 * gemv_max_rows_ * GemvActivationStride(hidden_pad_)));
+    gemv_max_rows_ = std::min(gemv_max_rows_, GemvMaxRows());
+    RETURN_IF_ERROR(gemv_act_.Allocate(GemvPlaneRows(gemv_max_rows_) * GemvActivationStride(hidden_pad_)));
     CUDA_RETURN_IF_ERROR(cudaMemset(gemv_act_.get(), 0, gemv_act_.bytes()));  // padding columns stay zero
     RETURN_IF_ERROR(gemv_scales_.Allocate(gemv_max_rows_));
   }
@@ -471,7 +481,7 @@ absl::Status CudaBackend::Enqueue(const float* x_src, int64_t n, int top_k, int6
   auto mark_stage = [&](int i) {
     if (!graph) Mark(i);
   };
-  const bool gemv = n <= gemv_max_rows_;  // always a graph slice (gemv_max_rows_ <= kGraphRows)
+  const bool gemv = n <= gemv_max_rows_;  // always a graph slice (UseGraph)
   const ResultLayout layout(n, top_k, max_ids);
   uint8_t* d = ResultsFor(graph, top_k);
   EpilogueParams p;
@@ -545,7 +555,7 @@ absl::Status CudaBackend::ComputeSlice(const LogitsBatch& batch, int64_t start, 
       }
     }
   }
-  const bool use_graph = n <= kGraphRows;
+  const bool use_graph = UseGraph(n, x_src);
   if (use_graph) {
     if (x_src != x_host_[0].get()) std::memcpy(x_host_[0].get(), x_src, n * hidden_ * sizeof(float));
     const auto key = std::make_tuple(n, top_k, max_ids);
@@ -572,9 +582,10 @@ absl::Status CudaBackend::ComputeSlice(const LogitsBatch& batch, int64_t start, 
     CUDA_RETURN_IF_ERROR(cudaGraphLaunch(it->second, s));
     Mark(5);
   } else {
-    // A one-slice batch goes straight from the caller's (pageable) rows: the driver stages the
-    // copy, which costs less than a memcpy into pinned memory on the critical path. Batches of
-    // several slices come from x_host_, staged while the previous slice computed.
+    // A one-slice batch goes straight from the caller's rows (pinned when assembled through
+    // InputBuffer; otherwise the driver stages the copy, which costs less than our memcpy into
+    // pinned memory on the critical path). Batches of several slices come from x_host_, staged
+    // while the previous slice computed.
     RETURN_IF_ERROR(Enqueue(x_src, n, top_k, max_ids, /*graph=*/false));
   }
   SamplingPlan sampling;

@@ -8,31 +8,45 @@
 
 #include "kernels/cuda/dependent_launch.h"
 #include "kernels/cuda/logit_stats.cuh"
+#include "kernels/cuda/wgmma.cuh"
 
 namespace lmhead::cuda {
 namespace {
 
 constexpr int kActThreads = 1024;
 constexpr int kActPerThread = 8;  // row elements each thread of the activation kernel keeps in registers
-constexpr int kWarps = 8;     // warps per block; each computes one 16-row tile
+constexpr int kWarps = 8;     // warps per block of the mma.sync GEMV; each computes 16 vocab rows
 constexpr int kStep = 128;    // weight bytes of one row a warp reads per step (4 threads x 32)
-constexpr int kChunk = 512;   // activation columns (k) staged in shared memory per block at a time
+constexpr int kMaxChunk = 512;  // most activation columns (k) staged in shared memory at a time
 constexpr int kSmemPad = 32;  // fp16 elements after each staged column (bank-conflict-free reads)
 
-// Stored position of real column k in an activation plane: within each 128-column step, lane
-// t's 32 columns [32t, 32t + 32) are kept as 4 runs of 8, run p at p * 32 + t * 8, so that
-// the 4 lanes of a row read 64 contiguous bytes for their words 2p and 2p + 1 (see the GEMV).
+// Stored position of real column k in an activation plane for the mma.sync GEMV: within each
+// 128-column step, lane t's 32 columns [32t, 32t + 32) are kept as 4 runs of 8, run p at
+// p * 32 + t * 8, so that the 4 lanes of a row read 64 contiguous bytes for their words 2p and
+// 2p + 1 (see the GEMV).
 __device__ __forceinline__ int64_t PlanePosition(int64_t k) {
   const int64_t in_step = k % kStep;
   const int t = static_cast<int>(in_step / 32), p = static_cast<int>(in_step % 32) / 8, i = static_cast<int>(in_step % 8);
   return k - in_step + p * 32 + t * 8 + i;
 }
 
+// The same for the wgmma GEMV: each 128-column step holds the 8 k16 blocks of its
+// MMAs one after another, block 2p + jj as the MMA's k order: real column 32t + 8p + 4jj + 2h + e
+// is the MMA's k = 8h + 2t + e (see the GEMV's fragment mapping). A block's 8 k of one half h are
+// then one 16-byte row of a wgmma core matrix.
+__device__ __forceinline__ int64_t WgmmaPlanePosition(int64_t k) {
+  const int in_step = static_cast<int>(k % kStep);
+  const int t = in_step / 32, p = in_step % 32 / 8, jj = in_step % 8 / 4, h = in_step % 4 / 2, e = in_step % 2;
+  return k - in_step + (2 * p + jj) * 16 + h * 8 + 2 * t + e;
+}
+
 // One block per row. x may be pinned host memory read over PCIe: every element the block needs is
 // requested up front (kActPerThread independent loads per thread), so a row costs about one
 // round trip, and is read once.
 __global__ void __launch_bounds__(kActThreads) GemvActivationsKernel(const float* __restrict__ x, int64_t hidden,
-                                                                     int64_t stride, __half* __restrict__ act,
+                                                                     int64_t stride, int planes,
+                                                                     bool wgmma_layout,
+                                                                     __half* __restrict__ act,
                                                                      float* __restrict__ inv_scales) {
   LaunchDependents();  // the GEMV may start streaming weights now; it waits for these planes
   using Reduce = cub::BlockReduce<float, kActThreads>;
@@ -63,14 +77,14 @@ __global__ void __launch_bounds__(kActThreads) GemvActivationsKernel(const float
     e = max(e, -100);  // keeps s finite for denormal-sized rows
   }
   const float s = ldexpf(1.0f, 14 - e);
-  __half* hi = act + 2 * b * stride;
-  __half* lo = hi + stride;
+  __half* hi = act + planes * b * stride;
+  __half* lo = hi + stride;  // planes == 2 only
   auto put = [&](int64_t i, float value) {
     const float scaled = value * s;  // exact: s is a power of two
     const __half h = __float2half_rn(scaled);
-    const int64_t at = PlanePosition(i);
+    const int64_t at = wgmma_layout ? WgmmaPlanePosition(i) : PlanePosition(i);
     hi[at] = h;
-    lo[at] = __float2half_rn(scaled - __half2float(h));
+    if (planes == 2) lo[at] = __float2half_rn(scaled - __half2float(h));
   };
 #pragma unroll
   for (int j = 0; j < kActPerThread; ++j) {
@@ -155,14 +169,22 @@ __device__ __forceinline__ void FinishTile(const float (&acc)[NT][4], bool activ
   }
 }
 
-// Each warp computes one tile of 16 vocab rows x 8 * NT activation columns (4 * NT batch rows,
-// each as hi and lo). Lane (g, t) = (lane / 4, lane % 4) holds, per 128-byte step of K, the 32
-// bytes [32t, 32t + 32) of rows g and g + 8, loaded straight from global memory into registers
-// one chunk of steps ahead. The MMA's k order is a permutation of the real k, the same for
-// both operands: for the 4-byte word j of those 32 bytes (real k = base .. base + 3,
-// base = 32t + 4j) the fp16 A fragment takes {k0, k1} as its "2t" pair and {k2, k3} as its
-// "2t + 8" pair, and the B fragment of column g reads x[base .. base + 3] in the same order.
-// C columns 2t and 2t + 1 are then hi and lo of batch row 4 * nt + t: their sum is the product.
+// Each warp streams one tile of 16 vocab rows. Lane (g, t) = (lane / 4, lane % 4) holds, per
+// 128-byte step of K, the 32 bytes [32t, 32t + 32) of rows g and g + 8, loaded straight from
+// global memory into registers one chunk of steps ahead. The MMA's k order is a permutation of
+// the real k, the same for both operands: for the 4-byte word j = 2p + jj of those 32 bytes (real
+// k = base .. base + 3, base = 32t + 4j) the fp16 A fragment takes {k0, k1} as its "2t" pair and
+// {k2, k3} as its "2t + 8" pair, and the activations are stored in that order (PlanePosition,
+// WgmmaPlanePosition).
+//
+// Up to kGemvMmaRows rows: mma.sync m16n8k16 per warp over 8 * NT plane columns; with hi + lo
+// (PLANES = 2) C columns 2t and 2t + 1 are hi and lo of batch row 4 * nt + t (their sum is the
+// product), with one plane batch rows 8 * nt + 2t and 8 * nt + 2t + 1. More rows (WGMMA): each
+// warpgroup of the block runs wgmma m64nNk16 (N = 8 * NT batch rows; 64 vocab rows = the group's
+// 4 warp tiles) with the weights in registers, so the tensor cores work at their full rate
+// (mma.sync's rate made 32 or 64 rows compute-bound: 0.29 / 0.45 ms against 0.24 ms at 16 rows,
+// H100, 131072x5120), and 16 warps per block, so the activations are read from L2 once per 256
+// vocab rows instead of 128 (0.34 / 0.48 ms with 8 warps: their reads were what bound it).
 //
 // The block's warps share the activations: kChunk columns of k at a time are staged in shared
 // memory (double-buffered with cp.async), so the activations are read from L2 once per block
@@ -172,29 +194,72 @@ __device__ __forceinline__ void FinishTile(const float (&acc)[NT][4], bool activ
 // reduces its rows to one partial statistic per batch row, so the epilogue starts from those.
 // (For more rows that store cost the kernel more than the separate pass it saves: measured on an
 // H100 at B = 8 and 16, 131072x5120 and 152064x8192.)
-template <int NT>
-__global__ void __launch_bounds__(kWarps * 32, 2) Fp8GemvKernel(const uint8_t* __restrict__ w, int64_t tiles,
-                                                              int hidden_pad, const __half* __restrict__ act,
-                                                              int64_t stride, EpilogueParams e) {
-  constexpr int kSteps = kChunk / kStep;  // weight steps per chunk = steps of weights in flight
-  constexpr int kColumns = 8 * NT;
-  constexpr int kColumnStride = kChunk + kSmemPad;
-  extern __shared__ __align__(16) __half staged[];  // [2][kColumns][kColumnStride]
+template <int NT, int PLANES, bool WGMMA>
+struct GemvShape {
+  static constexpr bool kWgmma = WGMMA;
+  // Every block reads all the activations (from L2): the wgmma GEMV's larger blocks read them
+  // for 256 vocab rows at a time instead of 128.
+  static constexpr int kBlockWarps = kWgmma ? 16 : kWarps;
+  static constexpr int kMinBlocks = kWgmma ? 1 : 2;  // per SM
+  static constexpr int kColumns = 8 * NT;                   // plane columns of the MMAs
+  static constexpr int kSteps = WGMMA ? 2 : 4;  // weight steps in flight (registers: 16 per step per thread)
+  static constexpr int kChunk = kSteps * kStep;             // activation columns staged at a time
+  // mma.sync: [kColumns][kChunk + kSmemPad] fp16 per buffer; wgmma: core matrices, 32 bytes per
+  // column per k16 block.
+  static constexpr int kColumnStride = kChunk + kSmemPad;
+  static constexpr int kBufferBytes =
+      kWgmma ? kColumns * kChunk * 2 : kColumns * kColumnStride * static_cast<int>(sizeof(__half));
+  // wgmma keeps up to kWgmmaPending MMAs running while the next A fragments are decoded, so a
+  // chunk's buffer may still be read when the next chunk begins: a third buffer.
+  static constexpr int kBuffers = kWgmma ? 3 : 2;
+  static constexpr int kSmemBytes = kBuffers * kBufferBytes;
+  static constexpr int kBatchRows = kColumns / PLANES;
+  static_assert(kMaxChunk % kChunk == 0, "activation planes are padded to kMaxChunk columns");
+  static_assert(!kWgmma || (kColumns == 32 && PLANES == 1), "the wgmma variant built here: one plane, N = 32");
+};
+
+template <int NT, int PLANES, bool WGMMA>
+__global__ void __launch_bounds__(GemvShape<NT, PLANES, WGMMA>::kBlockWarps * 32,
+                                  GemvShape<NT, PLANES, WGMMA>::kMinBlocks)
+    Fp8GemvKernel(const uint8_t* __restrict__ w, int64_t tiles, int hidden_pad, const __half* __restrict__ act,
+                  int64_t stride, EpilogueParams e) {
+  using Shape = GemvShape<NT, PLANES, WGMMA>;
+  constexpr int kSteps = Shape::kSteps;
+  constexpr int kChunk = Shape::kChunk;
+  constexpr int kColumns = Shape::kColumns;
+  constexpr int kColumnStride = Shape::kColumnStride;
+  extern __shared__ __align__(128) uint8_t staged[];  // [kBuffers][kBufferBytes]
 
   const int lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
-  const int64_t tile = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
-  const bool active = tile < tiles;  // inactive warps still take part in staging and barriers
+  const int64_t tile = static_cast<int64_t>(blockIdx.x) * Shape::kBlockWarps + (threadIdx.x >> 5);
+  const bool active = tile < tiles;  // inactive warps still take part in staging, barriers and wgmma
   const int chunks = (hidden_pad + kChunk - 1) / kChunk;
   const int rows = static_cast<int>(e.rows);
-  const int used_cols = min(2 * rows, kColumns);
+  const int used_cols = min(PLANES * rows, kColumns);
 
+  // Copies chunk `chunk` of the used plane columns into buffer chunk % kBuffers. Columns past
+  // used_cols are left as they are: they only reach accumulator columns that are never stored.
   auto stage = [&](int chunk) {
-    __half* to = staged + (chunk & 1) * kColumns * kColumnStride;
-    const int pieces = used_cols * (kChunk / 8);  // 16-byte pieces
-    for (int i = threadIdx.x; i < pieces; i += kWarps * 32) {
-      const int col = i / (kChunk / 8), at = (i % (kChunk / 8)) * 8;
-      CopyAsync16(to + col * kColumnStride + at, act + col * stride + static_cast<int64_t>(chunk) * kChunk + at);
+    uint8_t* to = staged + (chunk % Shape::kBuffers) * Shape::kBufferBytes;
+    const __half* from = act + static_cast<int64_t>(chunk) * kChunk;
+    if constexpr (Shape::kWgmma) {
+      // Piece i fills bytes [16i, 16i + 16) of the buffer: core matrix row r = i % 8 (column
+      // 8G + r), half h, column group G, k16 block of the chunk -- so the 8 lanes of a row write
+      // 128 contiguous bytes (no bank conflicts). The block's 16 k of a column are its 32 bytes at
+      // 16 * block in the plane (WgmmaPlanePosition).
+      constexpr int kPieces = kColumns * (kChunk / 8);
+      for (int i = threadIdx.x; i < kPieces; i += Shape::kBlockWarps * 32) {
+        const int r = i % 8, h = i / 8 % 2, group = i / 16 % (kColumns / 8), block = i / (2 * kColumns);
+        const int col = 8 * group + r;
+        if (col < used_cols) CopyAsync16(to + 16 * i, from + col * stride + block * 16 + h * 8);
+      }
+    } else {
+      const int pieces = used_cols * (kChunk / 8);  // 16-byte pieces
+      for (int i = threadIdx.x; i < pieces; i += Shape::kBlockWarps * 32) {
+        const int col = i / (kChunk / 8), q = i % (kChunk / 8);
+        CopyAsync16(to + (col * kColumnStride + q * 8) * sizeof(__half), from + col * stride + q * 8);
+      }
     }
     asm volatile("cp.async.commit_group;" ::);
   };
@@ -214,9 +279,41 @@ __global__ void __launch_bounds__(kWarps * 32, 2) Fp8GemvKernel(const uint8_t* _
   float acc[NT][4];
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+  constexpr int kSets = 4;  // wgmma A fragment register sets (8 MMAs per step: a multiple of kSets)
+  uint32_t a_sets[kSets][4] = {};
 
-  // x: where this lane's B fragments start in the staged chunk (column g, lane t's runs) at a step.
-  auto compute = [&](const __half* x, const uint4 (&buf)[4]) {
+  // wgmma's A fragment of word pair p, MMA jj: rows g and g + 8, k as described above.
+  auto decode = [&](const uint4 (&buf)[4], int p, int jj, uint32_t (&a)[4]) {
+    const uint32_t* wa = reinterpret_cast<const uint32_t*>(&buf[0]);  // row g, 8 words
+    const uint32_t* wb = reinterpret_cast<const uint32_t*>(&buf[2]);  // row g + 8
+    a[0] = Fp8x2ToHalf2(wa[2 * p + jj]);
+    a[1] = Fp8x2ToHalf2(wb[2 * p + jj]);
+    a[2] = Fp8x2ToHalf2(wa[2 * p + jj] >> 16);
+    a[3] = Fp8x2ToHalf2(wb[2 * p + jj] >> 16);
+  };
+
+  // wgmma: one step of K, step `d` of the staged chunk in `buffer`. A fragments rotate through
+  // kSets register sets; before one is overwritten the wgmma that read it (kSets MMAs back) must
+  // be done, so kSets - 1 stay in flight while the next is decoded.
+  auto compute_wgmma = [&](const uint8_t* buffer, int d, const uint4 (&buf)[4]) {
+    if constexpr (Shape::kWgmma) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        uint32_t(&set)[4] = a_sets[j % kSets];
+        WgmmaWait<kSets - 1>();
+#pragma unroll
+        for (int r = 0; r < 4; ++r) PinRegister(set[r]);  // the old fragment lives until that wait
+        decode(buf, j / 2, j % 2, set);
+        WgmmaFence();
+        const uint8_t* block = buffer + (d * 8 + j) * (kColumns / 8) * 256;
+        Wgmma<kColumns>(&acc[0][0], set, SmemDescriptor(block, /*lbo=*/128, /*sbo=*/256));
+        WgmmaCommit();
+      }
+    }
+  };
+
+  // mma.sync: one step of K; x is where this lane's B fragments start (column g, lane t's runs).
+  auto compute_mma = [&](const __half* x, const uint4 (&buf)[4]) {
     const uint32_t* wa = reinterpret_cast<const uint32_t*>(&buf[0]);  // row g, 8 words
     const uint32_t* wb = reinterpret_cast<const uint32_t*>(&buf[2]);  // row g + 8
 #pragma unroll
@@ -252,18 +349,34 @@ __global__ void __launch_bounds__(kWarps * 32, 2) Fp8GemvKernel(const uint8_t* _
     } else {
       asm volatile("cp.async.wait_group 0;" ::);
     }
+    if constexpr (Shape::kWgmma) FenceSharedForAsyncProxy();
     __syncthreads();  // chunk c is staged for every warp
-    const __half* x = staged + (c & 1) * kColumns * kColumnStride + g * kColumnStride + 8 * t;
+    const uint8_t* buffer = staged + (c % Shape::kBuffers) * Shape::kBufferBytes;
+    const __half* x = reinterpret_cast<const __half*>(buffer) + g * kColumnStride + 8 * t;  // mma.sync
 #pragma unroll
     for (int d = 0; d < kSteps; ++d) {
-      compute(x + d * kStep, buf[d]);
+      if constexpr (Shape::kWgmma) {
+        compute_wgmma(buffer, d, buf[d]);
+      } else {
+        compute_mma(x + d * kStep, buf[d]);
+      }
       load((c + 1) * kSteps + d, buf[d]);
     }
-    __syncthreads();  // every warp is done with chunk c before its buffer is staged again
+    // Every warp is done with the buffer the next iteration stages into: chunk c's with two
+    // buffers; chunk c - 1's with three (wgmma: up to kSets - 1 MMAs of chunk c may still run).
+    __syncthreads();
+  }
+  if constexpr (Shape::kWgmma) {
+    WgmmaWait<0>();
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) PinRegister(acc[nt][r]);
+    }
   }
   LaunchDependents();  // the epilogue may launch; it waits for this grid's logits
 
-  if constexpr (4 * NT <= kGemvFusedRows) {
+  if constexpr (Shape::kBatchRows <= kGemvFusedRows) {
     FinishTile<NT>(acc, active, tile, e);
   } else if (active) {  // raw products; the epilogue's first pass finishes them
     float* logits = e.raw;
@@ -271,50 +384,72 @@ __global__ void __launch_bounds__(kWarps * 32, 2) Fp8GemvKernel(const uint8_t* _
     const int64_t v = tile * 16 + g;
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
-      const int b = 4 * nt + t;
-      if (b < rows) {
-        logits[b * ld + v] = acc[nt][0] + acc[nt][1];
-        logits[b * ld + v + 8] = acc[nt][2] + acc[nt][3];
+      if constexpr (PLANES == 2) {
+        const int b = 4 * nt + t;
+        if (b < rows) {
+          logits[b * ld + v] = acc[nt][0] + acc[nt][1];
+          logits[b * ld + v + 8] = acc[nt][2] + acc[nt][3];
+        }
+      } else {
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int b = 8 * nt + 2 * t + j;
+          if (b < rows) {
+            logits[b * ld + v] = acc[nt][j];
+            logits[b * ld + v + 8] = acc[nt][2 + j];
+          }
+        }
       }
     }
   }
 }
 
-template <int NT>
-constexpr int SmemBytes() {
-  return 2 * 8 * NT * (kChunk + kSmemPad) * static_cast<int>(sizeof(__half));
-}
-
-template <int NT>
+template <int NT, int PLANES, bool WGMMA = false>
 cudaError_t AllowSmem() {
-  return cudaFuncSetAttribute(Fp8GemvKernel<NT>, cudaFuncAttributeMaxDynamicSharedMemorySize, SmemBytes<NT>());
+  return cudaFuncSetAttribute(Fp8GemvKernel<NT, PLANES, WGMMA>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                              GemvShape<NT, PLANES, WGMMA>::kSmemBytes);
 }
 
-template <int NT>
+template <int NT, int PLANES, bool WGMMA = false>
 cudaError_t Launch(const uint8_t* w, int64_t vocab_pad, int64_t hidden_pad, const __half* act, int64_t stride,
                    const EpilogueParams& p, cudaStream_t stream) {
+  using Shape = GemvShape<NT, PLANES, WGMMA>;
   const int64_t tiles = vocab_pad / 16;
-  const int64_t blocks = GemvPartials(vocab_pad);
-  return LaunchAfterPrevious(Fp8GemvKernel<NT>, dim3(static_cast<unsigned>(blocks)), dim3(kWarps * 32),
-                             SmemBytes<NT>(), stream, w, tiles, static_cast<int>(hidden_pad), act, stride, p);
+  const int64_t blocks = (tiles + Shape::kBlockWarps - 1) / Shape::kBlockWarps;  // GemvPartials for kWarps
+  return LaunchAfterPrevious(Fp8GemvKernel<NT, PLANES, WGMMA>, dim3(static_cast<unsigned>(blocks)),
+                             dim3(Shape::kBlockWarps * 32), Shape::kSmemBytes, stream, w, tiles,
+                             static_cast<int>(hidden_pad), act, stride, p);
 }
+
+// Set by PrepareFp8Gemv: the device runs sm_90a code (wgmma).
+bool g_wgmma = false;
 
 }  // namespace
 
-int64_t GemvActivationStride(int64_t hidden_pad) { return (hidden_pad + kChunk - 1) / kChunk * kChunk; }
+int64_t GemvActivationStride(int64_t hidden_pad) { return (hidden_pad + kMaxChunk - 1) / kMaxChunk * kMaxChunk; }
 
 cudaError_t LaunchGemvActivations(const float* x, int64_t rows, int64_t hidden, int64_t hidden_pad, __half* act,
                                   float* inv_scales, cudaStream_t stream) {
   if (rows <= 0) return cudaSuccess;
   GemvActivationsKernel<<<static_cast<unsigned>(rows), kActThreads, 0, stream>>>(
-      x, hidden, GemvActivationStride(hidden_pad), act, inv_scales);
+      x, hidden, GemvActivationStride(hidden_pad), static_cast<int>(GemvPlanes(rows)), rows > kGemvMmaRows, act,
+      inv_scales);
   return cudaGetLastError();
 }
 
+int64_t GemvMaxRows() { return g_wgmma ? kGemvMaxRows : kGemvMmaRows; }
+
 cudaError_t PrepareFp8Gemv() {
-  cudaError_t err = AllowSmem<1>();
-  if (err == cudaSuccess) err = AllowSmem<2>();
-  if (err == cudaSuccess) err = AllowSmem<4>();
+  int device = 0, major = 0, minor = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+  if (err != cudaSuccess) return err;
+  g_wgmma = major == 9 && minor == 0;  // the module's sm_90a code; other GPUs run its compute_80 PTX
+  err = AllowSmem<1, 2>();
+  if (err == cudaSuccess) err = AllowSmem<2, 2>();
+  if (err == cudaSuccess) err = AllowSmem<2, 1>();
+  if (err == cudaSuccess && g_wgmma) err = AllowSmem<4, 1, true>();
   return err;
 }
 
@@ -322,11 +457,19 @@ int64_t GemvPartials(int64_t vocab_pad) { return (vocab_pad / 16 + kWarps - 1) /
 
 cudaError_t LaunchFp8Gemv(const uint8_t* w, int64_t vocab_pad, int64_t hidden_pad, const __half* act,
                           const EpilogueParams& p, cudaStream_t stream) {
-  if (p.rows <= 0 || p.rows > kGemvMaxRows || vocab_pad % 16 != 0 || hidden_pad % 16 != 0) return cudaErrorInvalidValue;
+  if (p.rows <= 0 || p.rows > GemvMaxRows() || vocab_pad % 16 != 0 || hidden_pad % 16 != 0) {
+    return cudaErrorInvalidValue;
+  }
   const int64_t stride = GemvActivationStride(hidden_pad);
-  if (p.rows <= 4) return Launch<1>(w, vocab_pad, hidden_pad, act, stride, p, stream);
-  if (p.rows <= 8) return Launch<2>(w, vocab_pad, hidden_pad, act, stride, p, stream);
-  return Launch<4>(w, vocab_pad, hidden_pad, act, stride, p, stream);
+  static_assert(GemvShape<1, 2, false>::kBatchRows == kGemvFusedRows &&
+                    GemvShape<2, 2, false>::kBatchRows == kGemvExactRows &&
+                    GemvShape<2, 1, false>::kBatchRows == kGemvMmaRows,
+                "the mma.sync variants cover the rows below the wgmma ones");
+  if (p.rows <= kGemvFusedRows) return Launch<1, 2>(w, vocab_pad, hidden_pad, act, stride, p, stream);
+  if (p.rows <= kGemvExactRows) return Launch<2, 2>(w, vocab_pad, hidden_pad, act, stride, p, stream);
+  if (p.rows <= kGemvMmaRows) return Launch<2, 1>(w, vocab_pad, hidden_pad, act, stride, p, stream);
+  static_assert(GemvShape<4, 1, true>::kBatchRows == kGemvMaxRows, "the wgmma variant covers the rest");
+  return Launch<4, 1, true>(w, vocab_pad, hidden_pad, act, stride, p, stream);
 }
 
 }  // namespace lmhead::cuda

@@ -1,11 +1,15 @@
-// Small-batch head product with FP8 weights and fp16 "high + low" activations on tensor cores.
+// Small-batch head product with FP8 weights and fp16 activations on tensor cores.
 //
 // For batches of up to kGemvMaxRows rows the head is a skinny GEMM bound by reading the weights.
 // This path reads every weight byte once, straight from global memory into registers, decodes
 // E4M3 to fp16 there (exact: every E4M3 value is an fp16 value) and multiplies with mma.sync
-// m16n8k16 (fp32 accumulation). Each activation is carried as hi + lo, two fp16 values after a
-// per-row power-of-two scale, so x is represented to ~2^-22 relative: the products match an
-// fp32 dot product over the same FP8 codes, not just "bf16 accuracy".
+// m16n8k16 (fp32 accumulation). Activations get a per-row power-of-two scale (max |x| in
+// [2^13, 2^14), so no fp16 overflow and no precision lost to the scale) and are then carried as
+// - up to kGemvExactRows rows: hi + lo, two fp16 values ("planes") per element, so x is kept to
+//   ~2^-22 relative and the products match an fp32 dot product over the same FP8 codes;
+// - above that: one fp16 value (11 significant bits, relative rounding error <= 2^-11 per
+//   element, finer than bf16's 2^-8), which halves the tensor-core work; from kGemvMmaRows rows
+//   on Hopper's warpgroup MMA (wgmma) at its full rate.
 //
 // Shapes are row-major. Kernels know nothing of the service.
 #ifndef LMHEAD_KERNELS_CUDA_FP8_GEMV_H_
@@ -20,25 +24,40 @@
 
 namespace lmhead::cuda {
 
-// Most rows one GEMV call takes. Beyond 16 rows the tensor-core work (hi + lo columns) makes it
-// slower than cuBLASLt's FP8 GEMM (measured on an H100: at B = 32 0.34 vs 0.27 ms, 131072x5120).
-inline constexpr int64_t kGemvMaxRows = 16;
+// Most rows one GEMV call takes.
+inline constexpr int64_t kGemvMaxRows = 32;
+// Batches of up to this many rows carry activations as fp16 hi + lo; larger ones as one fp16.
+inline constexpr int64_t kGemvExactRows = 8;
+// Batches of up to this many rows run on mma.sync (any GPU the module runs on); larger ones on
+// Hopper's wgmma.
+inline constexpr int64_t kGemvMmaRows = 16;
+
+// fp16 planes per batch row for a batch of `rows` rows (2 = hi + lo, 1 = single).
+inline constexpr int64_t GemvPlanes(int64_t rows) { return rows <= kGemvExactRows ? 2 : 1; }
+// Plane rows the activation buffer needs for batches of up to max_rows rows.
+inline constexpr int64_t GemvPlaneRows(int64_t max_rows) {
+  return max_rows <= kGemvExactRows ? 2 * max_rows : (max_rows > 2 * kGemvExactRows ? max_rows : 2 * kGemvExactRows);
+}
 
 // Row stride (fp16 elements) of the activation planes for a head of `hidden_pad` columns.
 int64_t GemvActivationStride(int64_t hidden_pad);
 
 // x: [rows, hidden] fp32, in device memory or pinned host memory (read once, over PCIe).
-// Writes act: [2 * rows, GemvActivationStride(hidden_pad)] fp16 where row 2b is
-// hi_b = fp16(x_b * s_b) and row 2b + 1 is lo_b = fp16(x_b * s_b - hi_b), columns permuted
-// within each 128 for the GEMV's loads; s_b is a power of two that puts max|x_b| in [2^13, 2^14)
-// (so no fp16 overflow and no precision lost to the scale), and inv_scales[b] = 1 / s_b. Only
-// the columns below `hidden` are written: `act` must be zeroed once when allocated.
+// Writes act: [GemvPlanes(rows) * rows, GemvActivationStride(hidden_pad)] fp16, columns permuted
+// within each 128 for the GEMV's loads. With two planes row 2b is hi_b = fp16(x_b * s_b) and row
+// 2b + 1 is lo_b = fp16(x_b * s_b - hi_b); with one, row b is hi_b. s_b is a power of two that
+// puts max|x_b| in [2^13, 2^14), and inv_scales[b] = 1 / s_b. Only the columns below `hidden`
+// are written: `act` must be zeroed once when allocated.
 cudaError_t LaunchGemvActivations(const float* x, int64_t rows, int64_t hidden, int64_t hidden_pad, __half* act,
                                   float* inv_scales, cudaStream_t stream);
 
 // Allows the GEMV variants their shared memory on the current device. Call once per process
 // before LaunchFp8Gemv (and before capturing it in a graph).
 cudaError_t PrepareFp8Gemv();
+
+// Most rows the GEMV takes on the device PrepareFp8Gemv saw: kGemvMaxRows on Hopper (sm_90),
+// kGemvMmaRows elsewhere.
+int64_t GemvMaxRows();
 
 // Batches of up to this many rows get the epilogue's first pass fused into the GEMV.
 inline constexpr int64_t kGemvFusedRows = 4;
@@ -56,6 +75,7 @@ int64_t GemvPartials(int64_t vocab_pad);
 // w: [vocab_pad, hidden_pad] E4M3 codes (vocab_pad and hidden_pad multiples of 16);
 // act: from LaunchGemvActivations (the previous kernel on `stream`: the GEMV starts streaming
 // weights before it ends).
+// p.rows must be <= GemvMaxRows().
 cudaError_t LaunchFp8Gemv(const uint8_t* w, int64_t vocab_pad, int64_t hidden_pad, const __half* act,
                           const EpilogueParams& p, cudaStream_t stream);
 

@@ -213,12 +213,19 @@ absl::Status Batcher::Compute(const std::vector<Queued>& batch, std::vector<RowO
   for (const auto& q : batch) *rows += q.task->rows;
   const int64_t hidden = backend_->hidden();
   specs_.clear();
+  // One task's rows go as they are, unless the backend offers a buffer of its own (pinned
+  // memory the GPU reads directly: cheaper than its copy from ours). Several tasks' rows are
+  // gathered, into that buffer when there is one.
   const float* input = batch.front().task->hidden.data();
-  if (batch.size() > 1) {
+  float* gather = backend_->InputBuffer(*rows);
+  if (gather == nullptr && batch.size() > 1) {
     hidden_.resize(*rows * hidden);
-    float* dst = hidden_.data();
+    gather = hidden_.data();
+  }
+  if (gather != nullptr) {
+    float* dst = gather;
     for (const auto& q : batch) dst = std::copy(q.task->hidden.begin(), q.task->hidden.end(), dst);
-    input = hidden_.data();
+    input = gather;
   }
   for (const auto& q : batch) {
     for (int64_t r = 0; r < q.task->rows; ++r) {

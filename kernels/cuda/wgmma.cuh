@@ -1,0 +1,85 @@
+// Hopper warpgroup MMA (wgmma) primitives for the GEMV: f32 += f16 A (registers) x f16 B (shared
+// memory, K-major, no swizzle). sm_90a only; CUDA sources only.
+//
+// A warpgroup (4 consecutive warps) computes a 64 x N tile: warp w of the group holds rows
+// 16w .. 16w + 15 of A in the m16n8k16 register layout (lane (g, t): a[0] = row g, k {2t, 2t+1};
+// a[1] = row g + 8, same k; a[2] = row g, k {2t+8, 2t+9}; a[3] = row g + 8, same k) and the same
+// rows of D: d[4i + j] = D[row g + 8 * (j / 2), col 8i + 2t + j % 2].
+// B is read through a descriptor: 8 x 16-byte "core matrices" (8 columns n, 8 consecutive k
+// each), the two k halves of a column group `lbo` bytes apart, column groups `sbo` apart.
+#ifndef LMHEAD_KERNELS_CUDA_WGMMA_CUH_
+#define LMHEAD_KERNELS_CUDA_WGMMA_CUH_
+
+#include <cstdint>
+
+namespace lmhead::cuda {
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define LMHEAD_HAS_WGMMA 1
+#else
+#define LMHEAD_HAS_WGMMA 0
+#endif
+
+// Shared-memory matrix descriptor, no swizzle: address, leading (k) and stride (n) byte offsets.
+__device__ __forceinline__ uint64_t SmemDescriptor(const void* smem, uint32_t lbo, uint32_t sbo) {
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  return uint64_t{(addr >> 4) & 0x3fffu} | (uint64_t{(lbo >> 4) & 0x3fffu} << 16) |
+         (uint64_t{(sbo >> 4) & 0x3fffu} << 32);
+}
+
+// Orders register writes before the wgmma that reads them (and accumulator reads after a wait).
+__device__ __forceinline__ void WgmmaFence() {
+#if LMHEAD_HAS_WGMMA
+  asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void WgmmaCommit() {
+#if LMHEAD_HAS_WGMMA
+  asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+#endif
+}
+// Waits until at most `Pending` committed wgmma groups of this warp are still running.
+template <int Pending>
+__device__ __forceinline__ void WgmmaWait() {
+#if LMHEAD_HAS_WGMMA
+  asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(Pending) : "memory");
+#endif
+}
+// Makes this thread's generic-proxy shared-memory writes (stores, cp.async) visible to wgmma's
+// async proxy; follow with a barrier before the wgmma.
+__device__ __forceinline__ void FenceSharedForAsyncProxy() {
+#if LMHEAD_HAS_WGMMA
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
+}
+// Keeps the compiler from moving accesses of `r` across this point (wgmma reads and writes its
+// registers asynchronously, which the compiler does not see).
+__device__ __forceinline__ void PinRegister(float& r) { asm volatile("" : "+f"(r)::"memory"); }
+__device__ __forceinline__ void PinRegister(uint32_t& r) { asm volatile("" : "+r"(r)::"memory"); }
+
+// d[N / 2] += A (64 x 16, registers) x B (16 x N, descriptor b). Defined for N = 32.
+template <int N>
+__device__ __forceinline__ void Wgmma(float* d, const uint32_t (&a)[4], uint64_t b);
+
+#if LMHEAD_HAS_WGMMA
+template <>
+__device__ __forceinline__ void Wgmma<32>(float* d, const uint32_t (&a)[4], uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19}, %20, "
+      "p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+}
+#else
+template <int N>
+__device__ __forceinline__ void Wgmma(float*, const uint32_t (&)[4], uint64_t) {
+  __trap();  // not built for sm_90a: the launcher never picks a wgmma kernel there
+}
+#endif
+
+}  // namespace lmhead::cuda
+
+#endif  // LMHEAD_KERNELS_CUDA_WGMMA_CUH_
