@@ -7,12 +7,13 @@ it compares:
   bf16           BF16 weights, BF16 activations (what a plain BF16 head computes)
   seed           the seed's unscaled cast to float8_e4m3fn, upcast, BF16 activations
   fp8 per-row    lmhead: per-row scaled E4M3 weights, activations as an E4M3 high + residual row
-                 (the CUDA backend's cuBLASLt path for batches over 16 rows, default precision,
+                 (the CUDA backend's cuBLASLt path for batches over 32 rows, default precision,
                  rebuilt here with the same rounding)
   fp8 per-row fp8-act   the same weights, activations as one E4M3 row per token (per-token scale)
   fp8 per-row gemv      the same weights, activations as fp16 hi + lo after a power-of-two row
-                 scale (the CUDA backend's GEMV for batches of up to 16 rows; the CPU backend
+                 scale (the CUDA backend's GEMV for batches of up to 8 rows; the CPU backend
                  multiplies exact fp32 activations, which this matches to ~1e-7)
+  fp8 per-row gemv fp16 the same, activations as one fp16 each (the GEMV for 9-32 rows)
 with: mean KL(reference || format) per row, top-1 agreement, top-5 overlap, and relative logit
 error ||l - l_ref|| / ||l_ref||. The reference is float64 logits of the unquantized weights and
 exact activations. The quantizer is the numpy re-implementation that tests/python checks code for
@@ -57,14 +58,14 @@ def split_activations(x, residual=True):
     return hi + e4m3(r / s_lo) * np.where(ramax > 0, s_lo, 0)
 
 
-def gemv_activations(x):
-    """The CUDA GEMV's activations: x * 2^e with max|x| in [2^13, 2^14), as fp16 hi + fp16 lo."""
+def gemv_activations(x, planes=2):
+    """The CUDA GEMV's activations: x * 2^e with max|x| in [2^13, 2^14), as fp16 hi (+ fp16 lo)."""
     amax = np.abs(x).max(axis=1, keepdims=True)
     e = np.where(amax > 0, np.frexp(np.where(amax > 0, amax, 1))[1], 14)
     s = np.ldexp(np.float32(1), 14 - e).astype(np.float32)
     xs = (x * s).astype(np.float32)
     hi = xs.astype(np.float16).astype(np.float32)
-    lo = (xs - hi).astype(np.float16).astype(np.float32)
+    lo = (xs - hi).astype(np.float16).astype(np.float32) if planes == 2 else np.float32(0)
     return ((hi.astype(np.float64) + lo) / s).astype(np.float32)
 
 
@@ -125,6 +126,7 @@ def evaluate(name, w, x):
         "fp8 per-row": (w_rowfp8, split_activations(x)),
         "fp8 per-row fp8-act": (w_rowfp8, split_activations(x, residual=False)),
         "fp8 per-row gemv": (w_rowfp8, gemv_activations(x)),
+        "fp8 per-row gemv fp16": (w_rowfp8, gemv_activations(x, planes=1)),
     }
     rows = []
     for fmt, (wq, xq) in formats.items():

@@ -134,7 +134,7 @@ class CudaBackend final : public Backend {
   DeviceBuffer<float> x_dev_;         // [slice, hidden]
   DeviceBuffer<uint8_t> act_;         // [n_pad, hidden_pad] E4M3 or bf16
   DeviceBuffer<float> act_scales_;    // [n_pad]
-  DeviceBuffer<__half> gemv_act_;     // [GemvPlaneRows(gemv_max_rows), GemvActivationStride] planes
+  DeviceBuffer<__half> gemv_act_;     // [kGemvPlaneRows, GemvActivationStride] planes
   DeviceBuffer<float> gemv_scales_;   // [gemv_max_rows] 1 / activation scale
   DeviceBuffer<float> raw_;           // [n_pad, vocab_pad]
   DeviceBuffer<float> part_max_, part_sum_;
@@ -268,8 +268,9 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
   if (gemv_max_rows_ > 0) {
     CUDA_RETURN_IF_ERROR(PrepareFp8Gemv());
     gemv_max_rows_ = std::min(gemv_max_rows_, GemvMaxRows());
-    RETURN_IF_ERROR(gemv_act_.Allocate(GemvPlaneRows(gemv_max_rows_) * GemvActivationStride(hidden_pad_)));
-    CUDA_RETURN_IF_ERROR(cudaMemset(gemv_act_.get(), 0, gemv_act_.bytes()));  // padding columns stay zero
+    RETURN_IF_ERROR(gemv_act_.Allocate(kGemvPlaneRows * GemvActivationStride(hidden_pad_)));
+    // Padding columns stay zero; rows past a batch's stay finite (the GEMV reads them all).
+    CUDA_RETURN_IF_ERROR(cudaMemset(gemv_act_.get(), 0, gemv_act_.bytes()));
     RETURN_IF_ERROR(gemv_scales_.Allocate(gemv_max_rows_));
   }
   RETURN_IF_ERROR(raw_.Allocate(n_pad * vocab_pad_));

@@ -215,6 +215,7 @@ struct GemvShape {
   static constexpr int kSmemBytes = kBuffers * kBufferBytes;
   static constexpr int kBatchRows = kColumns / PLANES;
   static_assert(kMaxChunk % kChunk == 0, "activation planes are padded to kMaxChunk columns");
+  static_assert(kColumns <= kGemvPlaneRows, "the kernels stage every plane column they multiply");
   static_assert(!kWgmma || (kColumns == 32 && PLANES == 1), "the wgmma variant built here: one plane, N = 32");
 };
 
@@ -236,10 +237,12 @@ __global__ void __launch_bounds__(GemvShape<NT, PLANES, WGMMA>::kBlockWarps * 32
   const bool active = tile < tiles;  // inactive warps still take part in staging, barriers and wgmma
   const int chunks = (hidden_pad + kChunk - 1) / kChunk;
   const int rows = static_cast<int>(e.rows);
-  const int used_cols = min(PLANES * rows, kColumns);
 
-  // Copies chunk `chunk` of the used plane columns into buffer chunk % kBuffers. Columns past
-  // used_cols are left as they are: they only reach accumulator columns that are never stored.
+  // Copies chunk `chunk` of all kColumns plane columns into buffer chunk % kBuffers. Columns past
+  // the batch's hold earlier batches' values or zeros (finite either way); they only reach
+  // accumulator columns that are never stored. (Staging only the batch's columns left stale shared
+  // memory there, and 5-7 or 9-15 rows then took 0.26-0.29 ms against 0.236 for 8 or 16, H100,
+  // 131072x5120: the MMAs ran slower on whatever it held; not established further.)
   auto stage = [&](int chunk) {
     uint8_t* to = staged + (chunk % Shape::kBuffers) * Shape::kBufferBytes;
     const __half* from = act + static_cast<int64_t>(chunk) * kChunk;
@@ -251,11 +254,10 @@ __global__ void __launch_bounds__(GemvShape<NT, PLANES, WGMMA>::kBlockWarps * 32
       constexpr int kPieces = kColumns * (kChunk / 8);
       for (int i = threadIdx.x; i < kPieces; i += Shape::kBlockWarps * 32) {
         const int r = i % 8, h = i / 8 % 2, group = i / 16 % (kColumns / 8), block = i / (2 * kColumns);
-        const int col = 8 * group + r;
-        if (col < used_cols) CopyAsync16(to + 16 * i, from + col * stride + block * 16 + h * 8);
+        CopyAsync16(to + 16 * i, from + (8 * group + r) * stride + block * 16 + h * 8);
       }
     } else {
-      const int pieces = used_cols * (kChunk / 8);  // 16-byte pieces
+      const int pieces = kColumns * (kChunk / 8);  // 16-byte pieces
       for (int i = threadIdx.x; i < pieces; i += Shape::kBlockWarps * 32) {
         const int col = i / (kChunk / 8), q = i % (kChunk / 8);
         CopyAsync16(to + (col * kColumnStride + q * 8) * sizeof(__half), from + col * stride + q * 8);
@@ -328,9 +330,7 @@ __global__ void __launch_bounds__(GemvShape<NT, PLANES, WGMMA>::kBlockWarps * 32
       }
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
-        const uint4 xv = 8 * nt + g < used_cols
-                             ? *reinterpret_cast<const uint4*>(x + nt * 8 * kColumnStride + p * 32)
-                             : make_uint4(0, 0, 0, 0);
+        const uint4 xv = *reinterpret_cast<const uint4*>(x + nt * 8 * kColumnStride + p * 32);
         Mma(acc[nt], a[0][0], a[0][1], a[0][2], a[0][3], xv.x, xv.y);
         Mma(acc[nt], a[1][0], a[1][1], a[1][2], a[1][3], xv.z, xv.w);
       }

@@ -2,14 +2,15 @@
 //
 // For batches of up to kGemvMaxRows rows the head is a skinny GEMM bound by reading the weights.
 // This path reads every weight byte once, straight from global memory into registers, decodes
-// E4M3 to fp16 there (exact: every E4M3 value is an fp16 value) and multiplies with mma.sync
-// m16n8k16 (fp32 accumulation). Activations get a per-row power-of-two scale (max |x| in
+// E4M3 to fp16 there (exact: every E4M3 value is an fp16 value) and multiplies on tensor cores
+// (fp32 accumulation). Activations get a per-row power-of-two scale (max |x| in
 // [2^13, 2^14), so no fp16 overflow and no precision lost to the scale) and are then carried as
 // - up to kGemvExactRows rows: hi + lo, two fp16 values ("planes") per element, so x is kept to
 //   ~2^-22 relative and the products match an fp32 dot product over the same FP8 codes;
 // - above that: one fp16 value (11 significant bits, relative rounding error <= 2^-11 per
-//   element, finer than bf16's 2^-8), which halves the tensor-core work; from kGemvMmaRows rows
-//   on Hopper's warpgroup MMA (wgmma) at its full rate.
+//   element, finer than bf16's 2^-8), which halves the tensor-core work.
+// Up to kGemvMmaRows rows run on mma.sync m16n8k16, more on Hopper's warpgroup MMA (wgmma), whose
+// full rate keeps 32 rows close to one read of the weights.
 //
 // Shapes are row-major. Kernels know nothing of the service.
 #ifndef LMHEAD_KERNELS_CUDA_FP8_GEMV_H_
@@ -34,19 +35,20 @@ inline constexpr int64_t kGemvMmaRows = 16;
 
 // fp16 planes per batch row for a batch of `rows` rows (2 = hi + lo, 1 = single).
 inline constexpr int64_t GemvPlanes(int64_t rows) { return rows <= kGemvExactRows ? 2 : 1; }
-// Plane rows the activation buffer needs for batches of up to max_rows rows.
-inline constexpr int64_t GemvPlaneRows(int64_t max_rows) {
-  return max_rows <= kGemvExactRows ? 2 * max_rows : (max_rows > 2 * kGemvExactRows ? max_rows : 2 * kGemvExactRows);
-}
+// Plane rows every activation buffer holds: the kernels read all of them whatever the batch (rows
+// past a batch's only reach results that are never stored, but must be finite: zero the buffer
+// once when allocated).
+inline constexpr int64_t kGemvPlaneRows = kGemvMaxRows;
 
 // Row stride (fp16 elements) of the activation planes for a head of `hidden_pad` columns.
 int64_t GemvActivationStride(int64_t hidden_pad);
 
 // x: [rows, hidden] fp32, in device memory or pinned host memory (read once, over PCIe).
-// Writes act: [GemvPlanes(rows) * rows, GemvActivationStride(hidden_pad)] fp16, columns permuted
-// within each 128 for the GEMV's loads. With two planes row 2b is hi_b = fp16(x_b * s_b) and row
-// 2b + 1 is lo_b = fp16(x_b * s_b - hi_b); with one, row b is hi_b. s_b is a power of two that
-// puts max|x_b| in [2^13, 2^14), and inv_scales[b] = 1 / s_b. Only the columns below `hidden`
+// Writes the first GemvPlanes(rows) * rows rows of act ([kGemvPlaneRows, GemvActivationStride]
+// fp16), columns permuted within each 128 for the GEMV's loads (differently for the mma.sync and
+// wgmma variants). With two planes row 2b is hi_b = fp16(x_b * s_b) and row 2b + 1 is
+// lo_b = fp16(x_b * s_b - hi_b); with one, row b is hi_b. s_b is a power of two that puts
+// max|x_b| in [2^13, 2^14), and inv_scales[b] = 1 / s_b. Only the columns below `hidden`
 // are written: `act` must be zeroed once when allocated.
 cudaError_t LaunchGemvActivations(const float* x, int64_t rows, int64_t hidden, int64_t hidden_pad, __half* act,
                                   float* inv_scales, cudaStream_t stream);
