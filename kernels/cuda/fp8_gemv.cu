@@ -180,11 +180,12 @@ __device__ __forceinline__ void FinishTile(const float (&acc)[NT][4], bool activ
 // Up to kGemvMmaRows rows: mma.sync m16n8k16 per warp over 8 * NT plane columns; with hi + lo
 // (PLANES = 2) C columns 2t and 2t + 1 are hi and lo of batch row 4 * nt + t (their sum is the
 // product), with one plane batch rows 8 * nt + 2t and 8 * nt + 2t + 1. More rows (WGMMA): each
-// warpgroup of the block runs wgmma m64nNk16 (N = 8 * NT batch rows; 64 vocab rows = the group's
-// 4 warp tiles) with the weights in registers, so the tensor cores work at their full rate
-// (mma.sync's rate made 32 or 64 rows compute-bound: 0.29 / 0.45 ms against 0.24 ms at 16 rows,
-// H100, 131072x5120), and 16 warps per block, so the activations are read from L2 once per 256
-// vocab rows instead of 128 (0.34 / 0.48 ms with 8 warps: their reads were what bound it).
+// warpgroup of the block runs wgmma m64n32k16 (64 vocab rows = the group's 4 warp tiles) with
+// the weights in registers, so the tensor cores work at their full rate, and the block has 16
+// warps, so the activations are read from L2 once per 256 vocab rows instead of 128. Measured on
+// an H100 at 131072x5120, 32 rows: mma.sync 0.29 ms (its issue rate bound it), wgmma with 8-warp
+// blocks 0.34 ms (the activation reads bound it), with 16 warps 0.27 ms. (64 rows took 0.335 ms
+// this way, slower than cuBLASLt's FP8 GEMM; those batches stay there.)
 //
 // The block's warps share the activations: kChunk columns of k at a time are staged in shared
 // memory (double-buffered with cp.async), so the activations are read from L2 once per block
@@ -201,15 +202,16 @@ struct GemvShape {
   // for 256 vocab rows at a time instead of 128.
   static constexpr int kBlockWarps = kWgmma ? 16 : kWarps;
   static constexpr int kMinBlocks = kWgmma ? 1 : 2;  // per SM
-  static constexpr int kColumns = 8 * NT;                   // plane columns of the MMAs
-  static constexpr int kSteps = WGMMA ? 2 : 4;  // weight steps in flight (registers: 16 per step per thread)
-  static constexpr int kChunk = kSteps * kStep;             // activation columns staged at a time
+  static constexpr int kColumns = 8 * NT;  // plane columns of the MMAs
+  // Weight steps in flight, 16 registers each (wgmma: 16 warps x 128 registers leave room for 2).
+  static constexpr int kSteps = WGMMA ? 2 : 4;
+  static constexpr int kChunk = kSteps * kStep;  // activation columns staged at a time
   // mma.sync: [kColumns][kChunk + kSmemPad] fp16 per buffer; wgmma: core matrices, 32 bytes per
   // column per k16 block.
   static constexpr int kColumnStride = kChunk + kSmemPad;
   static constexpr int kBufferBytes =
       kWgmma ? kColumns * kChunk * 2 : kColumns * kColumnStride * static_cast<int>(sizeof(__half));
-  // wgmma keeps up to kWgmmaPending MMAs running while the next A fragments are decoded, so a
+  // wgmma keeps up to 4 MMAs running while the next A fragments are decoded (kSets), so a
   // chunk's buffer may still be read when the next chunk begins: a third buffer.
   static constexpr int kBuffers = kWgmma ? 3 : 2;
   static constexpr int kSmemBytes = kBuffers * kBufferBytes;
@@ -363,7 +365,7 @@ __global__ void __launch_bounds__(GemvShape<NT, PLANES, WGMMA>::kBlockWarps * 32
       load((c + 1) * kSteps + d, buf[d]);
     }
     // Every warp is done with the buffer the next iteration stages into: chunk c's with two
-    // buffers; chunk c - 1's with three (wgmma: up to kSets - 1 MMAs of chunk c may still run).
+    // buffers; chunk c - 1's with three (wgmma: up to kSets MMAs of chunk c may still run).
     __syncthreads();
   }
   if constexpr (Shape::kWgmma) {
