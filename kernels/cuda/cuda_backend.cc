@@ -82,12 +82,10 @@ class CudaBackend final : public Backend {
   // GEMM, token ids, epilogue and the packed results' copy back. Capturable. graph: the slice is
   // being captured (x_src is x_host_[0]; no stage events).
   absl::Status Enqueue(const float* x_src, int64_t n, int top_k, int64_t max_ids, bool graph);
-  // Where a slice's epilogue leaves its results (ResultLayout): graph slices without a top-k write
-  // them straight into h_results_ (pinned, mapped: a few bytes per row, no copy node); the others
+  // Where a slice's epilogue leaves its results (ResultLayout): graph slices write them straight
+  // into h_results_ (pinned, mapped: a few bytes per row and the top-k, no copy node); the others
   // into d_results_, copied back by the slice.
-  uint8_t* ResultsFor(bool graph, int top_k) const {
-    return graph && top_k == 0 ? h_results_.get() : d_results_.get();
-  }
+  uint8_t* ResultsFor(bool graph) const { return graph ? h_results_.get() : d_results_.get(); }
   // Rows of the current slice that sample (slice indices) and the top-k width selected on their
   // processed logits.
   struct SamplingPlan {
@@ -108,6 +106,7 @@ class CudaBackend final : public Backend {
     p->part_max = part_max_.get();
     p->part_arg = part_arg_.get();
     p->part_sum = part_sum_.get();
+    p->row_max = row_max_.get();
     p->hist = topk_hist_.get();
     p->cut = topk_cut_.get();
     p->candidates = topk_candidates_.get();
@@ -139,6 +138,7 @@ class CudaBackend final : public Backend {
   DeviceBuffer<float> raw_;           // [n_pad, vocab_pad]
   DeviceBuffer<float> part_max_, part_sum_;
   DeviceBuffer<int32_t> part_arg_;
+  DeviceBuffer<float> row_max_;
   DeviceBuffer<int32_t> topk_hist_, topk_cut_;
   DeviceBuffer<uint64_t> topk_candidates_;
   // Per-slice results, packed so that one copy brings them back (see ResultLayout).
@@ -280,7 +280,8 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
   RETURN_IF_ERROR(part_sum_.Allocate(partials));
   RETURN_IF_ERROR(part_arg_.Allocate(partials));
   RETURN_IF_ERROR(topk_hist_.Allocate(slice_rows_ * kEpilogueBins));
-  RETURN_IF_ERROR(topk_cut_.Allocate(slice_rows_ * 3));
+  RETURN_IF_ERROR(row_max_.Allocate(slice_rows_));
+  RETURN_IF_ERROR(topk_cut_.Allocate(slice_rows_ * kCutSlots));
   RETURN_IF_ERROR(topk_candidates_.Allocate(slice_rows_ * kMaxCandidates));
   RETURN_IF_ERROR(EnsureTokenCapacity(16));
   RETURN_IF_ERROR(processed_.Allocate(kSampleGroupRows * vocab_pad_));
@@ -484,7 +485,7 @@ absl::Status CudaBackend::Enqueue(const float* x_src, int64_t n, int top_k, int6
   };
   const bool gemv = n <= gemv_max_rows_;  // always a graph slice (UseGraph)
   const ResultLayout layout(n, top_k, max_ids);
-  uint8_t* d = ResultsFor(graph, top_k);
+  uint8_t* d = ResultsFor(graph);
   EpilogueParams p;
   p.raw = raw_.get();
   p.ld = vocab_pad_;
@@ -590,7 +591,7 @@ absl::Status CudaBackend::ComputeSlice(const LogitsBatch& batch, int64_t start, 
     RETURN_IF_ERROR(Enqueue(x_src, n, top_k, max_ids, /*graph=*/false));
   }
   SamplingPlan sampling;
-  RETURN_IF_ERROR(EnqueueSampling(batch, start, n, top_k, max_ids, ResultsFor(use_graph, top_k), &sampling));
+  RETURN_IF_ERROR(EnqueueSampling(batch, start, n, top_k, max_ids, ResultsFor(use_graph), &sampling));
   for (int64_t r = 0; r < n; ++r) {
     if (!batch.specs[start + r].want_logits) continue;
     std::vector<float>& logits = (*out)[start + r].logits;

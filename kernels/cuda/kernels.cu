@@ -241,6 +241,7 @@ __global__ void RowStatsKernel(EpilogueParams p, int chunks) {
     p.max_logit[b] = total.m;
     p.argmax[b] = total.a;
     p.logsumexp[b] = total.m + logf(total.s);
+    if (p.top_k > 0) p.row_max[b] = total.m;
   }
   const float* logits = p.raw + b * p.ld;
   for (int i = threadIdx.x; i < p.max_token_ids; i += kPartThreads) {
@@ -249,14 +250,32 @@ __global__ void RowStatsKernel(EpilogueParams p, int chunks) {
   }
   if (p.top_k == 0) return;
   for (int i = threadIdx.x; i < kBins; i += kPartThreads) p.hist[b * kBins + i] = 0;
-  if (threadIdx.x < 3) p.cut[b * 3 + threadIdx.x] = 0;
+  if (threadIdx.x < kCutSlots) p.cut[b * kCutSlots + threadIdx.x] = 0;
+}
+
+// A row's top-k counters (p.cut, [rows, kCutSlots]).
+enum CutSlot { kCutBin, kCutCount, kCandidateCount, kHistogramBlocksDone, kCollectBlocksDone };
+
+// For the grid's blocks of one row (blockIdx.y), after each wrote its share to global memory:
+// true in exactly one block, the last to finish, which then sees every block's writes.
+// Call from all threads of the block.
+__device__ __forceinline__ bool LastBlockOfRow(int32_t* done) {
+  __shared__ bool last;
+  __threadfence();  // this thread's writes are visible before the block counts itself done
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(done, 1) == static_cast<int>(gridDim.x) - 1;
+  __syncthreads();
+  if (last) __threadfence();
+  return last;
 }
 
 __device__ __forceinline__ int BinOf(float max_logit, float l) {
   return static_cast<int>(fminf((max_logit - l) * kBinsPerUnit, kBins - 1));
 }
 
-// Histogram of (max - logit) over one vocab chunk of one row, added into the row's histogram.
+// Histogram of (max - logit) over one vocab chunk of one row, added into the row's histogram;
+// the row's last block then finds the bin holding the k-th largest logit (cut[kCutBin]) and how
+// many logits lie at or above it (cut[kCutCount]).
 __global__ void HistogramKernel(EpilogueParams p) {
   WaitForPrerequisites();  // chained by LaunchAfterPrevious
   LaunchDependents();
@@ -264,77 +283,77 @@ __global__ void HistogramKernel(EpilogueParams p) {
   const int64_t b = blockIdx.y;
   for (int i = threadIdx.x; i < (kPartThreads / 32) * kBins; i += kPartThreads) (&warp_hist[0][0])[i] = 0;
   __syncthreads();
-  const float m = p.max_logit[b];
+  const float m = p.row_max[b];
   const float* logits = p.raw + b * p.ld;
   const int64_t begin = blockIdx.x * int64_t{kChunk};
   const int64_t end = min(begin + kChunk, p.vocab);
   int* mine = warp_hist[threadIdx.x / 32];
   for (int64_t v = begin + threadIdx.x; v < end; v += kPartThreads) atomicAdd(&mine[BinOf(m, logits[v])], 1);
   __syncthreads();
+  int32_t* row_hist = p.hist + b * kBins;
   for (int i = threadIdx.x; i < kBins; i += kPartThreads) {
     int count = 0;
     for (int w = 0; w < kPartThreads / 32; ++w) count += warp_hist[w][i];
-    if (count != 0) atomicAdd(&p.hist[b * kBins + i], count);
+    if (count != 0) atomicAdd(&row_hist[i], count);
   }
-}
-
-// The bin holding the k-th largest logit (cut[0]) and how many logits lie at or above it (cut[1]).
-__global__ void __launch_bounds__(kBins) CutKernel(EpilogueParams p) {
-  WaitForPrerequisites();  // chained by LaunchAfterPrevious
-  LaunchDependents();
-  using Scan = cub::BlockScan<int, kBins>;
+  int32_t* cut = p.cut + b * kCutSlots;
+  if (!LastBlockOfRow(&cut[kHistogramBlocksDone])) return;
+  // The cut: thread t owns bins 2t and 2t + 1 (kBins = 2 * kPartThreads).
+  static_assert(kBins == 2 * kPartThreads, "two bins per thread");
+  using Scan = cub::BlockScan<int, kPartThreads>;
   __shared__ typename Scan::TempStorage temp;
-  const int64_t b = blockIdx.x;
-  const int count = p.hist[b * kBins + threadIdx.x];
+  const int c0 = __ldcg(&row_hist[2 * threadIdx.x]), c1 = __ldcg(&row_hist[2 * threadIdx.x + 1]);
   int before;
-  Scan(temp).ExclusiveSum(count, before);
-  if (threadIdx.x == 0) p.cut[b * 3] = -1;
+  Scan(temp).ExclusiveSum(c0 + c1, before);
+  if (threadIdx.x == 0) cut[kCutBin] = -1;
   __syncthreads();
-  if (before < p.top_k && before + count >= p.top_k) {
-    p.cut[b * 3] = threadIdx.x;
-    p.cut[b * 3 + 1] = before + count;
+  if (before < p.top_k && before + c0 >= p.top_k) {
+    cut[kCutBin] = 2 * threadIdx.x;
+    cut[kCutCount] = before + c0;
+  } else if (before + c0 < p.top_k && before + c0 + c1 >= p.top_k) {
+    cut[kCutBin] = 2 * threadIdx.x + 1;
+    cut[kCutCount] = before + c0 + c1;
   }
 }
 
 __device__ __forceinline__ bool UseHistogram(const EpilogueParams& p, int64_t b) {
-  const int cut = p.cut[b * 3];
-  return cut >= 0 && cut < kBins - 1 && p.cut[b * 3 + 1] <= kMaxCandidates;
+  const int32_t* cut = p.cut + b * kCutSlots;
+  return cut[kCutBin] >= 0 && cut[kCutBin] < kBins - 1 && cut[kCutCount] <= kMaxCandidates;
 }
 
-// Collects the logits at or above the cut bin of one chunk of one row as packed candidates.
-__global__ void CollectKernel(EpilogueParams p) {
+// Collects the logits at or above the cut bin of one chunk of one row as packed candidates;
+// the row's last block then orders them exactly and writes the top k: a candidate's rank is the
+// number of better ones (higher key, then lower id: one comparison of the packed value),
+// O(c^2 / threads). Rows whose histogram could not bound the candidates take the exact radix
+// select instead (in that last block).
+__global__ void __launch_bounds__(kFinalThreads) CollectSelectKernel(EpilogueParams p) {
   WaitForPrerequisites();  // chained by LaunchAfterPrevious
   LaunchDependents();
   const int64_t b = blockIdx.y;
-  if (!UseHistogram(p, b)) return;
-  const int cut = p.cut[b * 3];
-  const float m = p.max_logit[b];
-  const float* logits = p.raw + b * p.ld;
-  const int64_t begin = blockIdx.x * int64_t{kChunk};
-  const int64_t end = min(begin + kChunk, p.vocab);
-  for (int64_t v = begin + threadIdx.x; v < end; v += kPartThreads) {
-    const float l = logits[v];
-    if (BinOf(m, l) <= cut) {
-      const int slot = atomicAdd(&p.cut[b * 3 + 2], 1);
-      p.candidates[b * kMaxCandidates + slot] = (uint64_t{FloatKey(l)} << 32) | (0xffffffffu - static_cast<uint32_t>(v));
+  int32_t* cut = p.cut + b * kCutSlots;
+  const bool histogram = UseHistogram(p, b);
+  if (histogram) {
+    const int bin = cut[kCutBin];
+    const float m = p.row_max[b];
+    const float* logits = p.raw + b * p.ld;
+    const int64_t begin = blockIdx.x * int64_t{kChunk};
+    const int64_t end = min(begin + kChunk, p.vocab);
+    for (int64_t v = begin + threadIdx.x; v < end; v += kFinalThreads) {
+      const float l = logits[v];
+      if (BinOf(m, l) <= bin) {
+        const int slot = atomicAdd(&cut[kCandidateCount], 1);
+        p.candidates[b * kMaxCandidates + slot] = (uint64_t{FloatKey(l)} << 32) | (0xffffffffu - static_cast<uint32_t>(v));
+      }
     }
   }
-}
-
-// Orders each row's candidates exactly and writes the top k: a candidate's rank is the number of
-// better ones (higher key, then lower id: one comparison of the packed value), O(c^2 / threads).
-// Rows whose histogram could not bound the candidates take the exact radix select instead.
-__global__ void __launch_bounds__(kFinalThreads) SelectKernel(EpilogueParams p) {
-  WaitForPrerequisites();  // chained by LaunchAfterPrevious
-  LaunchDependents();
+  if (!LastBlockOfRow(&cut[kCollectBlocksDone])) return;
   extern __shared__ unsigned char smem_raw[];
   FinalShared& sh = *reinterpret_cast<FinalShared*>(smem_raw);
-  const int64_t b = blockIdx.x;
   int candidate_count;
-  if (UseHistogram(p, b)) {
-    candidate_count = p.cut[b * 3 + 2];
+  if (histogram) {
+    candidate_count = __ldcg(&cut[kCandidateCount]);
     for (int i = threadIdx.x; i < candidate_count; i += kFinalThreads) {
-      sh.candidates[i] = p.candidates[b * kMaxCandidates + i];
+      sh.candidates[i] = __ldcg(&p.candidates[b * kMaxCandidates + i]);
     }
     __syncthreads();
   } else {
@@ -383,7 +402,7 @@ cudaError_t LaunchConvertActivationsBf16(const float* x, int64_t rows, int64_t h
 }
 
 cudaError_t PrepareEpilogue() {
-  return cudaFuncSetAttribute(SelectKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  return cudaFuncSetAttribute(CollectSelectKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                               static_cast<int>(sizeof(FinalShared)));
 }
 
@@ -400,12 +419,13 @@ cudaError_t LaunchEpilogue(const EpilogueParams& p, cudaStream_t stream) {
                           p.ready_partials > 0 ? static_cast<int>(p.ready_partials) : chunks);
   if (e != cudaSuccess) return e;
   if (p.top_k > 0) {
-    // Each pass is launched early and waits for the previous one (hides the launch gaps).
+    // Each pass is launched early and waits for the previous one (hides the launch gaps); each
+    // row's last block finishes the pass (the cut; the ordering), so there is no launch for it.
     e = LaunchAfterPrevious(HistogramKernel, dim3(chunks, rows), dim3(kPartThreads), 0, stream, p);
-    if (e == cudaSuccess) e = LaunchAfterPrevious(CutKernel, dim3(rows), dim3(kBins), 0, stream, p);
-    if (e == cudaSuccess) e = LaunchAfterPrevious(CollectKernel, dim3(chunks, rows), dim3(kPartThreads), 0, stream, p);
-    if (e != cudaSuccess) return e;
-    e = LaunchAfterPrevious(SelectKernel, dim3(rows), dim3(kFinalThreads), sizeof(FinalShared), stream, p);
+    if (e == cudaSuccess) {
+      e = LaunchAfterPrevious(CollectSelectKernel, dim3(chunks, rows), dim3(kFinalThreads), sizeof(FinalShared),
+                              stream, p);
+    }
     if (e != cudaSuccess) return e;
   }
   return cudaGetLastError();

@@ -13,8 +13,9 @@ namespace lmhead::cuda {
 
 // Most top_k the fused selection supports.
 inline constexpr int kMaxTopK = 1024;
-// Top-k scratch per row: histogram bins and candidate slots.
+// Top-k scratch per row: histogram bins, counters and candidate slots.
 inline constexpr int kEpilogueBins = 512;
+inline constexpr int kCutSlots = 5;
 inline constexpr int kMaxCandidates = 4096;
 
 // Quantizes activations to E4M3 with one scale per row. x: [rows, hidden] fp32.
@@ -48,7 +49,9 @@ struct EpilogueParams {
   int64_t ready_partials = 0;
   float logit_scale = 1.0f;
   float softcap = 0.0f;  // 0 = none
-  // Outputs. Logits overwrite raw rows [0, rows) in place ([rows, ld], first vocab columns).
+  // Outputs. Logits overwrite raw rows [0, rows) in place ([rows, ld], first vocab columns). The
+  // arrays below may be in mapped host memory: the kernels only write them (and read
+  // token_ids).
   float* max_logit = nullptr;   // [rows]
   int32_t* argmax = nullptr;    // [rows]
   float* logsumexp = nullptr;   // [rows]
@@ -59,11 +62,13 @@ struct EpilogueParams {
   const int32_t* token_ids = nullptr;  // [rows, max_token_ids]; -1 = unused slot
   int max_token_ids = 0;
   float* token_logits = nullptr;  // [rows, max_token_ids]
-  // Scratch: [rows, PartialChunks(vocab)] each; top-k: [rows, kEpilogueBins], [rows, 3],
+  // Scratch (device memory): [rows, PartialChunks(vocab)] each; top-k: [rows] (a device copy of
+  // max_logit, which may live in host memory), [rows, kEpilogueBins], [rows, kCutSlots],
   // [rows, kMaxCandidates].
   float* part_max = nullptr;
   int32_t* part_arg = nullptr;
   float* part_sum = nullptr;
+  float* row_max = nullptr;
   int32_t* hist = nullptr;
   int32_t* cut = nullptr;
   uint64_t* candidates = nullptr;
