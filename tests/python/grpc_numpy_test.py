@@ -43,10 +43,7 @@ class GrpcNumpyTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.mkdtemp(prefix="lmhead_py_")
-        cls.ckpt = os.path.join(cls.tmp, "ckpt")
-        lib.make_checkpoint(cls.ckpt, VOCAB, HIDDEN, "--seed=7", "--final_logit_softcapping=30")
-        weight, scales, meta = lib.dump_head(cls.ckpt, os.path.join(cls.tmp, "head.safetensors"))
-        cls.w = lib.dequantize(weight, scales)
+        cls.ckpt, cls.w, meta = lib.served_head(cls.tmp, VOCAB, HIDDEN, "--seed=7", "--final_logit_softcapping=30")
         cls.softcap = float(meta["final_logit_softcapping"])
         cls.server = lib.Server(cls.ckpt)
         cls.channel = grpc.insecure_channel(cls.server.target)

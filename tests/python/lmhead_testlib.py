@@ -63,6 +63,15 @@ def dequantize(weight, scales):
     return values * scales.astype(np.float64)[:, None]
 
 
+def served_head(tmp, vocab, hidden, *extra):
+    """A demo checkpoint at tmp/ckpt (lmhead-make-checkpoint flags `extra`) and the head the server
+    serves from it: returns (checkpoint path, float64 weights [vocab, hidden], metadata)."""
+    ckpt = os.path.join(tmp, "ckpt")
+    make_checkpoint(ckpt, vocab, hidden, *extra)
+    weight, scales, meta = dump_head(ckpt, os.path.join(tmp, "head.safetensors"))
+    return ckpt, dequantize(weight, scales), meta
+
+
 class Server:
     """lmhead-server on loopback with free ports; stops on exit (SIGTERM, expects exit 0)."""
 

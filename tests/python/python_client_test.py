@@ -31,10 +31,7 @@ class PythonClientTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.mkdtemp(prefix="lmhead_pyclient_")
-        cls.ckpt = os.path.join(cls.tmp, "ckpt")
-        lib.make_checkpoint(cls.ckpt, VOCAB, HIDDEN, "--seed=3")
-        weight, scales, _ = lib.dump_head(cls.ckpt, os.path.join(cls.tmp, "head.safetensors"))
-        cls.w = lib.dequantize(weight, scales)
+        cls.ckpt, cls.w, _ = lib.served_head(cls.tmp, VOCAB, HIDDEN, "--seed=3")
         cls.token = "py-test-token"
         with open(os.path.join(cls.tmp, "token"), "w") as f:
             f.write(cls.token)
