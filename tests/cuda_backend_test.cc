@@ -65,11 +65,13 @@ void ExpectSkippable(const absl::Status& status) {
   EXPECT_FALSE(require != nullptr && std::string(require) == "1") << status;
 }
 
+// output_workspace_bytes: 0 = the default.
 std::unique_ptr<Backend> CudaOrSkip(HeadWeights w, LogitTransform t, ActivationPrecision precision,
-                                    std::string* skip) {
+                                    std::string* skip, int64_t output_workspace_bytes = 0) {
   BackendOptions o = CudaOptions();
   o.transform = t;
   o.activation_precision = precision;
+  if (output_workspace_bytes > 0) o.gpu_output_workspace_bytes = output_workspace_bytes;
   auto b = NewBackend(o, std::move(w));
   if (!b.ok()) {
     ExpectSkippable(b.status());
@@ -117,6 +119,43 @@ std::vector<float> GpuEffectiveActivations(const std::vector<float>& x, int64_t 
     }
   }
   return out;
+}
+
+// One row of the GPU's output (g) against the CPU reference (w, which ranks two more tokens than
+// asked, so that the gaps after the last rank are known): statistics, logprobs and full logits
+// within tol(a, b) (a tolerance for values a and b); top ids and the argmax wherever the reference's
+// neighbouring logits are more than twice that apart.
+template <typename Tolerance>
+void ExpectMatchesReference(const RowOutput& w, const RowOutput& g, const RowSpec& spec, int64_t vocab,
+                            Tolerance tol_of) {
+  ASSERT_NEAR(g.logsumexp, w.logsumexp, tol_of(w.logsumexp));
+  EXPECT_NEAR(g.max_logit, w.max_logit, tol_of(w.max_logit));
+  const double tol = tol_of(w.max_logit, w.logsumexp);  // for logprobs and id separation
+  ASSERT_EQ(g.top_ids.size(), spec.top_k);
+  std::set<uint32_t> distinct(g.top_ids.begin(), g.top_ids.end());
+  EXPECT_EQ(distinct.size(), g.top_ids.size()) << "top ids repeat";
+  for (size_t k = 0; k < g.top_ids.size(); ++k) {
+    ASSERT_LT(g.top_ids[k], vocab);
+    if (k > 0) {
+      EXPECT_GE(g.top_logits[k - 1], g.top_logits[k]) << "not sorted at " << k;
+    }
+    const bool separated = (k == 0 || w.top_logits[k - 1] - w.top_logits[k] > 2 * tol) &&
+                           (k + 1 == w.top_logits.size() || w.top_logits[k] - w.top_logits[k + 1] > 2 * tol);
+    if (separated) {
+      EXPECT_EQ(g.top_ids[k], w.top_ids[k]) << "rank " << k;
+    }
+    EXPECT_NEAR(g.top_logits[k] - g.logsumexp, w.top_logits[k] - w.logsumexp, tol) << "rank " << k;
+  }
+  const bool argmax_separated = w.top_logits.size() >= 2 && w.top_logits[0] - w.top_logits[1] > 2 * tol;
+  if (argmax_separated) {
+    EXPECT_EQ(g.argmax_id, w.argmax_id);
+  }
+  ASSERT_EQ(g.token_logits.size(), spec.token_ids.size());
+  for (size_t i = 0; i < spec.token_ids.size(); ++i) {
+    EXPECT_NEAR(g.token_logits[i] - g.logsumexp, w.token_logits[i] - w.logsumexp, tol);
+  }
+  ASSERT_EQ(g.logits.size(), w.logits.size());
+  for (size_t v = 0; v < g.logits.size(); ++v) ASSERT_NEAR(g.logits[v], w.logits[v], tol_of(w.logits[v])) << v;
 }
 
 struct Shape {
@@ -211,35 +250,8 @@ TEST_P(CudaConformanceTest, MatchesCpuBackendOnTheSameFp8Weights) {
         const RowOutput& w = want[r];
         const RowOutput& g = got[r];
         SCOPED_TRACE(::testing::Message() << "rows " << rows << " row " << r << " run " << run);
-        ASSERT_NEAR(g.logsumexp, w.logsumexp, Tol(w.logsumexp));
-        EXPECT_NEAR(g.max_logit, w.max_logit, Tol(w.max_logit));
-        const double tol = Tol(w.max_logit, w.logsumexp);  // for logprobs and id separation
-        ASSERT_EQ(g.top_ids.size(), specs[r].top_k);
-        std::set<uint32_t> distinct(g.top_ids.begin(), g.top_ids.end());
-        EXPECT_EQ(distinct.size(), g.top_ids.size()) << "top ids repeat";
-        for (size_t k = 0; k < g.top_ids.size(); ++k) {
-          ASSERT_LT(g.top_ids[k], s.vocab);
-          if (k > 0) {
-            EXPECT_GE(g.top_logits[k - 1], g.top_logits[k]) << "not sorted at " << k;
-          }
-          const bool separated = (k == 0 || w.top_logits[k - 1] - w.top_logits[k] > 2 * tol) &&
-                                 (k + 1 == w.top_logits.size() || w.top_logits[k] - w.top_logits[k + 1] > 2 * tol);
-          if (separated) {
-            EXPECT_EQ(g.top_ids[k], w.top_ids[k]) << "rank " << k;
-          }
-          EXPECT_NEAR(g.top_logits[k] - g.logsumexp, w.top_logits[k] - w.logsumexp, tol) << "rank " << k;
-        }
-        const bool argmax_separated = w.top_logits.size() >= 2 && w.top_logits[0] - w.top_logits[1] > 2 * tol;
-        if (argmax_separated) {
-          EXPECT_EQ(g.argmax_id, w.argmax_id);
-        }
-        ASSERT_EQ(g.token_logits.size(), ids.size());
-        for (size_t i = 0; i < ids.size(); ++i) {
-          EXPECT_NEAR(g.token_logits[i] - g.logsumexp, w.token_logits[i] - w.logsumexp, tol);
-        }
-        ASSERT_EQ(g.logits.size(), w.logits.size());
+        ASSERT_NO_FATAL_FAILURE(ExpectMatchesReference(w, g, specs[r], s.vocab, Tol));
         for (size_t v = 0; v < g.logits.size(); ++v) {
-          ASSERT_NEAR(g.logits[v], w.logits[v], Tol(w.logits[v])) << v;
           const double e = g.logits[v] - double(exact[r].logits[v]);
           err2[path] += e * e;
           ref2[path] += exact[r].logits[v] * double(exact[r].logits[v]);
@@ -461,6 +473,70 @@ TEST_P(CudaConformanceTest, SamplingMatchesTheCpuReference) {
               static_cast<long long>(same_on_gpu_logits), static_cast<long long>(same_on_cpu_logits));
   EXPECT_GE(same_on_gpu_logits, compared - 1);
   EXPECT_GE(same_on_cpu_logits, compared * 9 / 10);
+}
+
+// A batch larger than the output workspace runs in slices, each enqueued while the host reads the
+// previous one's results (two slots, rows staged through pinned memory, copies on a second
+// stream). 300 rows in slices of at most 64 (5 slices, all on cuBLASLt) must give what the CPU
+// backend gives: argmax-only calls (the epilogue leaves the raw products unwritten and finishes
+// the token logits from them), mixed top-k / full-logit rows, and sampled rows.
+TEST(CudaBackendTest, BatchesOfSeveralSlicesMatchTheCpuBackend) {
+  const int64_t vocab = 4096, hidden = 256, rows = 300, slice_rows = 64;
+  std::random_device seed_source;
+  const uint64_t seed = (uint64_t{seed_source()} << 32) | seed_source();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  const HeadWeights head = Fp8Head(vocab, hidden, seed);
+  auto cpu = NewCpuBackend(head, {}, 4);
+  ASSERT_TRUE(cpu.ok());
+  const std::vector<SamplingSpec> mix = SamplingMix(vocab, seed);
+  std::mt19937_64 rng(seed);
+  for (ActivationPrecision precision : {ActivationPrecision::kBf16, ActivationPrecision::kFp8}) {
+    SCOPED_TRACE(precision == ActivationPrecision::kBf16 ? "bf16 activations" : "fp8 activations");
+    const int64_t gemm_rows_per_row = precision == ActivationPrecision::kBf16 ? 2 : 1;
+    std::string skip;
+    auto gpu = CudaOrSkip(head, {}, precision, &skip, slice_rows * vocab * 4 * gemm_rows_per_row);
+    if (gpu == nullptr) GTEST_SKIP() << "no CUDA backend here: " << skip;
+    EXPECT_EQ(gpu->InputBuffer(rows), nullptr) << "a batch of several slices has no input buffer";
+    ASSERT_NE(gpu->InputBuffer(slice_rows), nullptr);
+    auto tol = [](double a, double b = 0) { return kAbsTolerance + kRelTolerance * (std::fabs(a) + std::fabs(b)); };
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::vector<float> x(rows * hidden);
+    for (float& v : x) v = normal(rng);
+    const std::vector<float> x_gpu = GpuEffectiveActivations(x, rows, hidden, precision);
+    const std::vector<uint32_t> ids = {0, static_cast<uint32_t>(vocab - 1), static_cast<uint32_t>(rng() % vocab)};
+    for (int kind = 0; kind < 3; ++kind) {
+      SCOPED_TRACE(::testing::Message() << "kind " << kind);
+      std::vector<RowSpec> specs(rows);
+      for (int64_t r = 0; r < rows; ++r) {
+        if (kind == 0) specs[r] = RowSpec{0, ids, false};                     // argmax + token logprobs
+        if (kind == 1) specs[r] = RowSpec{r % 3 == 0 ? 20u : 0u, ids, r % 7 == 0};  // mixed
+        if (kind == 2) specs[r] = RowSpec{0, ids, true, &mix[r % mix.size()], false};  // sampled
+      }
+      std::vector<RowOutput> got(rows), want;
+      for (auto& o : got) o.argmax_id = 0xdeadbeef, o.logsumexp = NAN, o.sampled_id = 0xdeadbeef;  // poisoned
+      absl::Status st = gpu->ComputeLogits({x.data(), rows, specs}, &got);
+      ASSERT_TRUE(st.ok()) << st;
+      std::vector<RowSpec> ref_specs = specs;
+      for (RowSpec& spec : ref_specs) spec.top_k += 2, spec.sampling = nullptr;
+      ASSERT_TRUE((*cpu)->ComputeLogits({x_gpu.data(), rows, ref_specs}, &want).ok());
+      ASSERT_EQ(got.size(), static_cast<size_t>(rows));
+      int64_t same_tokens = 0;
+      for (int64_t r = 0; r < rows; ++r) {
+        SCOPED_TRACE(::testing::Message() << "row " << r);
+        ASSERT_NO_FATAL_FAILURE(ExpectMatchesReference(want[r], got[r], specs[r], vocab, tol));
+        if (kind != 2) continue;
+        // The CPU reference on the GPU's own logits (as in SamplingMatchesTheCpuReference: at most
+        // one near-exact tie may draw differently).
+        RowOutput ref = got[r];
+        ASSERT_TRUE(SampleRow(specs[r], got[r].logits.data(), vocab, &ref).ok());
+        ASSERT_EQ(got[r].sampled, ref.sampled);
+        same_tokens += ref.sampled_id == got[r].sampled_id;
+      }
+      if (kind == 2) {
+        EXPECT_GE(same_tokens, rows - 1);
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -166,6 +166,7 @@ std::unique_ptr<lmhead::Backend> MakeBackend(const Head& h, bool fp8_activations
   args.fp8_activations = fp8_activations;
   args.gemv_max_rows = gemv_max_rows;
   args.profile_stages = profile;
+  args.host_threads = static_cast<int>(std::thread::hardware_concurrency());  // as the server passes --threads
   const lmhead::HeadSource source = lmhead::SourceOf(w);
   args.source = &source;
   auto b = lmhead::cuda::NewCudaBackend(args);

@@ -4,19 +4,20 @@
 #include <cuda_fp8.h>
 
 #include <algorithm>
-#include <map>
-#include <tuple>
-#include <chrono>
 #include <cmath>
 #include <cstring>
-#include <functional>
+#include <deque>
+#include <map>
+#include <memory>
 #include <random>
+#include <tuple>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_util.h"
 #include "kernels/cuda/fp8_gemv.h"
+#include "kernels/cuda/host_copy.h"
 #include "kernels/cuda/kernels.h"
 #include "kernels/cuda/lt_gemm.h"
 #include "kernels/cuda/sampling_kernels.h"
@@ -42,7 +43,7 @@ class CudaBackend final : public Backend {
   }
   absl::Status ComputeLogits(const LogitsBatch& batch, std::vector<RowOutput>* out) override;
   // Batches of one slice may be assembled in x_host_[0] (pinned); larger ones are staged slice by
-  // slice through both x_host_ buffers.
+  // slice through both x_host_ buffers (see ComputeLogits).
   float* InputBuffer(int64_t rows) override { return rows <= slice_rows_ ? x_host_[0].get() : nullptr; }
   std::string TakeStageTimings() override;
   absl::StatusOr<HeadWeights> ExportWeights() const override;
@@ -54,7 +55,7 @@ class CudaBackend final : public Backend {
     return true;
   }
   int64_t WorkspaceBytes() const override {
-    return static_cast<int64_t>(x_dev_.bytes() + act_.bytes() + act_scales_.bytes() + gemv_act_.bytes() +
+    return static_cast<int64_t>(x_dev_[0].bytes() + x_dev_[1].bytes() + act_.bytes() + act_scales_.bytes() + gemv_act_.bytes() +
                                 gemv_scales_.bytes() + raw_.bytes() +
                                 part_max_.bytes() + part_sum_.bytes() + part_arg_.bytes() + topk_hist_.bytes() +
                                 topk_cut_.bytes() + topk_candidates_.bytes() + d_results_.bytes() +
@@ -69,37 +70,58 @@ class CudaBackend final : public Backend {
   }
 
  private:
-  absl::Status EnsureTokenCapacity(int64_t max_ids);
-  // Quantizes (or copies) the source into the device weights, chunk by chunk.
-  absl::Status UploadWeights(const HeadSource& src, const QuantizeOptions& q);
-  // Computes rows [start, start + n) of the batch, read from x_src (the batch's own rows or a
-  // pinned copy of them); while_gpu_runs is called after the slice's work is enqueued and before
-  // waiting for it (the next slice's rows are staged then).
-  absl::Status ComputeSlice(const LogitsBatch& batch, int64_t start, int64_t n, int top_k, int64_t max_ids,
-                            const float* x_src, const std::function<void()>& while_gpu_runs,
-                            std::vector<RowOutput>* out);
-  // Enqueues one slice's device work on the stream: rows from x_src (host), then activations,
-  // GEMM, token ids, epilogue and the packed results' copy back. Capturable. graph: the slice is
-  // being captured (x_src is x_host_[0]; no stage events).
-  absl::Status Enqueue(const float* x_src, int64_t n, int top_k, int64_t max_ids, bool graph);
-  // Where a slice's epilogue leaves its results (ResultLayout): graph slices write them straight
-  // into h_results_ (pinned, mapped: a few bytes per row and the top-k, no copy node); the others
-  // into d_results_, copied back by the slice.
-  uint8_t* ResultsFor(bool graph) const { return graph ? h_results_.get() : d_results_.get(); }
   // Rows of the current slice that sample (slice indices) and the top-k width selected on their
   // processed logits.
   struct SamplingPlan {
     std::vector<int64_t> rows;
     int top_k = 0;
   };
+  // The host side of one slice in flight. Two slots, so that the host reads one slice's results
+  // while the GPU computes the next; a slot is reused only after its slice was finished.
+  // Graph slices (single-slice batches) always use slot 0, whose pointers their graphs hold.
+  struct Slot {
+    PinnedBuffer<uint8_t> results;      // ResultLayout; mapped: graph slices' epilogue writes it
+    PinnedBuffer<int32_t> token_ids;    // [slice_rows, token_capacity_], copied up by the slice
+    PinnedBuffer<uint8_t> sampling_arena, sample_results;  // see EnqueueSampling
+    Event done;                         // recorded after the slice's last work
+    int64_t start = 0, n = 0;           // the batch rows it holds
+    bool graph = false;
+    SamplingPlan sampling;
+  };
+  // What one call asks of every slice.
+  struct CallShape {
+    int top_k = 0;
+    int64_t max_ids = 0;
+    bool keep_logits = false;  // a later step reads the finished logits (EpilogueParams)
+  };
+
+  absl::Status EnsureTokenCapacity(int64_t max_ids);
+  // Quantizes (or copies) the source into the device weights, chunk by chunk.
+  absl::Status UploadWeights(const HeadSource& src, const QuantizeOptions& q);
+  // Enqueues rows [start, start + n) of the batch into slots_[slot] and returns without waiting:
+  // stages the rows in pinned memory when needed, then the device work (a graph, or Enqueue), the
+  // token selection, the copies of requested full logits, and the slot's done event.
+  absl::Status EnqueueSlice(const LogitsBatch& batch, int64_t start, int64_t n, const CallShape& call,
+                            bool graph, int slot, std::vector<RowOutput>* out);
+  // Waits for the slice in `slot` and moves its results into `out`.
+  absl::Status FinishSlice(const LogitsBatch& batch, const CallShape& call, Slot& slot,
+                           std::vector<RowOutput>* out);
+  // Enqueues one slice's device work: rows from x_src (host) into x_dev_[slot] (on the copy stream
+  // unless captured), then activations, GEMM, token ids, epilogue and the packed results' copy
+  // back. Capturable. graph: the slice is being captured (x_src is x_host_[0]; no stage events).
+  absl::Status Enqueue(const float* x_src, int64_t n, const CallShape& call, bool graph, int slot);
+  // Where a slice's epilogue leaves its results (ResultLayout): graph slices write them straight
+  // into slot 0's pinned results (mapped: a few bytes per row and the top-k, no copy node); the
+  // others into d_results_, copied back by the slice.
+  uint8_t* ResultsFor(bool graph) const { return graph ? slots_[0].results.get() : d_results_.get(); }
   // Enqueues token selection for the slice's sampling rows after its epilogue: processing, the
-  // epilogue on the processed rows, selection, and the results' copy back. Not capturable (the
-  // settings change per call); runs on the stream after the slice's graph.
+  // epilogue on the processed rows, selection, and the results' copy back into the slot. Not
+  // capturable (the settings change per call); runs on the stream after the slice's graph.
   // `results`: where the slice's epilogue left its results (ResultsFor).
-  absl::Status EnqueueSampling(const LogitsBatch& batch, int64_t start, int64_t n, int top_k, int64_t max_ids,
-                               const uint8_t* results, SamplingPlan* plan);
-  // After the stream synchronized: moves the sampling results into `out`.
-  absl::Status ReadSampling(const LogitsBatch& batch, int64_t start, int64_t max_ids, const SamplingPlan& plan,
+  absl::Status EnqueueSampling(const LogitsBatch& batch, const CallShape& call, const uint8_t* results,
+                               Slot& slot);
+  // After the slot's slice finished: moves the sampling results into `out`.
+  absl::Status ReadSampling(const LogitsBatch& batch, int64_t max_ids, const Slot& slot,
                             std::vector<RowOutput>* out);
   // Points the epilogue's scratch arrays at the backend's buffers (sized for slice_rows_ rows).
   void AttachScratch(EpilogueParams* p) const {
@@ -126,11 +148,14 @@ class CudaBackend final : public Backend {
   int64_t slice_rows_ = 0;  // rows computed per GEMM
 
   Stream stream_;
+  Stream copy_stream_;  // rows up to the device for non-graph slices, overlapping the compute
+  std::unique_ptr<CopyPool> copy_pool_;  // stages rows into pinned memory
   DeviceBuffer<uint8_t> weights_;   // [vocab_pad, hidden_pad] E4M3 codes or bf16
   DeviceBuffer<float> row_scales_;  // [vocab_pad]; empty for bf16
   std::unique_ptr<LtGemm> gemm_;
 
-  DeviceBuffer<float> x_dev_;         // [slice, hidden]
+  DeviceBuffer<float> x_dev_[2];      // [slice, hidden] each, one per slot
+  Event rows_up_[2];                  // x_dev_[slot] holds the slice's rows (copy stream)
   DeviceBuffer<uint8_t> act_;         // [n_pad, hidden_pad] E4M3 or bf16
   DeviceBuffer<float> act_scales_;    // [n_pad]
   DeviceBuffer<__half> gemv_act_;     // [kGemvPlaneRows, GemvActivationStride] planes
@@ -141,12 +166,12 @@ class CudaBackend final : public Backend {
   DeviceBuffer<float> row_max_;
   DeviceBuffer<int32_t> topk_hist_, topk_cut_;
   DeviceBuffer<uint64_t> topk_candidates_;
-  // Per-slice results, packed so that one copy brings them back (see ResultLayout).
+  // Per-slice results, packed so that one copy brings them back (see ResultLayout), and the
+  // slices' token ids. Device buffers are used in stream order; the host side is per slot.
   DeviceBuffer<uint8_t> d_results_;
-  PinnedBuffer<uint8_t> h_results_;
   DeviceBuffer<int32_t> d_token_ids_;
-  PinnedBuffer<int32_t> h_token_ids_;
   int64_t token_capacity_ = 0;  // ids per row the token buffers hold
+  Slot slots_[2];
 
   // Token selection: processed logits of up to kSampleGroupRows rows at a time; the settings
   // (SampleRowParams, id lists, gathered token ids) go up in one copy through the arena.
@@ -154,26 +179,28 @@ class CudaBackend final : public Backend {
   DeviceBuffer<float> processed_;  // [kSampleGroupRows, vocab_pad]
   DeviceBuffer<uint8_t> select_scratch_;  // SelectScratchBytes(kSampleGroupRows, vocab)
   DeviceBuffer<uint8_t> d_sampling_arena_;
-  PinnedBuffer<uint8_t> h_sampling_arena_;
   DeviceBuffer<uint8_t> d_sample_results_;  // SampleLayout
-  PinnedBuffer<uint8_t> h_sample_results_;
 
-  // Small slices run as CUDA graphs, one per (n, top_k, max_ids), captured on first use; their
-  // input rows are read from x_host_[0] (pinned; copied there unless the caller assembled them
-  // there through InputBuffer). Launch gaps between the short kernels are what a graph removes
-  // (~8 us at B = 1, measured on an H100). GEMV slices always run so; other slices of up to
-  // kGraphRows rows only when their rows are already in x_host_[0]: copying 1.3 MB of rows (B =
-  // 64, hidden 5120) into pinned memory first costs more than the driver's pipelined copy from
-  // pageable memory (measured on an H100 machine: 0.49 against 0.42 ms end to end). Batches of
-  // several slices stage each slice's rows in x_host_[0] / [1] alternately while the GPU computes
-  // the previous one, so that they go up by DMA from pinned memory.
+  // Single-slice batches of few rows run as CUDA graphs, one per (n, top_k, max_ids,
+  // keep_logits), captured on first use; their input rows are read from x_host_[0] (pinned; copied
+  // there unless the caller assembled them there through InputBuffer). Launch gaps between the
+  // short kernels are what a graph removes (~8 us at B = 1, measured on an H100). GEMV batches
+  // always run so; others of up to kGraphRows rows only when their rows are already in
+  // x_host_[0]: copying 1.3 MB of rows (B = 64, hidden 5120) into pinned memory first costs more
+  // than the driver's pipelined copy from pageable memory (measured on an H100 machine: 0.49
+  // against 0.42 ms end to end).
   static constexpr int64_t kGraphRows = 64;
   bool UseGraph(int64_t n, const float* x_src) const {
     return n <= gemv_max_rows_ || (n <= kGraphRows && x_src == x_host_[0].get());
   }
+  // A slice's rows are staged in pinned memory (x_host_[slot], CopyPool) when the batch has
+  // several slices (so that the next slice's rows go up while the GPU computes: an async copy
+  // from pageable memory would block the host) or when they are this large (a one-slice batch:
+  // the threads' copy plus DMA beats the driver's pageable copy, 11 GB/s on an H100 machine).
+  static constexpr size_t kStageBytes = size_t{4} << 20;
   static constexpr size_t kMaxGraphs = 256;
-  PinnedBuffer<float> x_host_[2];  // [slice_rows, hidden] each
-  std::map<std::tuple<int64_t, int, int64_t>, cudaGraphExec_t> graphs_;
+  PinnedBuffer<float> x_host_[2];  // [slice_rows, hidden] each, one per slot
+  std::map<std::tuple<int64_t, int, int64_t, bool>, cudaGraphExec_t> graphs_;
 
   // Byte offsets of each result array for n rows, top_k and max_ids; `end` = bytes used.
   struct ResultLayout {
@@ -244,7 +271,11 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
     return absl::InvalidArgumentError(absl::StrCat("--device=", device_, " but ", count, " CUDA device(s) are visible"));
   }
   CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  copy_pool_ = std::make_unique<CopyPool>(std::clamp(args.host_threads, 1, 8));
   RETURN_IF_ERROR(stream_.Create());
+  RETURN_IF_ERROR(copy_stream_.Create());
+  for (Event& e : rows_up_) RETURN_IF_ERROR(e.Create());
+  for (Slot& slot : slots_) RETURN_IF_ERROR(slot.done.Create());
   CUDA_RETURN_IF_ERROR(PrepareEpilogue());
   if (args.profile_stages) {
     events_.resize(kStages + 1);
@@ -259,12 +290,14 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
   slice_rows_ = std::clamp<int64_t>(args.output_workspace_bytes / per_row / 16 * 16, 16, 4096);
   const int64_t n_pad = LtGemm::PadRows(split_ ? 2 * slice_rows_ : slice_rows_);
   const int64_t chunks = PartialChunks(vocab_);
-  RETURN_IF_ERROR(x_dev_.Allocate(slice_rows_ * hidden_));
+  for (DeviceBuffer<float>& x : x_dev_) RETURN_IF_ERROR(x.Allocate(slice_rows_ * hidden_));
   for (PinnedBuffer<float>& stage : x_host_) RETURN_IF_ERROR(stage.Allocate(slice_rows_ * hidden_));
   RETURN_IF_ERROR(act_.Allocate(n_pad * hidden_pad_ * (fp8_ ? 1 : 2)));
   RETURN_IF_ERROR(act_scales_.Allocate(n_pad));
   gemv_max_rows_ = std::min(gemv_max_rows_, slice_rows_);
-  static_assert(kGemvMaxRows <= kGraphRows, "GEMV slices are graph slices (their rows are pinned)");
+  // The GEMV reads its rows from pinned memory: x_host_[0] in a graph (one-slice batches), or
+  // the slot's staging buffer (several slices, which are always staged).
+  static_assert(kGemvMaxRows <= kGraphRows, "one-slice GEMV batches are graph slices");
   if (gemv_max_rows_ > 0) {
     CUDA_RETURN_IF_ERROR(PrepareFp8Gemv());
     gemv_max_rows_ = std::min(gemv_max_rows_, GemvMaxRows());
@@ -426,11 +459,13 @@ absl::StatusOr<HeadWeights> CudaBackend::ExportWeights() const {
 absl::Status CudaBackend::EnsureTokenCapacity(int64_t max_ids) {
   if (max_ids <= token_capacity_) return absl::OkStatus();
   const int64_t cap = std::max<int64_t>(max_ids, 2 * token_capacity_);
-  RETURN_IF_ERROR(d_token_ids_.Allocate(slice_rows_ * cap));
-  RETURN_IF_ERROR(h_token_ids_.Allocate(slice_rows_ * cap));
   const size_t bytes = ResultLayout(slice_rows_, kMaxTopK, cap).end;
+  RETURN_IF_ERROR(d_token_ids_.Allocate(slice_rows_ * cap));
   RETURN_IF_ERROR(d_results_.Allocate(bytes));
-  RETURN_IF_ERROR(h_results_.Allocate(bytes));
+  for (Slot& slot : slots_) {
+    RETURN_IF_ERROR(slot.token_ids.Allocate(slice_rows_ * cap));
+    RETURN_IF_ERROR(slot.results.Allocate(bytes));
+  }
   token_capacity_ = cap;
   ClearGraphs();  // they point at the old buffers
   return absl::OkStatus();
@@ -441,8 +476,7 @@ absl::Status CudaBackend::ComputeLogits(const LogitsBatch& batch, std::vector<Ro
   if (rows <= 0 || batch.hidden == nullptr || static_cast<int64_t>(batch.specs.size()) != rows) {
     return absl::InvalidArgumentError(absl::StrCat("batch has ", rows, " rows and ", batch.specs.size(), " row specs"));
   }
-  int top_k = 0;
-  int64_t max_ids = 0;
+  CallShape call;
   for (int64_t b = 0; b < rows; ++b) {
     const RowSpec& spec = batch.specs[b];
     if (spec.top_k > std::min<int64_t>(vocab_, kMaxTopK) ||
@@ -454,37 +488,49 @@ absl::Status CudaBackend::ComputeLogits(const LogitsBatch& batch, std::vector<Ro
     for (uint32_t id : spec.token_ids) {
       if (id >= vocab_) return absl::InvalidArgumentError(absl::StrCat("row ", b, ": token id ", id, " >= vocab size ", vocab_));
     }
-    top_k = std::max<int>(top_k, static_cast<int>(spec.top_k));
-    max_ids = std::max<int64_t>(max_ids, static_cast<int64_t>(spec.token_ids.size()));
+    call.top_k = std::max<int>(call.top_k, static_cast<int>(spec.top_k));
+    call.max_ids = std::max<int64_t>(call.max_ids, static_cast<int64_t>(spec.token_ids.size()));
+    call.keep_logits |= spec.top_k > 0 || spec.want_logits || spec.sampling != nullptr;
   }
   CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
-  RETURN_IF_ERROR(EnsureTokenCapacity(max_ids));
+  RETURN_IF_ERROR(EnsureTokenCapacity(call.max_ids));
   out->assign(rows, RowOutput{});
-  const bool pipelined = rows > slice_rows_;
-  auto rows_of = [&](int64_t start) { return std::min(slice_rows_, rows - start); };
-  auto stage = [&](int64_t start, int i) {
-    std::memcpy(x_host_[i % 2].get(), batch.hidden + start * hidden_, rows_of(start) * hidden_ * sizeof(float));
-  };
-  if (pipelined) stage(0, 0);
-  for (int64_t start = 0, i = 0; start < rows; start += slice_rows_, ++i) {
-    const int64_t next = start + slice_rows_;
-    RETURN_IF_ERROR(ComputeSlice(batch, start, rows_of(start), top_k, max_ids,
-                                 pipelined ? x_host_[i % 2].get() : batch.hidden + start * hidden_,
-                                 [&] {
-                                   if (pipelined && next < rows) stage(next, static_cast<int>(i + 1));
-                                 },
-                                 out));
+  // Equal slices of at most slice_rows_ rows. Each is finished (waited for, results read) while
+  // the GPU computes the next one; with stage profiling, before the next one is enqueued.
+  const int64_t slices = (rows + slice_rows_ - 1) / slice_rows_;
+  const int64_t per = slices == 1 ? rows : std::min(slice_rows_, RoundUp((rows + slices - 1) / slices, 16));
+  std::deque<int> in_flight;  // slots, oldest first
+  absl::Status status;
+  for (int64_t start = 0, i = 0; start < rows && status.ok(); start += per, ++i) {
+    const int64_t n = std::min(per, rows - start);
+    const bool graph = slices == 1 && UseGraph(n, batch.hidden);
+    const int slot = graph ? 0 : static_cast<int>(i % 2);
+    status = EnqueueSlice(batch, start, n, call, graph, slot, out);
+    if (status.ok()) in_flight.push_back(slot);
+    const size_t keep_running = events_.empty() ? 1 : 0;
+    while (status.ok() && in_flight.size() > keep_running) {
+      status = FinishSlice(batch, call, slots_[in_flight.front()], out);
+      in_flight.pop_front();
+    }
   }
-  return absl::OkStatus();
+  while (status.ok() && !in_flight.empty()) {
+    status = FinishSlice(batch, call, slots_[in_flight.front()], out);
+    in_flight.pop_front();
+  }
+  if (!status.ok()) {  // nothing may still be using the buffers when the next call starts
+    cudaStreamSynchronize(copy_stream_.get());
+    cudaStreamSynchronize(stream_.get());
+  }
+  return status;
 }
 
-absl::Status CudaBackend::Enqueue(const float* x_src, int64_t n, int top_k, int64_t max_ids, bool graph) {
+absl::Status CudaBackend::Enqueue(const float* x_src, int64_t n, const CallShape& call, bool graph, int slot) {
   cudaStream_t s = stream_.get();
-  auto mark_stage = [&](int i) {
-    if (!graph) Mark(i);
+  auto mark_stage = [&](int i, cudaStream_t on) {
+    if (!graph && !events_.empty()) cudaEventRecord(events_[i], on);
   };
-  const bool gemv = n <= gemv_max_rows_;  // always a graph slice (UseGraph)
-  const ResultLayout layout(n, top_k, max_ids);
+  const bool gemv = n <= gemv_max_rows_;  // x_src is pinned then (see Init)
+  const ResultLayout layout(n, call.top_k, call.max_ids);
   uint8_t* d = ResultsFor(graph);
   EpilogueParams p;
   p.raw = raw_.get();
@@ -497,70 +543,88 @@ absl::Status CudaBackend::Enqueue(const float* x_src, int64_t n, int top_k, int6
   p.ready_partials = gemv && n <= kGemvFusedRows ? GemvPartials(vocab_pad_) : 0;
   p.logit_scale = transform_.scale;
   p.softcap = transform_.softcap;
+  p.keep_logits = call.keep_logits;
   p.max_logit = reinterpret_cast<float*>(d + layout.max);
   p.argmax = reinterpret_cast<int32_t*>(d + layout.arg);
   p.logsumexp = reinterpret_cast<float*>(d + layout.lse);
-  p.top_k = top_k;
+  p.top_k = call.top_k;
   p.top_ids = reinterpret_cast<int32_t*>(d + layout.top_ids);
   p.top_logits = reinterpret_cast<float*>(d + layout.top_logits);
   p.token_ids = d_token_ids_.get();
-  p.max_token_ids = static_cast<int>(max_ids);
+  p.max_token_ids = static_cast<int>(call.max_ids);
   p.token_logits = reinterpret_cast<float*>(d + layout.token_logits);
   AttachScratch(&p);
 
-  mark_stage(0);
+  float* x_dev = x_dev_[slot].get();
   if (!gemv) {  // the GEMV's activation kernel reads the pinned rows straight over PCIe instead
-    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(x_dev_.get(), x_src, n * hidden_ * sizeof(float), cudaMemcpyHostToDevice, s));
+    const size_t bytes = n * hidden_ * sizeof(float);
+    if (graph) {
+      CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(x_dev, x_src, bytes, cudaMemcpyHostToDevice, s));
+    } else {
+      // On the copy stream, so that it overlaps the previous slice's compute. x_dev_[slot]'s last
+      // reader was the slot's previous slice, finished before this one was enqueued.
+      cudaStream_t c = copy_stream_.get();
+      mark_stage(0, c);
+      CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(x_dev, x_src, bytes, cudaMemcpyHostToDevice, c));
+      mark_stage(1, c);
+      CUDA_RETURN_IF_ERROR(cudaEventRecord(rows_up_[slot].get(), c));
+      CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(s, rows_up_[slot].get()));
+    }
   }
-  mark_stage(1);
   const int64_t n_pad = LtGemm::PadRows(split_ ? 2 * n : n);
   if (gemv) {
+    mark_stage(1, s);
     CUDA_RETURN_IF_ERROR(LaunchGemvActivations(x_src, n, hidden_, hidden_pad_, gemv_act_.get(), gemv_scales_.get(), s));
   } else if (fp8_) {
-    CUDA_RETURN_IF_ERROR(LaunchQuantizeActivations(x_dev_.get(), n, hidden_, hidden_pad_, split_, n_pad,
+    CUDA_RETURN_IF_ERROR(LaunchQuantizeActivations(x_dev, n, hidden_, hidden_pad_, split_, n_pad,
                                                    reinterpret_cast<__nv_fp8_e4m3*>(act_.get()),
                                                    act_scales_.get(), s));
   } else {
-    CUDA_RETURN_IF_ERROR(LaunchConvertActivationsBf16(x_dev_.get(), n, hidden_, hidden_pad_, n_pad,
+    CUDA_RETURN_IF_ERROR(LaunchConvertActivationsBf16(x_dev, n, hidden_, hidden_pad_, n_pad,
                                                       reinterpret_cast<__nv_bfloat16*>(act_.get()),
                                                       act_scales_.get(), s));
   }
-  mark_stage(2);
+  mark_stage(2, s);
   if (gemv) {
     CUDA_RETURN_IF_ERROR(LaunchFp8Gemv(weights_.get(), vocab_pad_, hidden_pad_, gemv_act_.get(), p, s));
   } else {
     RETURN_IF_ERROR(gemm_->Run(weights_.get(), act_.get(), n_pad, raw_.get(), s));
   }
-  mark_stage(3);
-  if (max_ids > 0) {
-    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d_token_ids_.get(), h_token_ids_.get(), n * max_ids * sizeof(int32_t),
-                                         cudaMemcpyHostToDevice, s));
+  mark_stage(3, s);
+  if (call.max_ids > 0) {
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d_token_ids_.get(), slots_[slot].token_ids.get(),
+                                         n * call.max_ids * sizeof(int32_t), cudaMemcpyHostToDevice, s));
   }
   CUDA_RETURN_IF_ERROR(LaunchEpilogue(p, s));
-  mark_stage(4);
-  if (d != h_results_.get()) {
-    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(h_results_.get(), d, layout.end, cudaMemcpyDeviceToHost, s));
+  mark_stage(4, s);
+  if (!graph) {
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(slots_[slot].results.get(), d, layout.end, cudaMemcpyDeviceToHost, s));
   }
   return absl::OkStatus();
 }
 
-absl::Status CudaBackend::ComputeSlice(const LogitsBatch& batch, int64_t start, int64_t n, int top_k,
-                                       int64_t max_ids, const float* x_src,
-                                       const std::function<void()>& while_gpu_runs, std::vector<RowOutput>* out) {
+absl::Status CudaBackend::EnqueueSlice(const LogitsBatch& batch, int64_t start, int64_t n, const CallShape& call,
+                                       bool graph, int slot_index, std::vector<RowOutput>* out) {
   cudaStream_t s = stream_.get();
-  if (max_ids > 0) {
-    int32_t* ids = h_token_ids_.get();
+  Slot& slot = slots_[slot_index];
+  slot.start = start;
+  slot.n = n;
+  slot.graph = graph;
+  if (call.max_ids > 0) {
+    int32_t* ids = slot.token_ids.get();
     for (int64_t r = 0; r < n; ++r) {
       const RowSpec& spec = batch.specs[start + r];
-      for (int64_t i = 0; i < max_ids; ++i) {
-        ids[r * max_ids + i] = i < static_cast<int64_t>(spec.token_ids.size()) ? static_cast<int32_t>(spec.token_ids[i]) : -1;
+      for (int64_t i = 0; i < call.max_ids; ++i) {
+        ids[r * call.max_ids + i] =
+            i < static_cast<int64_t>(spec.token_ids.size()) ? static_cast<int32_t>(spec.token_ids[i]) : -1;
       }
     }
   }
-  const bool use_graph = UseGraph(n, x_src);
-  if (use_graph) {
-    if (x_src != x_host_[0].get()) std::memcpy(x_host_[0].get(), x_src, n * hidden_ * sizeof(float));
-    const auto key = std::make_tuple(n, top_k, max_ids);
+  const float* x_src = batch.hidden + start * hidden_;
+  const size_t x_bytes = n * hidden_ * sizeof(float);
+  if (graph) {
+    if (x_src != x_host_[0].get()) copy_pool_->Copy(x_host_[0].get(), x_src, x_bytes);
+    const auto key = std::make_tuple(n, call.top_k, call.max_ids, call.keep_logits);
     auto it = graphs_.find(key);
     if (it == graphs_.end()) {
       if (graphs_.size() >= kMaxGraphs) ClearGraphs();
@@ -568,15 +632,15 @@ absl::Status CudaBackend::ComputeSlice(const LogitsBatch& batch, int64_t start, 
         const int64_t n_pad = LtGemm::PadRows(split_ ? 2 * n : n);
         RETURN_IF_ERROR(gemm_->Prepare(weights_.get(), act_.get(), n_pad, raw_.get(), s));
       }
-      cudaGraph_t graph;
+      cudaGraph_t captured_graph;
       CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-      absl::Status captured = Enqueue(x_host_[0].get(), n, top_k, max_ids, /*graph=*/true);
-      const cudaError_t ended = cudaStreamEndCapture(s, &graph);
+      absl::Status captured = Enqueue(x_host_[0].get(), n, call, /*graph=*/true, 0);
+      const cudaError_t ended = cudaStreamEndCapture(s, &captured_graph);
       RETURN_IF_ERROR(captured);
       CUDA_RETURN_IF_ERROR(ended);
       cudaGraphExec_t exec;
-      const cudaError_t made = cudaGraphInstantiate(&exec, graph, 0);
-      cudaGraphDestroy(graph);
+      const cudaError_t made = cudaGraphInstantiate(&exec, captured_graph, 0);
+      cudaGraphDestroy(captured_graph);
       CUDA_RETURN_IF_ERROR(made);
       it = graphs_.emplace(key, exec).first;
     }
@@ -584,14 +648,17 @@ absl::Status CudaBackend::ComputeSlice(const LogitsBatch& batch, int64_t start, 
     CUDA_RETURN_IF_ERROR(cudaGraphLaunch(it->second, s));
     Mark(5);
   } else {
-    // A one-slice batch goes straight from the caller's rows (pinned when assembled through
-    // InputBuffer; otherwise the driver stages the copy, which costs less than our memcpy into
-    // pinned memory on the critical path). Batches of several slices come from x_host_, staged
-    // while the previous slice computed.
-    RETURN_IF_ERROR(Enqueue(x_src, n, top_k, max_ids, /*graph=*/false));
+    // Several slices, large rows and GEMV rows are staged in pinned memory (kStageBytes);
+    // otherwise the rows go up from the caller's memory (pinned when assembled through
+    // InputBuffer), which costs less than our copy on the critical path.
+    const bool pinned = x_src == x_host_[0].get();
+    if (!pinned && (start > 0 || n < batch.rows || x_bytes >= kStageBytes || n <= gemv_max_rows_)) {
+      copy_pool_->Copy(x_host_[slot_index].get(), x_src, x_bytes);
+      x_src = x_host_[slot_index].get();
+    }
+    RETURN_IF_ERROR(Enqueue(x_src, n, call, /*graph=*/false, slot_index));
   }
-  SamplingPlan sampling;
-  RETURN_IF_ERROR(EnqueueSampling(batch, start, n, top_k, max_ids, ResultsFor(use_graph), &sampling));
+  RETURN_IF_ERROR(EnqueueSampling(batch, call, ResultsFor(graph), slot));
   for (int64_t r = 0; r < n; ++r) {
     if (!batch.specs[start + r].want_logits) continue;
     std::vector<float>& logits = (*out)[start + r].logits;
@@ -599,25 +666,29 @@ absl::Status CudaBackend::ComputeSlice(const LogitsBatch& batch, int64_t start, 
     CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(logits.data(), raw_.get() + r * vocab_pad_, vocab_ * sizeof(float),
                                          cudaMemcpyDeviceToHost, s));
   }
-  if (!use_graph) Mark(5);
-  while_gpu_runs();
-  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(s));
-  if (!events_.empty()) {
+  if (!graph) Mark(5);
+  CUDA_RETURN_IF_ERROR(cudaEventRecord(slot.done.get(), s));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::FinishSlice(const LogitsBatch& batch, const CallShape& call, Slot& slot,
+                                      std::vector<RowOutput>* out) {
+  CUDA_RETURN_IF_ERROR(cudaEventSynchronize(slot.done.get()));
+  if (!events_.empty()) {  // profiling: this slice was the only one in flight
     float ms = 0;
-    if (use_graph) {
+    if (slot.graph) {
       CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, events_[0], events_[5]));
       stage_ms_[5] += ms;
     } else {
       for (int i = 0; i < 5; ++i) {
-        CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, events_[i], events_[i + 1]));
-        stage_ms_[i] += ms;
+        if (cudaEventElapsedTime(&ms, events_[i], events_[i + 1]) == cudaSuccess) stage_ms_[i] += ms;
       }
     }
     ++profiled_slices_;
   }
-
+  const int64_t start = slot.start, n = slot.n, top_k = call.top_k, max_ids = call.max_ids;
   const ResultLayout layout(n, top_k, max_ids);
-  const uint8_t* h = h_results_.get();
+  const uint8_t* h = slot.results.get();
   const float* h_max = reinterpret_cast<const float*>(h + layout.max);
   const float* h_lse = reinterpret_cast<const float*>(h + layout.lse);
   const int32_t* h_arg = reinterpret_cast<const int32_t*>(h + layout.arg);
@@ -641,11 +712,13 @@ absl::Status CudaBackend::ComputeSlice(const LogitsBatch& batch, int64_t start, 
     }
     for (size_t i = 0; i < spec.token_ids.size(); ++i) o.token_logits.push_back(h_token_logits[r * max_ids + i]);
   }
-  return ReadSampling(batch, start, max_ids, sampling, out);
+  return ReadSampling(batch, max_ids, slot, out);
 }
 
-absl::Status CudaBackend::EnqueueSampling(const LogitsBatch& batch, int64_t start, int64_t n, int top_k,
-                                          int64_t max_ids, const uint8_t* results, SamplingPlan* plan) {
+absl::Status CudaBackend::EnqueueSampling(const LogitsBatch& batch, const CallShape& call, const uint8_t* results,
+                                          Slot& slot) {
+  const int64_t start = slot.start, n = slot.n, max_ids = call.max_ids;
+  SamplingPlan* plan = &slot.sampling;
   plan->rows.clear();
   plan->top_k = 0;
   int64_t list_ids = 0;
@@ -669,12 +742,15 @@ absl::Status CudaBackend::EnqueueSampling(const LogitsBatch& batch, int64_t star
   const size_t counts_at = align(values_at + list_ids * 4);
   const size_t tokens_at = align(counts_at + list_ids * 4);
   const size_t arena_bytes = tokens_at + count * max_ids * 4;
-  if (h_sampling_arena_.bytes() < arena_bytes) {
-    const size_t bytes = std::max(arena_bytes, 2 * h_sampling_arena_.bytes());
-    RETURN_IF_ERROR(h_sampling_arena_.Allocate(bytes));
-    RETURN_IF_ERROR(d_sampling_arena_.Allocate(bytes));
+  // Device buffers grow only when no other slice is using them.
+  if (slot.sampling_arena.bytes() < arena_bytes) {
+    RETURN_IF_ERROR(slot.sampling_arena.Allocate(std::max(arena_bytes, 2 * slot.sampling_arena.bytes())));
   }
-  uint8_t* h = h_sampling_arena_.get();
+  if (d_sampling_arena_.bytes() < arena_bytes) {
+    CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_.get()));
+    RETURN_IF_ERROR(d_sampling_arena_.Allocate(std::max(arena_bytes, 2 * d_sampling_arena_.bytes())));
+  }
+  uint8_t* h = slot.sampling_arena.get();
   auto* params = reinterpret_cast<SampleRowParams*>(h);
   auto* ids = reinterpret_cast<uint32_t*>(h + ids_at);
   auto* values = reinterpret_cast<float*>(h + values_at);
@@ -728,13 +804,15 @@ absl::Status CudaBackend::EnqueueSampling(const LogitsBatch& batch, int64_t star
   const int32_t* d_tokens = reinterpret_cast<const int32_t*>(d + tokens_at);
 
   const SampleLayout layout(count, plan->top_k, max_ids);
+  if (slot.sample_results.bytes() < layout.end) {
+    RETURN_IF_ERROR(slot.sample_results.Allocate(std::max(layout.end, 2 * slot.sample_results.bytes())));
+  }
   if (d_sample_results_.bytes() < layout.end) {
-    const size_t bytes = std::max(layout.end, 2 * d_sample_results_.bytes());
-    RETURN_IF_ERROR(d_sample_results_.Allocate(bytes));
-    RETURN_IF_ERROR(h_sample_results_.Allocate(bytes));
+    CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_.get()));
+    RETURN_IF_ERROR(d_sample_results_.Allocate(std::max(layout.end, 2 * d_sample_results_.bytes())));
   }
   uint8_t* out = d_sample_results_.get();
-  const ResultLayout slice_layout(n, top_k, max_ids);
+  const ResultLayout slice_layout(n, call.top_k, max_ids);
   const int K = plan->top_k;
   for (int g0 = 0; g0 < count; g0 += kSampleGroupRows) {
     const int gc = std::min(kSampleGroupRows, count - g0);
@@ -779,16 +857,18 @@ absl::Status CudaBackend::EnqueueSampling(const LogitsBatch& batch, int64_t star
     }
     CUDA_RETURN_IF_ERROR(LaunchSelectTokens(sp, stream));
   }
-  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(h_sample_results_.get(), out, layout.end, cudaMemcpyDeviceToHost, stream));
+  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(slot.sample_results.get(), out, layout.end, cudaMemcpyDeviceToHost, stream));
   return absl::OkStatus();
 }
 
-absl::Status CudaBackend::ReadSampling(const LogitsBatch& batch, int64_t start, int64_t max_ids,
-                                       const SamplingPlan& plan, std::vector<RowOutput>* out) {
+absl::Status CudaBackend::ReadSampling(const LogitsBatch& batch, int64_t max_ids, const Slot& slot,
+                                       std::vector<RowOutput>* out) {
+  const SamplingPlan& plan = slot.sampling;
+  const int64_t start = slot.start;
   if (plan.rows.empty()) return absl::OkStatus();
   const int64_t count = static_cast<int64_t>(plan.rows.size());
   const SampleLayout layout(count, plan.top_k, max_ids);
-  const uint8_t* h = h_sample_results_.get();
+  const uint8_t* h = slot.sample_results.get();
   const float* max = reinterpret_cast<const float*>(h + layout.base.max);
   const float* lse = reinterpret_cast<const float*>(h + layout.base.lse);
   const int32_t* top_ids = reinterpret_cast<const int32_t*>(h + layout.base.top_ids);

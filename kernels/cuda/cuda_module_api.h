@@ -13,7 +13,7 @@
 
 namespace lmhead {
 
-inline constexpr int kCudaModuleAbi = 4;
+inline constexpr int kCudaModuleAbi = 5;
 // Batches of up to this many rows run the module's FP8 GEMV instead of cuBLASLt (on Hopper; 16 on
 // other GPUs): with fp16 hi + lo activations up to kCudaGemvExactRows rows (~fp32 exact), one fp16
 // per activation above (after a per-row power-of-two scale that puts max |x| in [2^13, 2^14)).
@@ -36,6 +36,8 @@ struct CudaModuleArgs {
   int64_t gemv_max_rows = kCudaGemvMaxRows;
   // Device bytes for the GEMM output of one slice of rows (bounds the rows computed at once).
   int64_t output_workspace_bytes = 192ll << 20;
+  // Host threads that may copy a large batch's rows into pinned staging memory (at most 8 used).
+  int host_threads = 1;
   // Record per-stage GPU times (see Backend::TakeStageTimings); costs a little per call.
   bool profile_stages = false;
   // The head to serve, quantized on the GPU in row chunks of quantize.chunk_rows (an FP8 source

@@ -107,6 +107,25 @@ class Stream {
   cudaStream_t s_ = nullptr;
 };
 
+// An event for ordering and waiting (no timing); move-only.
+class Event {
+ public:
+  Event() = default;
+  ~Event() {
+    if (e_ != nullptr) cudaEventDestroy(e_);
+  }
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+  absl::Status Create() {
+    CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&e_, cudaEventDisableTiming));
+    return absl::OkStatus();
+  }
+  cudaEvent_t get() const { return e_; }
+
+ private:
+  cudaEvent_t e_ = nullptr;
+};
+
 }  // namespace lmhead::cuda
 
 #endif  // LMHEAD_KERNELS_CUDA_CUDA_UTIL_H_

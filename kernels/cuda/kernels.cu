@@ -82,34 +82,65 @@ __global__ void FillKernel(float* p, int64_t count, float v) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < count; i += int64_t{gridDim.x} * blockDim.x) p[i] = v;
 }
 
+// A raw product (and the residual row's, when split) -> the served logit: activation scale(s),
+// then FinishLogit. Rounded explicitly (no contraction), so that every pass that finishes the
+// same product gets the same float.
+__device__ __forceinline__ float FinishRaw(const EpilogueParams& p, float hi, float lo, float s_hi, float s_lo,
+                                           const float* row_scale) {
+  float l = __fmul_rn(hi, s_hi);
+  if (p.split) l = __fmaf_rn(lo, s_lo, l);
+  return FinishLogit(l, row_scale, p.logit_scale, p.softcap);
+}
+
+// The served logit of row b, id v: raw already finished (act_scales null, or written back by
+// the first pass when keep_logits), else FinishRaw of its raw product(s).
+__device__ __forceinline__ float LogitOf(const EpilogueParams& p, int64_t b, int64_t v) {
+  const float raw = p.raw[b * p.ld + v];
+  if (p.act_scales == nullptr) return raw;
+  const float lo = p.split ? p.raw[(p.rows + b) * p.ld + v] : 0.0f;
+  return FinishRaw(p, raw, lo, p.act_scales[b], p.split ? p.act_scales[p.rows + b] : 0.0f,
+                   p.row_scales != nullptr ? p.row_scales + v : nullptr);
+}
+
+__device__ __forceinline__ float4 Load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+
+// Per (row, vocab chunk): the logits (written back into raw when keep_logits) and their Stat.
+// Four consecutive ids per thread and step, in 16-byte loads (raw rows, ld and the row scales
+// are 16-float aligned).
 __global__ void PartialsKernel(EpilogueParams p) {
   WaitForPrerequisites();  // launched early after the GEMV (LaunchAfterPrevious)
   LaunchDependents();      // RowStatsKernel's blocks may be scheduled now; they wait for these
   const int64_t b = blockIdx.y;
-  const int64_t chunk = blockIdx.x;
-  float* logits = p.raw + b * p.ld;
   const bool transform = p.act_scales != nullptr;
-  const float* lo = p.split ? p.raw + (p.rows + b) * p.ld : nullptr;
+  const bool write = p.keep_logits && transform;
   const float s_hi = transform ? p.act_scales[b] : 1.0f;
   const float s_lo = p.split ? p.act_scales[p.rows + b] : 0.0f;
+  float* hi_row = p.raw + b * p.ld;
+  const float* lo_row = p.split ? p.raw + (p.rows + b) * p.ld : hi_row;
   Stat st{-FLT_MAX, 0, 0.0f};
-  const int64_t begin = chunk * kChunk;
+  const int64_t begin = blockIdx.x * int64_t{kChunk};
   const int64_t end = min(begin + kChunk, p.vocab);
-  for (int64_t v = begin + threadIdx.x; v < end; v += kPartThreads) {
-    float l = logits[v];
+  for (int64_t v0 = begin + 4 * threadIdx.x; v0 < end; v0 += 4 * kPartThreads) {
+    float l[4];
+    *reinterpret_cast<float4*>(l) = Load4(hi_row + v0);
     if (transform) {
-      l *= s_hi;
-      if (lo != nullptr) l += lo[v] * s_lo;
-      l = FinishLogit(l, p.row_scales != nullptr ? p.row_scales + v : nullptr, p.logit_scale, p.softcap);
-      logits[v] = l;
+      float lo[4], rs[4];
+      *reinterpret_cast<float4*>(lo) = Load4(lo_row + v0);
+      if (p.row_scales != nullptr) *reinterpret_cast<float4*>(rs) = Load4(p.row_scales + v0);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) l[j] = FinishRaw(p, l[j], lo[j], s_hi, s_lo, p.row_scales != nullptr ? &rs[j] : nullptr);
+      if (write) *reinterpret_cast<float4*>(hi_row + v0) = *reinterpret_cast<float4*>(l);
     }
-    st = Combine(st, StatOf(l, v));
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      if (v0 + j < end) st = Combine(st, StatOf(l[j], v0 + j));
+    }
   }
   using Reduce = cub::BlockReduce<Stat, kPartThreads>;
   __shared__ typename Reduce::TempStorage temp;
   const Stat total = Reduce(temp).Reduce(st, CombineOp());
   if (threadIdx.x == 0) {
-    const int64_t i = b * gridDim.x + chunk;
+    const int64_t i = b * gridDim.x + blockIdx.x;
     p.part_max[i] = total.m;
     p.part_arg[i] = total.a;
     p.part_sum[i] = total.s;
@@ -243,10 +274,12 @@ __global__ void RowStatsKernel(EpilogueParams p, int chunks) {
     p.logsumexp[b] = total.m + logf(total.s);
     if (p.top_k > 0) p.row_max[b] = total.m;
   }
-  const float* logits = p.raw + b * p.ld;
+  // Finished logits are in raw after the GEMV (ready_partials) or a first pass that kept them.
+  const bool finished = p.ready_partials > 0 || p.keep_logits;
   for (int i = threadIdx.x; i < p.max_token_ids; i += kPartThreads) {
     const int32_t id = p.token_ids[b * p.max_token_ids + i];
-    p.token_logits[b * p.max_token_ids + i] = id >= 0 ? logits[id] : 0.0f;
+    p.token_logits[b * p.max_token_ids + i] =
+        id < 0 ? 0.0f : finished ? p.raw[b * p.ld + id] : LogitOf(p, b, id);
   }
   if (p.top_k == 0) return;
   for (int i = threadIdx.x; i < kBins; i += kPartThreads) p.hist[b * kBins + i] = 0;
@@ -407,7 +440,9 @@ cudaError_t PrepareEpilogue() {
 }
 
 cudaError_t LaunchEpilogue(const EpilogueParams& p, cudaStream_t stream) {
-  if (p.top_k < 0 || p.top_k > kMaxTopK) return cudaErrorInvalidValue;
+  if (p.top_k < 0 || p.top_k > kMaxTopK || (p.top_k > 0 && !p.keep_logits)) return cudaErrorInvalidValue;
+  auto aligned = [](const void* q) { return reinterpret_cast<uintptr_t>(q) % 16 == 0; };
+  if (p.ld % 4 != 0 || !aligned(p.raw) || !aligned(p.row_scales)) return cudaErrorInvalidValue;
   const int chunks = static_cast<int>(PartialChunks(p.vocab));
   cudaError_t e = cudaSuccess;
   if (p.ready_partials == 0) {

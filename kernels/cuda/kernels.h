@@ -34,9 +34,10 @@ cudaError_t LaunchConvertActivationsBf16(const float* x, int64_t rows, int64_t h
                                          cudaStream_t stream);
 
 struct EpilogueParams {
-  // [n_pad, ld] raw dot products: row b (and row rows + b when split) for batch row b.
+  // [n_pad, ld] raw dot products: row b (and row rows + b when split) for batch row b. raw and
+  // row_scales are 16-byte aligned (the first pass reads four ids at a time).
   float* raw = nullptr;
-  int64_t ld = 0;  // row stride of raw (>= vocab)
+  int64_t ld = 0;  // row stride of raw (>= vocab, a multiple of 4)
   // [n_pad]; null when `raw` already holds finished logits (rows of processed logits, which may
   // be -inf): then no scales or transforms are applied and nothing is written back.
   const float* act_scales = nullptr;
@@ -49,9 +50,12 @@ struct EpilogueParams {
   int64_t ready_partials = 0;
   float logit_scale = 1.0f;
   float softcap = 0.0f;  // 0 = none
-  // Outputs. Logits overwrite raw rows [0, rows) in place ([rows, ld], first vocab columns). The
-  // arrays below may be in mapped host memory: the kernels only write them (and read
-  // token_ids).
+  // Outputs. With keep_logits the logits overwrite raw rows [0, rows) in place ([rows, ld], first
+  // vocab columns: for a top-k, the caller's copy of full logits or token selection); without it
+  // raw is only read (the token logits are finished from it), which saves a write of the rows.
+  // A top_k > 0 needs keep_logits. The arrays below may be in mapped host memory: the kernels
+  // only write them (and read token_ids).
+  bool keep_logits = true;
   float* max_logit = nullptr;   // [rows]
   int32_t* argmax = nullptr;    // [rows]
   float* logsumexp = nullptr;   // [rows]
