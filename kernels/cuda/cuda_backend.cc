@@ -76,9 +76,12 @@ class CudaBackend final : public Backend {
     std::vector<int64_t> rows;
     int top_k = 0;
   };
-  // The host side of one slice in flight. Two slots, so that the host reads one slice's results
-  // while the GPU computes the next; a slot is reused only after its slice was finished.
-  // Graph slices (single-slice batches) always use slot 0, whose pointers their graphs hold.
+  // The host side of one slice in flight. kSlots of them: the host stages a slice's rows and
+  // reads an older slice's results while the GPU computes the ones between, so that the GPU
+  // always has the next slice queued and the row copies go up back to back. A slot is reused only
+  // after its slice was finished. Graph slices (single-slice batches) always use slot 0, whose
+  // pointers their graphs hold.
+  static constexpr int kSlots = 3;
   struct Slot {
     PinnedBuffer<uint8_t> results;      // ResultLayout; mapped: graph slices' epilogue writes it
     PinnedBuffer<int32_t> token_ids;    // [slice_rows, token_capacity_], copied up by the slice
@@ -102,14 +105,15 @@ class CudaBackend final : public Backend {
   // stages the rows in pinned memory when needed, then the device work (a graph, or Enqueue), the
   // token selection, the copies of requested full logits, and the slot's done event.
   absl::Status EnqueueSlice(const LogitsBatch& batch, int64_t start, int64_t n, const CallShape& call,
-                            bool graph, int slot, std::vector<RowOutput>* out);
+                            bool graph, int slot, int rows_buffer, std::vector<RowOutput>* out);
   // Waits for the slice in `slot` and moves its results into `out`.
   absl::Status FinishSlice(const LogitsBatch& batch, const CallShape& call, Slot& slot,
                            std::vector<RowOutput>* out);
-  // Enqueues one slice's device work: rows from x_src (host) into x_dev_[slot] (on the copy stream
-  // unless captured), then activations, GEMM, token ids, epilogue and the packed results' copy
-  // back. Capturable. graph: the slice is being captured (x_src is x_host_[0]; no stage events).
-  absl::Status Enqueue(const float* x_src, int64_t n, const CallShape& call, bool graph, int slot);
+  // Enqueues one slice's device work: rows from x_src (host) into x_dev_[rows_buffer] (on the copy
+  // stream unless captured), then activations, GEMM, token ids (from the slot), epilogue and the
+  // packed results' copy back into the slot. Capturable. graph: the slice is being captured
+  // (x_src is x_host_[0]; no events).
+  absl::Status Enqueue(const float* x_src, int64_t n, const CallShape& call, bool graph, int slot, int rows_buffer);
   // Where a slice's epilogue leaves its results (ResultLayout): graph slices write them straight
   // into slot 0's pinned results (mapped: a few bytes per row and the top-k, no copy node); the
   // others into d_results_, copied back by the slice.
@@ -154,8 +158,10 @@ class CudaBackend final : public Backend {
   DeviceBuffer<float> row_scales_;  // [vocab_pad]; empty for bf16
   std::unique_ptr<LtGemm> gemm_;
 
-  DeviceBuffer<float> x_dev_[2];      // [slice, hidden] each, one per slot
-  Event rows_up_[2];                  // x_dev_[slot] holds the slice's rows (copy stream)
+  // Device rows of two consecutive slices: [slice, hidden] each. rows_up_[k]: x_dev_[k] holds its
+  // slice's rows (copy stream); rows_read_[k]: that slice's activation kernel has read them.
+  DeviceBuffer<float> x_dev_[2];
+  Event rows_up_[2], rows_read_[2];
   DeviceBuffer<uint8_t> act_;         // [n_pad, hidden_pad] E4M3 or bf16
   DeviceBuffer<float> act_scales_;    // [n_pad]
   DeviceBuffer<__half> gemv_act_;     // [kGemvPlaneRows, GemvActivationStride] planes
@@ -171,7 +177,7 @@ class CudaBackend final : public Backend {
   DeviceBuffer<uint8_t> d_results_;
   DeviceBuffer<int32_t> d_token_ids_;
   int64_t token_capacity_ = 0;  // ids per row the token buffers hold
-  Slot slots_[2];
+  Slot slots_[kSlots];
 
   // Token selection: processed logits of up to kSampleGroupRows rows at a time; the settings
   // (SampleRowParams, id lists, gathered token ids) go up in one copy through the arena.
@@ -199,7 +205,7 @@ class CudaBackend final : public Backend {
   // the threads' copy plus DMA beats the driver's pageable copy, 11 GB/s on an H100 machine).
   static constexpr size_t kStageBytes = size_t{4} << 20;
   static constexpr size_t kMaxGraphs = 256;
-  PinnedBuffer<float> x_host_[2];  // [slice_rows, hidden] each, one per slot
+  PinnedBuffer<float> x_host_[kSlots];  // [slice_rows, hidden] each, one per slot
   std::map<std::tuple<int64_t, int, int64_t, bool>, cudaGraphExec_t> graphs_;
 
   // Byte offsets of each result array for n rows, top_k and max_ids; `end` = bytes used.
@@ -275,6 +281,7 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
   RETURN_IF_ERROR(stream_.Create());
   RETURN_IF_ERROR(copy_stream_.Create());
   for (Event& e : rows_up_) RETURN_IF_ERROR(e.Create());
+  for (Event& e : rows_read_) RETURN_IF_ERROR(e.Create());
   for (Slot& slot : slots_) RETURN_IF_ERROR(slot.done.Create());
   CUDA_RETURN_IF_ERROR(PrepareEpilogue());
   if (args.profile_stages) {
@@ -496,7 +503,8 @@ absl::Status CudaBackend::ComputeLogits(const LogitsBatch& batch, std::vector<Ro
   RETURN_IF_ERROR(EnsureTokenCapacity(call.max_ids));
   out->assign(rows, RowOutput{});
   // Equal slices of at most slice_rows_ rows. Each is finished (waited for, results read) while
-  // the GPU computes the next one; with stage profiling, before the next one is enqueued.
+  // the GPU computes the next ones (see Slot); with stage profiling, before the next one is
+  // enqueued.
   const int64_t slices = (rows + slice_rows_ - 1) / slice_rows_;
   const int64_t per = slices == 1 ? rows : std::min(slice_rows_, RoundUp((rows + slices - 1) / slices, 16));
   std::deque<int> in_flight;  // slots, oldest first
@@ -504,10 +512,10 @@ absl::Status CudaBackend::ComputeLogits(const LogitsBatch& batch, std::vector<Ro
   for (int64_t start = 0, i = 0; start < rows && status.ok(); start += per, ++i) {
     const int64_t n = std::min(per, rows - start);
     const bool graph = slices == 1 && UseGraph(n, batch.hidden);
-    const int slot = graph ? 0 : static_cast<int>(i % 2);
-    status = EnqueueSlice(batch, start, n, call, graph, slot, out);
+    const int slot = graph ? 0 : static_cast<int>(i % kSlots);
+    status = EnqueueSlice(batch, start, n, call, graph, slot, static_cast<int>(i % 2), out);
     if (status.ok()) in_flight.push_back(slot);
-    const size_t keep_running = events_.empty() ? 1 : 0;
+    const size_t keep_running = events_.empty() ? kSlots - 1 : 0;
     while (status.ok() && in_flight.size() > keep_running) {
       status = FinishSlice(batch, call, slots_[in_flight.front()], out);
       in_flight.pop_front();
@@ -524,7 +532,8 @@ absl::Status CudaBackend::ComputeLogits(const LogitsBatch& batch, std::vector<Ro
   return status;
 }
 
-absl::Status CudaBackend::Enqueue(const float* x_src, int64_t n, const CallShape& call, bool graph, int slot) {
+absl::Status CudaBackend::Enqueue(const float* x_src, int64_t n, const CallShape& call, bool graph, int slot,
+                                  int rows_buffer) {
   cudaStream_t s = stream_.get();
   auto mark_stage = [&](int i, cudaStream_t on) {
     if (!graph && !events_.empty()) cudaEventRecord(events_[i], on);
@@ -555,20 +564,21 @@ absl::Status CudaBackend::Enqueue(const float* x_src, int64_t n, const CallShape
   p.token_logits = reinterpret_cast<float*>(d + layout.token_logits);
   AttachScratch(&p);
 
-  float* x_dev = x_dev_[slot].get();
+  float* x_dev = x_dev_[rows_buffer].get();
   if (!gemv) {  // the GEMV's activation kernel reads the pinned rows straight over PCIe instead
     const size_t bytes = n * hidden_ * sizeof(float);
     if (graph) {
       CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(x_dev, x_src, bytes, cudaMemcpyHostToDevice, s));
     } else {
-      // On the copy stream, so that it overlaps the previous slice's compute. x_dev_[slot]'s last
-      // reader was the slot's previous slice, finished before this one was enqueued.
+      // On the copy stream, once the slice before last has read the buffer, so that it overlaps
+      // the compute of the slices before.
       cudaStream_t c = copy_stream_.get();
+      CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(c, rows_read_[rows_buffer].get()));
       mark_stage(0, c);
       CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(x_dev, x_src, bytes, cudaMemcpyHostToDevice, c));
       mark_stage(1, c);
-      CUDA_RETURN_IF_ERROR(cudaEventRecord(rows_up_[slot].get(), c));
-      CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(s, rows_up_[slot].get()));
+      CUDA_RETURN_IF_ERROR(cudaEventRecord(rows_up_[rows_buffer].get(), c));
+      CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(s, rows_up_[rows_buffer].get()));
     }
   }
   const int64_t n_pad = LtGemm::PadRows(split_ ? 2 * n : n);
@@ -584,6 +594,7 @@ absl::Status CudaBackend::Enqueue(const float* x_src, int64_t n, const CallShape
                                                       reinterpret_cast<__nv_bfloat16*>(act_.get()),
                                                       act_scales_.get(), s));
   }
+  if (!graph) CUDA_RETURN_IF_ERROR(cudaEventRecord(rows_read_[rows_buffer].get(), s));
   mark_stage(2, s);
   if (gemv) {
     CUDA_RETURN_IF_ERROR(LaunchFp8Gemv(weights_.get(), vocab_pad_, hidden_pad_, gemv_act_.get(), p, s));
@@ -604,7 +615,7 @@ absl::Status CudaBackend::Enqueue(const float* x_src, int64_t n, const CallShape
 }
 
 absl::Status CudaBackend::EnqueueSlice(const LogitsBatch& batch, int64_t start, int64_t n, const CallShape& call,
-                                       bool graph, int slot_index, std::vector<RowOutput>* out) {
+                                       bool graph, int slot_index, int rows_buffer, std::vector<RowOutput>* out) {
   cudaStream_t s = stream_.get();
   Slot& slot = slots_[slot_index];
   slot.start = start;
@@ -634,7 +645,7 @@ absl::Status CudaBackend::EnqueueSlice(const LogitsBatch& batch, int64_t start, 
       }
       cudaGraph_t captured_graph;
       CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-      absl::Status captured = Enqueue(x_host_[0].get(), n, call, /*graph=*/true, 0);
+      absl::Status captured = Enqueue(x_host_[0].get(), n, call, /*graph=*/true, 0, 0);
       const cudaError_t ended = cudaStreamEndCapture(s, &captured_graph);
       RETURN_IF_ERROR(captured);
       CUDA_RETURN_IF_ERROR(ended);
@@ -656,7 +667,7 @@ absl::Status CudaBackend::EnqueueSlice(const LogitsBatch& batch, int64_t start, 
       copy_pool_->Copy(x_host_[slot_index].get(), x_src, x_bytes);
       x_src = x_host_[slot_index].get();
     }
-    RETURN_IF_ERROR(Enqueue(x_src, n, call, /*graph=*/false, slot_index));
+    RETURN_IF_ERROR(Enqueue(x_src, n, call, /*graph=*/false, slot_index, rows_buffer));
   }
   RETURN_IF_ERROR(EnqueueSampling(batch, call, ResultsFor(graph), slot));
   for (int64_t r = 0; r < n; ++r) {
