@@ -254,19 +254,35 @@ __device__ void SelectExact(const EpilogueParams& p, const float* logits, FinalS
   __syncthreads();
 }
 
+// A row's top-k counters (p.cut, [rows, kCutSlots]). kCutBin: the histogram bin of the cut, or
+// kCutAtThreshold when the candidates are the logits >= the float in kCutThreshold.
+enum CutSlot { kCutBin, kCutCount, kCandidateCount, kHistogramBlocksDone, kCollectBlocksDone, kCutThreshold };
+static_assert(kCutThreshold < kCutSlots, "kCutSlots counts the slots");
+constexpr int32_t kCutAtThreshold = -2;
+
+// Whether a top-k of k can skip the histogram: RowStatsKernel's threads each reduce a disjoint
+// set of the row's `partials` partial statistics, so the k-th largest of their maxima (real
+// logits) is at most the row's k-th largest logit -- a cut known without a histogram.
+__host__ __device__ __forceinline__ bool CutAtThreshold(int top_k, int64_t partials) {
+  return top_k > 0 && top_k <= partials && top_k <= kPartThreads;
+}
+
 // Row statistics from the first pass's partials: max, argmax, logsumexp; the requested token
-// logits; and, when a top-k is wanted, a cleared histogram and counters for the passes below.
+// logits; and, when a top-k is wanted, the cut for the passes below: a cleared histogram, or the
+// threshold (CutAtThreshold).
 __global__ void RowStatsKernel(EpilogueParams p, int chunks) {
   WaitForPrerequisites();  // launched early after PartialsKernel or the GEMV
   LaunchDependents();
   using Reduce = cub::BlockReduce<Stat, kPartThreads>;
   __shared__ typename Reduce::TempStorage temp;
+  __shared__ float group_max[kPartThreads];
   const int64_t b = blockIdx.x;
   Stat st{-FLT_MAX, 0, 0.0f};
   for (int c = threadIdx.x; c < chunks; c += kPartThreads) {
     const int64_t i = b * chunks + c;
     st = Combine(st, Stat{p.part_max[i], p.part_arg[i], p.part_sum[i]});
   }
+  group_max[threadIdx.x] = st.s > 0.0f ? st.m : -INFINITY;  // empty: all masked, or no partials
   const Stat total = Reduce(temp).Reduce(st, CombineOp());
   if (threadIdx.x == 0) {
     p.max_logit[b] = total.m;
@@ -282,12 +298,25 @@ __global__ void RowStatsKernel(EpilogueParams p, int chunks) {
         id < 0 ? 0.0f : finished ? p.raw[b * p.ld + id] : LogitOf(p, b, id);
   }
   if (p.top_k == 0) return;
-  for (int i = threadIdx.x; i < kBins; i += kPartThreads) p.hist[b * kBins + i] = 0;
-  if (threadIdx.x < kCutSlots) p.cut[b * kCutSlots + threadIdx.x] = 0;
+  int32_t* cut = p.cut + b * kCutSlots;
+  if (threadIdx.x < kCutSlots) cut[threadIdx.x] = 0;
+  if (!CutAtThreshold(p.top_k, chunks)) {
+    for (int i = threadIdx.x; i < kBins; i += kPartThreads) p.hist[b * kBins + i] = 0;
+    return;
+  }
+  __syncthreads();  // the group maxima are in shared memory; the slots are cleared
+  // The group max of rank top_k - 1 (ties: lower thread first) is the threshold.
+  const float mine = group_max[threadIdx.x];
+  int rank = 0;
+  for (int j = 0; j < kPartThreads; ++j) {
+    const float other = group_max[j];
+    rank += other > mine || (other == mine && j < static_cast<int>(threadIdx.x));
+  }
+  if (rank == p.top_k - 1) {
+    cut[kCutBin] = kCutAtThreshold;
+    cut[kCutThreshold] = __float_as_int(mine);
+  }
 }
-
-// A row's top-k counters (p.cut, [rows, kCutSlots]).
-enum CutSlot { kCutBin, kCutCount, kCandidateCount, kHistogramBlocksDone, kCollectBlocksDone };
 
 // For the grid's blocks of one row (blockIdx.y), after each wrote its share to global memory:
 // true in exactly one block, the last to finish, which then sees every block's writes.
@@ -349,42 +378,49 @@ __global__ void HistogramKernel(EpilogueParams p) {
   }
 }
 
-__device__ __forceinline__ bool UseHistogram(const EpilogueParams& p, int64_t b) {
+// Whether the row's cut bounds its candidates: a threshold (the count is known only after
+// collecting), or a histogram bin below the last one holding at most kMaxCandidates logits.
+__device__ __forceinline__ bool UseCut(const EpilogueParams& p, int64_t b) {
   const int32_t* cut = p.cut + b * kCutSlots;
-  return cut[kCutBin] >= 0 && cut[kCutBin] < kBins - 1 && cut[kCutCount] <= kMaxCandidates;
+  return cut[kCutBin] == kCutAtThreshold ||
+         (cut[kCutBin] >= 0 && cut[kCutBin] < kBins - 1 && cut[kCutCount] <= kMaxCandidates);
 }
 
-// Collects the logits at or above the cut bin of one chunk of one row as packed candidates;
-// the row's last block then orders them exactly and writes the top k: a candidate's rank is the
-// number of better ones (higher key, then lower id: one comparison of the packed value),
-// O(c^2 / threads). Rows whose histogram could not bound the candidates take the exact radix
-// select instead (in that last block).
+// Collects the logits at or above the cut (bin or threshold) of one chunk of one row as packed
+// candidates; the row's last block then orders them exactly and writes the top k: a candidate's
+// rank is the number of better ones (higher key, then lower id: one comparison of the packed
+// value), O(c^2 / threads). Rows whose cut could not bound the candidates (more than
+// kMaxCandidates) take the exact radix select instead (in that last block).
 __global__ void __launch_bounds__(kFinalThreads) CollectSelectKernel(EpilogueParams p) {
   WaitForPrerequisites();  // chained by LaunchAfterPrevious
   LaunchDependents();
   const int64_t b = blockIdx.y;
   int32_t* cut = p.cut + b * kCutSlots;
-  const bool histogram = UseHistogram(p, b);
-  if (histogram) {
+  bool bounded = UseCut(p, b);
+  if (bounded) {
+    const bool at_threshold = cut[kCutBin] == kCutAtThreshold;
     const int bin = cut[kCutBin];
     const float m = p.row_max[b];
+    const float threshold = __int_as_float(cut[kCutThreshold]);
     const float* logits = p.raw + b * p.ld;
     const int64_t begin = blockIdx.x * int64_t{kChunk};
     const int64_t end = min(begin + kChunk, p.vocab);
     for (int64_t v = begin + threadIdx.x; v < end; v += kFinalThreads) {
       const float l = logits[v];
-      if (BinOf(m, l) <= bin) {
+      if (at_threshold ? l >= threshold : BinOf(m, l) <= bin) {
         const int slot = atomicAdd(&cut[kCandidateCount], 1);
-        p.candidates[b * kMaxCandidates + slot] = (uint64_t{FloatKey(l)} << 32) | (0xffffffffu - static_cast<uint32_t>(v));
+        if (slot < kMaxCandidates) {
+          p.candidates[b * kMaxCandidates + slot] = (uint64_t{FloatKey(l)} << 32) | (0xffffffffu - static_cast<uint32_t>(v));
+        }
       }
     }
   }
   if (!LastBlockOfRow(&cut[kCollectBlocksDone])) return;
   extern __shared__ unsigned char smem_raw[];
   FinalShared& sh = *reinterpret_cast<FinalShared*>(smem_raw);
-  int candidate_count;
-  if (histogram) {
-    candidate_count = __ldcg(&cut[kCandidateCount]);
+  int candidate_count = bounded ? __ldcg(&cut[kCandidateCount]) : 0;
+  bounded = bounded && candidate_count <= kMaxCandidates;  // a threshold may have let in too many
+  if (bounded) {
     for (int i = threadIdx.x; i < candidate_count; i += kFinalThreads) {
       sh.candidates[i] = __ldcg(&p.candidates[b * kMaxCandidates + i]);
     }
@@ -456,7 +492,10 @@ cudaError_t LaunchEpilogue(const EpilogueParams& p, cudaStream_t stream) {
   if (p.top_k > 0) {
     // Each pass is launched early and waits for the previous one (hides the launch gaps); each
     // row's last block finishes the pass (the cut; the ordering), so there is no launch for it.
-    e = LaunchAfterPrevious(HistogramKernel, dim3(chunks, rows), dim3(kPartThreads), 0, stream, p);
+    const int64_t partials = p.ready_partials > 0 ? p.ready_partials : chunks;
+    if (!CutAtThreshold(p.top_k, partials)) {
+      e = LaunchAfterPrevious(HistogramKernel, dim3(chunks, rows), dim3(kPartThreads), 0, stream, p);
+    }
     if (e == cudaSuccess) {
       e = LaunchAfterPrevious(CollectSelectKernel, dim3(chunks, rows), dim3(kFinalThreads), sizeof(FinalShared),
                               stream, p);

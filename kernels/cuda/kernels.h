@@ -15,7 +15,7 @@ namespace lmhead::cuda {
 inline constexpr int kMaxTopK = 1024;
 // Top-k scratch per row: histogram bins, counters and candidate slots.
 inline constexpr int kEpilogueBins = 512;
-inline constexpr int kCutSlots = 5;
+inline constexpr int kCutSlots = 6;
 inline constexpr int kMaxCandidates = 4096;
 
 // Quantizes activations to E4M3 with one scale per row. x: [rows, hidden] fp32.
