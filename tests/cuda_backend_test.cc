@@ -337,7 +337,7 @@ TEST(CudaBackendTest, GpuQuantizationIsBitIdenticalToTheHostQuantizer) {
 
 TEST(CudaBackendTest, EqualLogitsRankLowerIdFirstAndOverflowIsReported) {
   HeadWeights h;
-  h.vocab = 5000;  // more equal logits than the candidate buffer holds
+  h.vocab = 40000;  // more equal logits than the candidate buffer holds
   h.hidden = 32;
   h.data.assign(h.vocab * h.hidden, Fp8E4m3Encode(1.0f));  // every row identical
   h.row_scales.assign(h.vocab, 1.0f);
@@ -346,14 +346,14 @@ TEST(CudaBackendTest, EqualLogitsRankLowerIdFirstAndOverflowIsReported) {
   if (gpu == nullptr) GTEST_SKIP() << "no CUDA backend here: " << skip;
   std::vector<float> x(32, 0.25f);
   std::vector<RowOutput> out;
-  // top_k 20 cuts at a threshold (the partials' maxima), 1024 at a histogram bin; both let in
-  // every logit here and fall back to the exact selection.
+  // top_k 20 cuts at a threshold (the GEMV partials' maxima), 1024 at a histogram bin; both let
+  // in every logit here and fall back to the exact selection.
   for (uint32_t top_k : {20u, 1024u}) {
     const RowSpec spec{top_k, {}, false};
     ASSERT_TRUE(gpu->ComputeLogits({x.data(), 1, {&spec, 1}}, &out).ok());
     EXPECT_EQ(out[0].argmax_id, 0u);
     for (uint32_t k = 0; k < top_k; ++k) ASSERT_EQ(out[0].top_ids[k], k);
-    EXPECT_NEAR(out[0].logsumexp, 8.0 + std::log(5000.0), 1e-4);
+    EXPECT_NEAR(out[0].logsumexp, 8.0 + std::log(40000.0), 1e-4);
   }
   const RowSpec spec{1024, {}, false};
   std::fill(x.begin(), x.end(), 3e38f);
