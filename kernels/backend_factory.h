@@ -25,7 +25,8 @@ bool ParseActivationPrecision(absl::string_view text, ActivationPrecision* out);
 struct BackendOptions {
   // kAuto: CUDA when its module and a device are present, else CPU.
   BackendKind kind = BackendKind::kAuto;
-  // Threads of the CPU backend.
+  // Threads of the CPU backend; the CUDA backend stages large batches into pinned memory on up to
+  // 8 of them.
   int cpu_threads = 1;
   // CUDA device ordinal.
   int device = 0;

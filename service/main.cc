@@ -40,7 +40,7 @@ ABSL_FLAG(std::string, vocab_range, "",
           "Serve only rows START:END of the head (a vocab shard; ids on the wire stay global)");
 ABSL_FLAG(std::string, shard, "", "Serve shard I/N: N equal 16-row-aligned parts of the vocab, this is part I");
 ABSL_FLAG(std::string, cuda_module, "", "Path of liblmhead_cuda.so (default: next to the server, then the library path)");
-ABSL_FLAG(int, threads, 0, "CPU backend and loader threads (0 = all cores)");
+ABSL_FLAG(int, threads, 0, "CPU backend and loader threads; the CUDA backend stages large batches on up to 8 (0 = all cores)");
 ABSL_FLAG(int, max_rows_per_request, 64, "Most hidden-state rows in one request");
 ABSL_FLAG(int, max_batch_rows, 64, "Most rows the batcher puts in one backend batch");
 ABSL_FLAG(absl::Duration, max_queue_delay, absl::ZeroDuration(),
