@@ -484,7 +484,8 @@ TEST_P(CudaConformanceTest, SamplingMatchesTheCpuReference) {
 // previous one's results (two slots, rows staged through pinned memory, copies on a second
 // stream). 300 rows in slices of at most 64 (5 slices, all on cuBLASLt) must give what the CPU
 // backend gives: argmax-only calls (the epilogue leaves the raw products unwritten and finishes
-// the token logits from them), mixed top-k / full-logit rows, and sampled rows.
+// the token logits from them), mixed top-k / full-logit rows, and sampled rows; an overflowing
+// row fails the call without harming the next one.
 TEST(CudaBackendTest, BatchesOfSeveralSlicesMatchTheCpuBackend) {
   const int64_t vocab = 4096, hidden = 256, rows = 300, slice_rows = 64;
   std::random_device seed_source;
@@ -540,6 +541,21 @@ TEST(CudaBackendTest, BatchesOfSeveralSlicesMatchTheCpuBackend) {
       if (kind == 2) {
         EXPECT_GE(same_tokens, rows - 1);
       }
+    }
+    // A row whose logits overflow, in a middle slice with later slices already queued: the call
+    // fails naming the row, and the next call (the batcher retries each request alone) is exact.
+    std::vector<float> bad = x;
+    std::fill(bad.begin() + 200 * hidden, bad.begin() + 201 * hidden, 3e38f);
+    const std::vector<RowSpec> argmax_specs(rows, RowSpec{0, {}, false});
+    std::vector<RowOutput> got;
+    const absl::Status failed = gpu->ComputeLogits({bad.data(), rows, argmax_specs}, &got);
+    EXPECT_EQ(failed.code(), absl::StatusCode::kInvalidArgument) << failed;
+    EXPECT_NE(failed.message().find("row 200"), std::string::npos) << failed;
+    std::vector<RowOutput> want;
+    ASSERT_TRUE(gpu->ComputeLogits({x.data(), rows, argmax_specs}, &got).ok());
+    ASSERT_TRUE((*cpu)->ComputeLogits({x_gpu.data(), rows, argmax_specs}, &want).ok());
+    for (int64_t r = 0; r < rows; ++r) {
+      ASSERT_NEAR(got[r].logsumexp, want[r].logsumexp, tol(want[r].logsumexp)) << "row " << r << " after the failure";
     }
   }
 }
