@@ -25,6 +25,12 @@ int64_t LtGemm::PadRows(int64_t n) {
   return (n + 127) / 128 * 128;
 }
 
+std::vector<int64_t> LtGemm::PaddedSizes(int64_t max_rows) {
+  std::vector<int64_t> sizes;
+  for (int64_t n = 1; n <= max_rows; n = PadRows(n) + 1) sizes.push_back(PadRows(n));
+  return sizes;
+}
+
 absl::StatusOr<std::unique_ptr<LtGemm>> LtGemm::Create(cudaDataType type, int64_t vocab, int64_t hidden,
                                                        size_t workspace_bytes) {
   if (vocab % 16 != 0 || hidden % 16 != 0) {

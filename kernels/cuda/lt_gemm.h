@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "kernels/cuda/cuda_util.h"
@@ -24,8 +25,11 @@ class LtGemm {
                                                          size_t workspace_bytes);
   ~LtGemm();
 
-  // Rows are padded to what cuBLASLt FP8 accepts (a multiple of 16).
+  // Rows are padded to what cuBLASLt FP8 accepts (a multiple of 16; of 128 above 128 rows, so
+  // that the padded sizes, and so the plans, stay few).
   static int64_t PadRows(int64_t n);
+  // Every padded row count PadRows gives for 1..max_rows rows, ascending.
+  static std::vector<int64_t> PaddedSizes(int64_t max_rows);
 
   // d = x · wᵀ for n = PadRows(n) rows. w: [vocab, hidden]; x: [n, hidden]; d: [n, vocab].
   absl::Status Run(const void* w, const void* x, int64_t n, float* d, cudaStream_t stream);
