@@ -267,7 +267,9 @@ constexpr int32_t kCutAtThreshold = -2;
 // groups are fine (>= 8k of them: the GEMV's per-block partials) or the slice has many rows (the
 // histogram pass over all of them costs more than the ordering). Measured on an H100 at
 // 131072x5120: top-20 +4.3% instead of +5.5% at B = 1-4 and 31.4 instead of 35.9 ms at
-// B = 8192, but +11% instead of +7% at B = 8-16 from 32 chunk maxima (so not there).
+// B = 8192 (two runs), but +11% instead of +7% at B = 8-16 from 32 chunk maxima (so not there;
+// under ncu the kernels themselves were faster there, so the loss is in how the chained launches
+// overlap).
 __host__ __device__ __forceinline__ bool CutAtThreshold(int top_k, int64_t partials, int64_t rows) {
   const int64_t groups = partials < kPartThreads ? partials : kPartThreads;
   return top_k > 0 && top_k <= groups && (8 * int64_t{top_k} <= groups || rows >= 128);
