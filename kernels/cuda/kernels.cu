@@ -362,7 +362,14 @@ __global__ void HistogramKernel(EpilogueParams p) {
   const int64_t begin = blockIdx.x * int64_t{kChunk};
   const int64_t end = min(begin + kChunk, p.vocab);
   int* mine = warp_hist[threadIdx.x / 32];
-  for (int64_t v = begin + threadIdx.x; v < end; v += kPartThreads) atomicAdd(&mine[BinOf(m, logits[v])], 1);
+  for (int64_t v0 = begin + 4 * threadIdx.x; v0 < end; v0 += 4 * kPartThreads) {
+    const float4 q = Load4(logits + v0);  // four ids per 16-byte load
+    const float l[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      if (v0 + j < end) atomicAdd(&mine[BinOf(m, l[j])], 1);
+    }
+  }
   __syncthreads();
   int32_t* row_hist = p.hist + b * kBins;
   for (int i = threadIdx.x; i < kBins; i += kPartThreads) {
@@ -417,12 +424,19 @@ __global__ void __launch_bounds__(kFinalThreads) CollectSelectKernel(EpiloguePar
     const float* logits = p.raw + b * p.ld;
     const int64_t begin = blockIdx.x * int64_t{kChunk};
     const int64_t end = min(begin + kChunk, p.vocab);
-    for (int64_t v = begin + threadIdx.x; v < end; v += kFinalThreads) {
-      const float l = logits[v];
-      if (at_threshold ? l >= threshold : BinOf(m, l) <= bin) {
-        const int slot = atomicAdd(&cut[kCandidateCount], 1);
-        if (slot < kMaxCandidates) {
-          p.candidates[b * kMaxCandidates + slot] = (uint64_t{FloatKey(l)} << 32) | (0xffffffffu - static_cast<uint32_t>(v));
+    // Four consecutive ids per thread and step (16-byte loads; see PartialsKernel).
+    for (int64_t v0 = begin + 4 * threadIdx.x; v0 < end; v0 += 4 * kFinalThreads) {
+      const float4 q = Load4(logits + v0);
+      const float l[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int64_t v = v0 + j;
+        if (v < end && (at_threshold ? l[j] >= threshold : BinOf(m, l[j]) <= bin)) {
+          const int slot = atomicAdd(&cut[kCandidateCount], 1);
+          if (slot < kMaxCandidates) {
+            p.candidates[b * kMaxCandidates + slot] =
+                (uint64_t{FloatKey(l[j])} << 32) | (0xffffffffu - static_cast<uint32_t>(v));
+          }
         }
       }
     }
