@@ -241,8 +241,9 @@ class CudaBackend final : public Backend {
   std::vector<cudaEvent_t> events_;
   double stage_ms_[kStages] = {};
   int64_t profiled_slices_ = 0;
-  void Mark(int i) {
-    if (!events_.empty()) cudaEventRecord(events_[i], stream_.get());
+  // Records stage event i on the stream that runs the stage (no-op unless profiling).
+  void Mark(int i, cudaStream_t on) {
+    if (!events_.empty()) cudaEventRecord(events_[i], on);
   }
 };
 
@@ -558,7 +559,7 @@ absl::Status CudaBackend::Enqueue(const float* x_src, int64_t n, const CallShape
                                   int slot, int rows_buffer) {
   cudaStream_t s = stream_.get();
   auto mark_stage = [&](int i, cudaStream_t on) {
-    if (!graph && !events_.empty()) cudaEventRecord(events_[i], on);
+    if (!graph) Mark(i, on);  // never inside a capture
   };
   const bool gemv = n <= gemv_max_rows_;  // x_src is pinned then (see Init)
   const ResultLayout layout(n, call.top_k, call.max_ids);
@@ -681,9 +682,9 @@ absl::Status CudaBackend::EnqueueSlice(const LogitsBatch& batch, int64_t start, 
       CUDA_RETURN_IF_ERROR(made);
       it = graphs_.emplace(key, exec).first;
     }
-    Mark(0);
+    Mark(0, s);
     CUDA_RETURN_IF_ERROR(cudaGraphLaunch(it->second, s));
-    Mark(5);
+    Mark(5, s);
   } else {
     // Several slices are staged (and so are GEMV slices among them: the GEMV reads pinned rows).
     if (pipelined) {
@@ -700,7 +701,7 @@ absl::Status CudaBackend::EnqueueSlice(const LogitsBatch& batch, int64_t start, 
     CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(logits.data(), raw_.get() + r * vocab_pad_, vocab_ * sizeof(float),
                                          cudaMemcpyDeviceToHost, s));
   }
-  if (!graph) Mark(5);
+  if (!graph) Mark(5, s);
   CUDA_RETURN_IF_ERROR(cudaEventRecord(slot.done.get(), s));
   return absl::OkStatus();
 }

@@ -89,41 +89,39 @@ class PinnedBuffer {
   size_t count_ = 0;
 };
 
-class Stream {
+// Owns one CUDA handle (a stream or an event), destroyed with Destroy; not copyable. Create makes
+// it.
+template <typename Handle, cudaError_t (*Destroy)(Handle)>
+class CudaHandle {
  public:
-  Stream() = default;
-  ~Stream() {
-    if (s_ != nullptr) cudaStreamDestroy(s_);
+  CudaHandle() = default;
+  ~CudaHandle() {
+    if (h_ != nullptr) Destroy(h_);
   }
-  Stream(const Stream&) = delete;
-  Stream& operator=(const Stream&) = delete;
-  absl::Status Create() {
-    CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking));
-    return absl::OkStatus();
-  }
-  cudaStream_t get() const { return s_; }
+  CudaHandle(const CudaHandle&) = delete;
+  CudaHandle& operator=(const CudaHandle&) = delete;
+  Handle get() const { return h_; }
 
- private:
-  cudaStream_t s_ = nullptr;
+ protected:
+  Handle h_ = nullptr;
 };
 
-// An event for ordering and waiting (no timing); move-only.
-class Event {
+// A non-blocking stream.
+class Stream : public CudaHandle<cudaStream_t, cudaStreamDestroy> {
  public:
-  Event() = default;
-  ~Event() {
-    if (e_ != nullptr) cudaEventDestroy(e_);
-  }
-  Event(const Event&) = delete;
-  Event& operator=(const Event&) = delete;
   absl::Status Create() {
-    CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&e_, cudaEventDisableTiming));
+    CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&h_, cudaStreamNonBlocking));
     return absl::OkStatus();
   }
-  cudaEvent_t get() const { return e_; }
+};
 
- private:
-  cudaEvent_t e_ = nullptr;
+// An event for ordering and waiting (no timing).
+class Event : public CudaHandle<cudaEvent_t, cudaEventDestroy> {
+ public:
+  absl::Status Create() {
+    CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&h_, cudaEventDisableTiming));
+    return absl::OkStatus();
+  }
 };
 
 }  // namespace lmhead::cuda

@@ -181,6 +181,7 @@ __device__ void SelectExact(const EpilogueParams& p, const float* logits, FinalS
   uint32_t mask_so_far = 0;
   const int shifts[3] = {21, 10, 0};
   const int widths[3] = {11, 11, 10};
+#pragma unroll
   for (int pass = 0; pass < 3; ++pass) {
     const int shift = shifts[pass];
     const uint32_t digit_mask = (1u << widths[pass]) - 1u;
