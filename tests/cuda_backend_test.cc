@@ -87,15 +87,17 @@ std::unique_ptr<Backend> CudaOrSkip(HeadWeights w, LogitTransform t, ActivationP
 // - GEMV, more rows: fp16(x * s) / s with s = 2^(14 - e), max|x| = m * 2^e, m in [0.5, 1).
 // - cuBLASLt: per-row scale amax/448, E4M3 round-to-nearest-even of x/scale, and (bf16
 //   precision) an E4M3 residual row with its own scale.
+// The path is that of a batch (or slice) of `batch_rows` rows (default: `rows`).
 std::vector<float> GpuEffectiveActivations(const std::vector<float>& x, int64_t rows, int64_t hidden,
-                                           ActivationPrecision precision) {
-  if (rows <= kCudaGemvExactRows) return x;
+                                           ActivationPrecision precision, int64_t batch_rows = -1) {
+  if (batch_rows < 0) batch_rows = rows;
+  if (batch_rows <= kCudaGemvExactRows) return x;
   std::vector<float> out(x.size());
   for (int64_t r = 0; r < rows; ++r) {
     const float* row = x.data() + r * hidden;
     float amax = 0;
     for (int64_t i = 0; i < hidden; ++i) amax = std::max(amax, std::fabs(row[i]));
-    if (rows <= kCudaGemvMaxRows) {
+    if (batch_rows <= kCudaGemvMaxRows) {
       int e = 14;
       if (amax > 0) std::frexp(amax, &e);
       const float s = std::ldexp(1.0f, 14 - e);
@@ -208,7 +210,7 @@ TEST_P(CudaConformanceTest, MatchesCpuBackendOnTheSameFp8Weights) {
 
   std::mt19937_64 rng(seed);
   const std::vector<int64_t> batches =
-      s.large ? std::vector<int64_t>{1, 7, 16, 32} : std::vector<int64_t>{1, 7, 9, 16, 20, 32, 33, 64, 300};
+      s.large ? std::vector<int64_t>{1, 7, 16, 32, 48} : std::vector<int64_t>{1, 7, 9, 16, 20, 32, 33, 64, 300};
   for (int64_t rows : batches) {
     const bool gemv = rows <= kCudaGemvMaxRows;
     const Path path = rows <= kCudaGemvExactRows ? kExact : gemv ? kHalf : kLt;
@@ -481,13 +483,15 @@ TEST_P(CudaConformanceTest, SamplingMatchesTheCpuReference) {
 }
 
 // A batch larger than the output workspace runs in slices, each enqueued while the host reads the
-// previous one's results (two slots, rows staged through pinned memory, copies on a second
-// stream). 300 rows in slices of at most 64 (5 slices, all on cuBLASLt) must give what the CPU
-// backend gives: argmax-only calls (the epilogue leaves the raw products unwritten and finishes
-// the token logits from them), mixed top-k / full-logit rows, and sampled rows; an overflowing
-// row fails the call without harming the next one.
-TEST(CudaBackendTest, BatchesOfSeveralSlicesMatchTheCpuBackend) {
-  const int64_t vocab = 4096, hidden = 256, rows = 300, slice_rows = 64;
+// previous one's results (slots, rows staged through pinned memory, copies on a second stream).
+// 400 rows in 5 slices of 80 (cuBLASLt) or 7 of at most 64 (the GEMV, which reads the staged rows
+// over PCIe) must give what the CPU backend gives: argmax-only calls (the epilogue leaves the raw
+// products unwritten and finishes the token logits from them), mixed top-k / full-logit rows, and
+// sampled rows; an overflowing row fails the call without harming the next one.
+class SlicedBatchTest : public ::testing::TestWithParam<int64_t> {};
+
+TEST_P(SlicedBatchTest, MatchesTheCpuBackend) {
+  const int64_t vocab = 4096, hidden = 256, rows = 400, slice_rows = GetParam();
   std::random_device seed_source;
   const uint64_t seed = (uint64_t{seed_source()} << 32) | seed_source();
   SCOPED_TRACE(::testing::Message() << "seed " << seed);
@@ -508,7 +512,7 @@ TEST(CudaBackendTest, BatchesOfSeveralSlicesMatchTheCpuBackend) {
     std::normal_distribution<float> normal(0.0f, 1.0f);
     std::vector<float> x(rows * hidden);
     for (float& v : x) v = normal(rng);
-    const std::vector<float> x_gpu = GpuEffectiveActivations(x, rows, hidden, precision);
+    const std::vector<float> x_gpu = GpuEffectiveActivations(x, rows, hidden, precision, slice_rows);
     const std::vector<uint32_t> ids = {0, static_cast<uint32_t>(vocab - 1), static_cast<uint32_t>(rng() % vocab)};
     for (int kind = 0; kind < 3; ++kind) {
       SCOPED_TRACE(::testing::Message() << "kind " << kind);
@@ -559,6 +563,12 @@ TEST(CudaBackendTest, BatchesOfSeveralSlicesMatchTheCpuBackend) {
     }
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(SliceRows, SlicedBatchTest, ::testing::Values(int64_t{64}, int64_t{80}),
+                         [](const ::testing::TestParamInfo<int64_t>& info) {
+                           return info.param <= kCudaGemvMaxRows ? "GemvSlicesOf" + std::to_string(info.param)
+                                                                 : "CublasLtSlicesOf" + std::to_string(info.param);
+                         });
 
 }  // namespace
 }  // namespace lmhead

@@ -243,7 +243,7 @@ int main(int argc, char** argv) {
         "logprobs; `rows in input buffer` = the argmax call with the rows already in the backend's pinned "
         "input buffer, where the server's batcher assembles them. B <= " << lmhead::cuda::GemvMaxRows()
      << " runs lmhead's FP8 GEMV in both modes (fp16 hi + lo activations up to 8 rows, one fp16 above; "
-        "wgmma above 16 rows); `lt` = the same call with the GEMV off (cuBLASLt FP8 over FP8 high + residual "
+        "wgmma with TMA-fed shared memory above 16 rows, N = 32 or 64); `lt` = the same call with the GEMV off (cuBLASLt FP8 over FP8 high + residual "
         "activation rows). Above that `bf16 act` = cuBLASLt FP8 over high + residual rows (default), `fp8 act` "
         "= one FP8 row per token. `GEMV kernel` = the GEMV kernel alone (CUDA events; for B <= 4 it includes "
         "the epilogue's first pass: logits and per-block max / argmax / sum of exp). "
@@ -304,6 +304,8 @@ int main(int argc, char** argv) {
     CHECK_OK(part_max.Allocate(partials));
     CHECK_OK(part_sum.Allocate(partials));
     CHECK_OK(part_arg.Allocate(partials));
+    lmhead::cuda::GemvWeights gemv_weights;
+    CHECK_CUDA(lmhead::cuda::DescribeGemvWeights(w8.get(), vocab, hidden, &gemv_weights));
     lmhead::cuda::EpilogueParams gemv_epilogue;  // what the GEMV alone reads and writes
     gemv_epilogue.ld = vocab;
     gemv_epilogue.act_scales = gemv_scales.get();
@@ -357,7 +359,7 @@ int main(int argc, char** argv) {
         gemv_epilogue.raw = d.get();
         gemv_epilogue.rows = b;
         t_gemv = TimeDevice(stream, reps, [&] {
-          CHECK_CUDA(lmhead::cuda::LaunchFp8Gemv(w8.get(), vocab, hidden, gemv_act.get(), gemv_epilogue, stream));
+          CHECK_CUDA(lmhead::cuda::LaunchFp8Gemv(gemv_weights, gemv_act.get(), gemv_epilogue, stream));
         });
       }
       std::fprintf(stderr, "stages %s B=%lld bf16-act argmax: %s\nstages %s B=%lld bf16-act top20: %s\n",

@@ -165,6 +165,7 @@ class CudaBackend final : public Backend {
   Event rows_up_[2], rows_read_[2];
   DeviceBuffer<uint8_t> act_;         // [n_pad, hidden_pad] E4M3 or bf16
   DeviceBuffer<float> act_scales_;    // [n_pad]
+  GemvWeights gemv_weights_;          // weights_ as the GEMV reads them
   DeviceBuffer<__half> gemv_act_;     // [kGemvPlaneRows, GemvActivationStride] planes
   DeviceBuffer<float> gemv_scales_;   // [gemv_max_rows] 1 / activation scale
   DeviceBuffer<float> raw_;           // [n_pad, vocab_pad]
@@ -310,6 +311,7 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
   static_assert(kGemvMaxRows <= kGraphRows, "one-slice GEMV batches are graph slices");
   if (gemv_max_rows_ > 0) {
     CUDA_RETURN_IF_ERROR(PrepareFp8Gemv());
+    CUDA_RETURN_IF_ERROR(DescribeGemvWeights(weights_.get(), vocab_pad_, hidden_pad_, &gemv_weights_));
     gemv_max_rows_ = std::min(gemv_max_rows_, GemvMaxRows());
     RETURN_IF_ERROR(gemv_act_.Allocate(kGemvPlaneRows * GemvActivationStride(hidden_pad_)));
     // Padding columns stay zero; rows past a batch's stay finite (the GEMV reads them all).
@@ -623,7 +625,7 @@ absl::Status CudaBackend::Enqueue(const float* x_src, int64_t n, const CallShape
   if (pipelined) CUDA_RETURN_IF_ERROR(cudaEventRecord(rows_read_[rows_buffer].get(), s));
   mark_stage(2, s);
   if (gemv) {
-    CUDA_RETURN_IF_ERROR(LaunchFp8Gemv(weights_.get(), vocab_pad_, hidden_pad_, gemv_act_.get(), p, s));
+    CUDA_RETURN_IF_ERROR(LaunchFp8Gemv(gemv_weights_, gemv_act_.get(), p, s));
   } else {
     RETURN_IF_ERROR(gemm_->Run(weights_.get(), act_.get(), n_pad, raw_.get(), s));
   }

@@ -17,7 +17,7 @@ inline constexpr int kCudaModuleAbi = 5;
 // Batches of up to this many rows run the module's FP8 GEMV instead of cuBLASLt (on Hopper; 16 on
 // other GPUs): with fp16 hi + lo activations up to kCudaGemvExactRows rows (~fp32 exact), one fp16
 // per activation above (after a per-row power-of-two scale that puts max |x| in [2^13, 2^14)).
-inline constexpr int64_t kCudaGemvMaxRows = 32;
+inline constexpr int64_t kCudaGemvMaxRows = 64;
 inline constexpr int64_t kCudaGemvExactRows = 8;
 inline constexpr char kCudaModuleFile[] = "liblmhead_cuda.so";
 inline constexpr char kCreateCudaBackendSymbol[] = "lmhead_cuda_create_backend";

@@ -1,5 +1,6 @@
 #include "kernels/cuda/fp8_gemv.h"
 
+#include <cudaTypedefs.h>
 #include <cuda_fp8.h>
 
 #include <cfloat>
@@ -40,12 +41,20 @@ __device__ __forceinline__ int64_t WgmmaPlanePosition(int64_t k) {
   return k - in_step + (2 * p + jj) * 16 + h * 8 + 2 * t + e;
 }
 
+// Position (fp16 elements) of batch row b, wgmma plane position q (WgmmaPlanePosition) in the
+// wgmma GEMV's activations for N batch columns: per k16 block of q, N / 8 column groups of two
+// 8 x 16-byte core matrices (k halves), i.e. exactly the shared-memory layout the MMAs read, so a
+// run of k16 blocks (a staged chunk) is one contiguous piece for the bulk copy.
+__device__ __forceinline__ int64_t WgmmaActivationOffset(int64_t q, int64_t b, int n) {
+  return (q / 16) * (int64_t{n} * 16) + ((b / 8) * 2 + (q % 16) / 8) * 64 + (b % 8) * 8 + q % 8;
+}
+
 // One block per row. x may be pinned host memory read over PCIe: every element the block needs is
 // requested up front (kActPerThread independent loads per thread), so a row costs about one
 // round trip, and is read once.
 __global__ void __launch_bounds__(kActThreads) GemvActivationsKernel(const float* __restrict__ x, int64_t hidden,
                                                                      int64_t stride, int planes,
-                                                                     bool wgmma_layout,
+                                                                     int wgmma_columns,
                                                                      __half* __restrict__ act,
                                                                      float* __restrict__ inv_scales) {
   LaunchDependents();  // the GEMV may start streaming weights now; it waits for these planes
@@ -82,7 +91,11 @@ __global__ void __launch_bounds__(kActThreads) GemvActivationsKernel(const float
   auto put = [&](int64_t i, float value) {
     const float scaled = value * s;  // exact: s is a power of two
     const __half h = __float2half_rn(scaled);
-    const int64_t at = wgmma_layout ? WgmmaPlanePosition(i) : PlanePosition(i);
+    if (wgmma_columns > 0) {
+      act[WgmmaActivationOffset(WgmmaPlanePosition(i), b, wgmma_columns)] = h;
+      return;
+    }
+    const int64_t at = PlanePosition(i);
     hi[at] = h;
     if (planes == 2) lo[at] = __float2half_rn(scaled - __half2float(h));
   };
@@ -177,16 +190,9 @@ __device__ __forceinline__ void FinishTile(const float (&acc)[NT][4], bool activ
 // {k2, k3} as its "2t + 8" pair, and the activations are stored in that order (PlanePosition,
 // WgmmaPlanePosition).
 //
-// Up to kGemvMmaRows rows: mma.sync m16n8k16 per warp over 8 * NT plane columns; with hi + lo
-// (PLANES = 2) C columns 2t and 2t + 1 are hi and lo of batch row 4 * nt + t (their sum is the
-// product), with one plane batch rows 8 * nt + 2t and 8 * nt + 2t + 1. More rows (WGMMA): each
-// warpgroup of the block runs wgmma m64n32k16 (64 vocab rows = the group's 4 warp tiles) with
-// the weights in registers, so the tensor cores work at their full rate, and the block has 16
-// warps, so the activations are read from L2 once per 256 vocab rows instead of 128. Measured on
-// an H100 at 131072x5120, 32 rows: mma.sync 0.29 ms (its issue rate bound it), wgmma with 8-warp
-// blocks 0.34 ms (the activation reads bound it), with 16 warps 0.27 ms. (64 rows took 0.335 ms
-// this way, slower than cuBLASLt's FP8 GEMM; those batches stay there.)
-//
+// This kernel (up to kGemvMmaRows rows) runs mma.sync m16n8k16 per warp over 8 * NT plane
+// columns; with hi + lo (PLANES = 2) C columns 2t and 2t + 1 are hi and lo of batch row
+// 4 * nt + t (their sum is the product), with one plane batch rows 8 * nt + 2t and 8 * nt + 2t + 1.
 // The block's warps share the activations: kChunk columns of k at a time are staged in shared
 // memory (double-buffered with cp.async), so the activations are read from L2 once per block
 // instead of once per warp (per warp they do not fit L1 for B >= 16 and thrashed it).
@@ -195,75 +201,49 @@ __device__ __forceinline__ void FinishTile(const float (&acc)[NT][4], bool activ
 // reduces its rows to one partial statistic per batch row, so the epilogue starts from those.
 // (For more rows that store cost the kernel more than the separate pass it saves: measured on an
 // H100 at B = 8 and 16, 131072x5120 and 152064x8192.)
-template <int NT, int PLANES, bool WGMMA>
+template <int NT, int PLANES>
 struct GemvShape {
-  static constexpr bool kWgmma = WGMMA;
-  // Every block reads all the activations (from L2): the wgmma GEMV's larger blocks read them
-  // for 256 vocab rows at a time instead of 128.
-  static constexpr int kBlockWarps = kWgmma ? 16 : kWarps;
-  static constexpr int kMinBlocks = kWgmma ? 1 : 2;  // per SM
   static constexpr int kColumns = 8 * NT;  // plane columns of the MMAs
-  // Weight steps in flight, 16 registers each (wgmma: 16 warps x 128 registers leave room for 2).
-  static constexpr int kSteps = WGMMA ? 2 : 4;
+  static constexpr int kSteps = 4;         // weight steps in flight, 16 registers each
   static constexpr int kChunk = kSteps * kStep;  // activation columns staged at a time
-  // mma.sync: [kColumns][kChunk + kSmemPad] fp16 per buffer; wgmma: core matrices, 32 bytes per
-  // column per k16 block.
-  static constexpr int kColumnStride = kChunk + kSmemPad;
-  static constexpr int kBufferBytes =
-      kWgmma ? kColumns * kChunk * 2 : kColumns * kColumnStride * static_cast<int>(sizeof(__half));
-  // wgmma keeps up to 4 MMAs running while the next A fragments are decoded (kSets), so a
-  // chunk's buffer may still be read when the next chunk begins: a third buffer.
-  static constexpr int kBuffers = kWgmma ? 3 : 2;
-  static constexpr int kSmemBytes = kBuffers * kBufferBytes;
+  static constexpr int kColumnStride = kChunk + kSmemPad;  // [kColumns][kColumnStride] fp16 per buffer
+  static constexpr int kBufferBytes = kColumns * kColumnStride * static_cast<int>(sizeof(__half));
+  static constexpr int kSmemBytes = 2 * kBufferBytes;
   static constexpr int kBatchRows = kColumns / PLANES;
   static_assert(kMaxChunk % kChunk == 0, "activation planes are padded to kMaxChunk columns");
   static_assert(kColumns <= kGemvPlaneRows, "the kernels stage every plane column they multiply");
-  static_assert(!kWgmma || (kColumns == 32 && PLANES == 1), "the wgmma variant built here: one plane, N = 32");
 };
 
-template <int NT, int PLANES, bool WGMMA>
-__global__ void __launch_bounds__(GemvShape<NT, PLANES, WGMMA>::kBlockWarps * 32,
-                                  GemvShape<NT, PLANES, WGMMA>::kMinBlocks)
+template <int NT, int PLANES>
+__global__ void __launch_bounds__(kWarps * 32, 2)
     Fp8GemvKernel(const uint8_t* __restrict__ w, int64_t tiles, int hidden_pad, const __half* __restrict__ act,
                   int64_t stride, EpilogueParams e) {
-  using Shape = GemvShape<NT, PLANES, WGMMA>;
+  using Shape = GemvShape<NT, PLANES>;
   constexpr int kSteps = Shape::kSteps;
   constexpr int kChunk = Shape::kChunk;
   constexpr int kColumns = Shape::kColumns;
   constexpr int kColumnStride = Shape::kColumnStride;
-  extern __shared__ __align__(128) uint8_t staged[];  // [kBuffers][kBufferBytes]
+  extern __shared__ __align__(128) uint8_t staged[];  // [2][kBufferBytes]
 
   const int lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
-  const int64_t tile = static_cast<int64_t>(blockIdx.x) * Shape::kBlockWarps + (threadIdx.x >> 5);
-  const bool active = tile < tiles;  // inactive warps still take part in staging, barriers and wgmma
+  const int64_t tile = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  const bool active = tile < tiles;  // inactive warps still take part in staging and barriers
   const int chunks = (hidden_pad + kChunk - 1) / kChunk;
   const int rows = static_cast<int>(e.rows);
 
-  // Copies chunk `chunk` of all kColumns plane columns into buffer chunk % kBuffers. Columns past
-  // the batch's hold earlier batches' values or zeros (finite either way); they only reach
+  // Copies chunk `chunk` of all kColumns plane columns into buffer chunk % 2. Columns past the
+  // batch's hold earlier batches' values or zeros (finite either way); they only reach
   // accumulator columns that are never stored. (Staging only the batch's columns left stale shared
   // memory there, and 5-7 or 9-15 rows then took 0.26-0.29 ms against 0.236 for 8 or 16, H100,
   // 131072x5120: the MMAs ran slower on whatever it held; not established further.)
   auto stage = [&](int chunk) {
-    uint8_t* to = staged + (chunk % Shape::kBuffers) * Shape::kBufferBytes;
+    uint8_t* to = staged + (chunk % 2) * Shape::kBufferBytes;
     const __half* from = act + static_cast<int64_t>(chunk) * kChunk;
-    if constexpr (Shape::kWgmma) {
-      // Piece i fills bytes [16i, 16i + 16) of the buffer: core matrix row r = i % 8 (column
-      // 8G + r), half h, column group G, k16 block of the chunk -- so the 8 lanes of a row write
-      // 128 contiguous bytes (no bank conflicts). The block's 16 k of a column are its 32 bytes at
-      // 16 * block in the plane (WgmmaPlanePosition).
-      constexpr int kPieces = kColumns * (kChunk / 8);
-      for (int i = threadIdx.x; i < kPieces; i += Shape::kBlockWarps * 32) {
-        const int r = i % 8, h = i / 8 % 2, group = i / 16 % (kColumns / 8), block = i / (2 * kColumns);
-        CopyAsync16(to + 16 * i, from + (8 * group + r) * stride + block * 16 + h * 8);
-      }
-    } else {
-      const int pieces = kColumns * (kChunk / 8);  // 16-byte pieces
-      for (int i = threadIdx.x; i < pieces; i += Shape::kBlockWarps * 32) {
-        const int col = i / (kChunk / 8), q = i % (kChunk / 8);
-        CopyAsync16(to + (col * kColumnStride + q * 8) * sizeof(__half), from + col * stride + q * 8);
-      }
+    const int pieces = kColumns * (kChunk / 8);  // 16-byte pieces
+    for (int i = threadIdx.x; i < pieces; i += kWarps * 32) {
+      const int col = i / (kChunk / 8), q = i % (kChunk / 8);
+      CopyAsync16(to + (col * kColumnStride + q * 8) * sizeof(__half), from + col * stride + q * 8);
     }
     asm volatile("cp.async.commit_group;" ::);
   };
@@ -283,41 +263,9 @@ __global__ void __launch_bounds__(GemvShape<NT, PLANES, WGMMA>::kBlockWarps * 32
   float acc[NT][4];
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
-  constexpr int kSets = 4;  // wgmma A fragment register sets (8 MMAs per step: a multiple of kSets)
-  uint32_t a_sets[kSets][4] = {};
 
-  // wgmma's A fragment of word pair p, MMA jj: rows g and g + 8, k as described above.
-  auto decode = [&](const uint4 (&buf)[4], int p, int jj, uint32_t (&a)[4]) {
-    const uint32_t* wa = reinterpret_cast<const uint32_t*>(&buf[0]);  // row g, 8 words
-    const uint32_t* wb = reinterpret_cast<const uint32_t*>(&buf[2]);  // row g + 8
-    a[0] = Fp8x2ToHalf2(wa[2 * p + jj]);
-    a[1] = Fp8x2ToHalf2(wb[2 * p + jj]);
-    a[2] = Fp8x2ToHalf2(wa[2 * p + jj] >> 16);
-    a[3] = Fp8x2ToHalf2(wb[2 * p + jj] >> 16);
-  };
-
-  // wgmma: one step of K, step `d` of the staged chunk in `buffer`. A fragments rotate through
-  // kSets register sets; before one is overwritten the wgmma that read it (kSets MMAs back) must
-  // be done, so kSets - 1 stay in flight while the next is decoded.
-  auto compute_wgmma = [&](const uint8_t* buffer, int d, const uint4 (&buf)[4]) {
-    if constexpr (Shape::kWgmma) {
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        uint32_t(&set)[4] = a_sets[j % kSets];
-        WgmmaWait<kSets - 1>();
-#pragma unroll
-        for (int r = 0; r < 4; ++r) PinRegister(set[r]);  // the old fragment lives until that wait
-        decode(buf, j / 2, j % 2, set);
-        WgmmaFence();
-        const uint8_t* block = buffer + (d * 8 + j) * (kColumns / 8) * 256;
-        Wgmma<kColumns>(&acc[0][0], set, SmemDescriptor(block, /*lbo=*/128, /*sbo=*/256));
-        WgmmaCommit();
-      }
-    }
-  };
-
-  // mma.sync: one step of K; x is where this lane's B fragments start (column g, lane t's runs).
-  auto compute_mma = [&](const __half* x, const uint4 (&buf)[4]) {
+  // One step of K; x is where this lane's B fragments start (column g, lane t's runs).
+  auto compute = [&](const __half* x, const uint4 (&buf)[4]) {
     const uint32_t* wa = reinterpret_cast<const uint32_t*>(&buf[0]);  // row g, 8 words
     const uint32_t* wb = reinterpret_cast<const uint32_t*>(&buf[2]);  // row g + 8
 #pragma unroll
@@ -351,30 +299,15 @@ __global__ void __launch_bounds__(GemvShape<NT, PLANES, WGMMA>::kBlockWarps * 32
     } else {
       asm volatile("cp.async.wait_group 0;" ::);
     }
-    if constexpr (Shape::kWgmma) FenceSharedForAsyncProxy();
     __syncthreads();  // chunk c is staged for every warp
-    const uint8_t* buffer = staged + (c % Shape::kBuffers) * Shape::kBufferBytes;
-    const __half* x = reinterpret_cast<const __half*>(buffer) + g * kColumnStride + 8 * t;  // mma.sync
+    const uint8_t* buffer = staged + (c % 2) * Shape::kBufferBytes;
+    const __half* x = reinterpret_cast<const __half*>(buffer) + g * kColumnStride + 8 * t;
 #pragma unroll
     for (int d = 0; d < kSteps; ++d) {
-      if constexpr (Shape::kWgmma) {
-        compute_wgmma(buffer, d, buf[d]);
-      } else {
-        compute_mma(x + d * kStep, buf[d]);
-      }
+      compute(x + d * kStep, buf[d]);
       load((c + 1) * kSteps + d, buf[d]);
     }
-    // Every warp is done with the buffer the next iteration stages into: chunk c's with two
-    // buffers; chunk c - 1's with three (wgmma: up to kSets MMAs of chunk c may still run).
-    __syncthreads();
-  }
-  if constexpr (Shape::kWgmma) {
-    WgmmaWait<0>();
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-      for (int r = 0; r < 4; ++r) PinRegister(acc[nt][r]);
-    }
+    __syncthreads();  // every warp is done with the buffer the next iteration stages into
   }
   LaunchDependents();  // the epilogue may launch; it waits for this grid's logits
 
@@ -406,25 +339,169 @@ __global__ void __launch_bounds__(GemvShape<NT, PLANES, WGMMA>::kBlockWarps * 32
   }
 }
 
-template <int NT, int PLANES, bool WGMMA = false>
-cudaError_t AllowSmem() {
-  return cudaFuncSetAttribute(Fp8GemvKernel<NT, PLANES, WGMMA>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                              GemvShape<NT, PLANES, WGMMA>::kSmemBytes);
+template <int N>
+struct WgmmaGemvShape {
+  static constexpr int kWarps = 16;
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr int kSteps = 2;                    // 128-column steps per activation chunk
+  static constexpr int kChunk = kSteps * kStep;       // activation columns per chunk
+  static constexpr int kBuffers = 3;                  // activation chunk buffers
+  static constexpr int kChunkBytes = N * kChunk * 2;  // fp16
+  static constexpr int kStepBytes = 16 * kStep;       // one warp's weights of one step (a box)
+  // Weight steps per warp (two in flight while one is multiplied: depths 3-5 measured the same on
+  // an H100, within 1%).
+  static constexpr int kRing = 3;
+  static constexpr int kRingBytes = kWarps * kRing * kStepBytes;
+  static constexpr int kBarriers = kBuffers + kWarps * kRing;
+  // + 1024: the swizzled boxes need 1024-byte alignment, which the dynamic allocation lacks.
+  static constexpr int kSmemBytes = 1024 + kRingBytes + kBuffers * kChunkBytes + kBarriers * 8;
+  static_assert(kMaxChunk % kChunk == 0, "activation planes are padded to kMaxChunk columns");
+  static_assert(kSmemBytes <= 227 * 1024, "fits the H100's shared memory per block");
+};
+
+template <int N>
+__global__ void __launch_bounds__(WgmmaGemvShape<N>::kThreads, 1)
+    Fp8GemvWgmmaKernel(const __grid_constant__ CUtensorMap weights, int64_t tiles, int hidden_pad,
+                       const __half* __restrict__ act, EpilogueParams e) {
+  using Shape = WgmmaGemvShape<N>;
+  constexpr int kRing = Shape::kRing;
+  extern __shared__ uint8_t smem_unaligned[];
+  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_unaligned) + 1023) & ~uintptr_t{1023});
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = lane >> 2, t = lane & 3;
+  uint8_t* ring = smem + warp * kRing * Shape::kStepBytes;  // [kRing][16 rows][128 bytes], swizzled
+  uint8_t* chunks_smem = smem + Shape::kRingBytes;           // [kBuffers][kChunkBytes]
+  uint64_t* full = reinterpret_cast<uint64_t*>(chunks_smem + Shape::kBuffers * Shape::kChunkBytes);
+  uint64_t* landed = full + Shape::kBuffers + warp * kRing;  // this warp's ring slots
+
+  const int64_t tile = static_cast<int64_t>(blockIdx.x) * Shape::kWarps + warp;
+  const bool active = tile < tiles;  // inactive warps still take part in the barriers and wgmma
+  const int chunks = (hidden_pad + Shape::kChunk - 1) / Shape::kChunk;
+
+  auto fetch = [&](int step) {  // lane 0; columns past hidden_pad (and rows past the head) read as zeros
+    if (active && step * kStep < hidden_pad) {
+      uint64_t* barrier = &landed[step % kRing];
+      BarrierExpectBytes(barrier, Shape::kStepBytes);
+      TensorCopyToShared(ring + (step % kRing) * Shape::kStepBytes, &weights, step * kStep,
+                         static_cast<int>(tile * 16), barrier);
+    }
+  };
+  auto stage = [&](int chunk) {  // thread 0
+    const int buffer = chunk % Shape::kBuffers;
+    BulkCopyToShared(chunks_smem + buffer * Shape::kChunkBytes, act + static_cast<int64_t>(chunk) * N * Shape::kChunk,
+                     Shape::kChunkBytes, &full[buffer]);
+  };
+
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < Shape::kBarriers; ++i) BarrierInit(&full[i], 1);
+  }
+  __syncthreads();  // the barriers are initialized
+  if (lane == 0) {
+    for (int s = 0; s < kRing - 1; ++s) fetch(s);
+  }
+  WaitForPrerequisites();  // the activations (written by the previous kernel)
+  if (threadIdx.x == 0) stage(0);
+
+  float acc[N / 8][4];
+#pragma unroll
+  for (int nt = 0; nt < N / 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+  constexpr int kSets = 4;  // A fragment register sets: kSets - 1 MMAs stay in flight while one is decoded
+  uint32_t a_sets[kSets][4] = {};
+
+  for (int c = 0; c < chunks; ++c) {
+    if (threadIdx.x == 0 && c + 1 < chunks) stage(c + 1);  // its buffer's chunk c - 2 is done (barrier below)
+    BarrierWait(&full[c % Shape::kBuffers], (c / Shape::kBuffers) & 1);
+    const uint8_t* buffer = chunks_smem + (c % Shape::kBuffers) * Shape::kChunkBytes;
+#pragma unroll
+    for (int d = 0; d < Shape::kSteps; ++d) {
+      const int step = c * Shape::kSteps + d;
+      // Every lane has read the previous step's slot (into registers, below): refill it.
+      __syncwarp();
+      if (lane == 0) fetch(step + kRing - 1);
+      uint4 buf[4];  // rows g (0, 1) and g + 8 (2, 3), bytes [32t, 32t + 32) in two 16-byte halves
+      if (active && step * kStep < hidden_pad) {
+        BarrierWait(&landed[step % kRing], (step / kRing) & 1);
+        const uint8_t* slot = ring + (step % kRing) * Shape::kStepBytes;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int row = g + 8 * (j / 2), piece = 2 * t + j % 2;  // 16-byte piece of the 128-byte row
+          buf[j] = *reinterpret_cast<const uint4*>(slot + row * 128 + ((piece ^ (row % 8)) * 16));
+        }
+      } else {
+        buf[0] = buf[1] = buf[2] = buf[3] = make_uint4(0, 0, 0, 0);
+      }
+      const uint32_t* wa = reinterpret_cast<const uint32_t*>(&buf[0]);  // row g, 8 words
+      const uint32_t* wb = reinterpret_cast<const uint32_t*>(&buf[2]);  // row g + 8
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        uint32_t(&set)[4] = a_sets[j % kSets];
+        WgmmaWait<kSets - 1>();
+#pragma unroll
+        for (int r = 0; r < 4; ++r) PinRegister(set[r]);  // the old fragment lives until that wait
+        set[0] = Fp8x2ToHalf2(wa[j]);  // MMA j takes word j (see Fp8GemvKernel)
+        set[1] = Fp8x2ToHalf2(wb[j]);
+        set[2] = Fp8x2ToHalf2(wa[j] >> 16);
+        set[3] = Fp8x2ToHalf2(wb[j] >> 16);
+        WgmmaFence();
+        Wgmma<N>(&acc[0][0], set, SmemDescriptor(buffer + (d * 8 + j) * (N / 8) * 256, /*lbo=*/128, /*sbo=*/256));
+        WgmmaCommit();
+      }
+    }
+    // Every warp has issued chunk c's MMAs (at most kSets - 1 of them still run), so chunk c - 1's
+    // are done and the next iteration may stage chunk c + 2 into its buffer.
+    __syncthreads();
+  }
+  WgmmaWait<0>();
+#pragma unroll
+  for (int nt = 0; nt < N / 8; ++nt) {
+#pragma unroll
+    for (int r = 0; r < 4; ++r) PinRegister(acc[nt][r]);
+  }
+  LaunchDependents();  // the epilogue may launch; it waits for this grid's products
+  if (!active) return;
+  const int64_t v = tile * 16 + g;
+#pragma unroll
+  for (int nt = 0; nt < N / 8; ++nt) {
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int b = 8 * nt + 2 * t + j;
+      if (b < e.rows) {
+        e.raw[b * e.ld + v] = acc[nt][j];
+        e.raw[b * e.ld + v + 8] = acc[nt][2 + j];
+      }
+    }
+  }
 }
 
-template <int NT, int PLANES, bool WGMMA = false>
+template <typename Kernel>
+cudaError_t AllowSmem(Kernel kernel, int bytes) {
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+}
+
+template <int NT, int PLANES>
 cudaError_t Launch(const uint8_t* w, int64_t vocab_pad, int64_t hidden_pad, const __half* act, int64_t stride,
                    const EpilogueParams& p, cudaStream_t stream) {
-  using Shape = GemvShape<NT, PLANES, WGMMA>;
+  using Shape = GemvShape<NT, PLANES>;
   const int64_t tiles = vocab_pad / 16;
-  const int64_t blocks = (tiles + Shape::kBlockWarps - 1) / Shape::kBlockWarps;  // GemvPartials for kWarps
-  return LaunchAfterPrevious(Fp8GemvKernel<NT, PLANES, WGMMA>, dim3(static_cast<unsigned>(blocks)),
-                             dim3(Shape::kBlockWarps * 32), Shape::kSmemBytes, stream, w, tiles,
-                             static_cast<int>(hidden_pad), act, stride, p);
+  const int64_t blocks = (tiles + kWarps - 1) / kWarps;  // GemvPartials
+  return LaunchAfterPrevious(Fp8GemvKernel<NT, PLANES>, dim3(static_cast<unsigned>(blocks)), dim3(kWarps * 32),
+                             Shape::kSmemBytes, stream, w, tiles, static_cast<int>(hidden_pad), act, stride, p);
 }
 
-// Set by PrepareFp8Gemv: the device runs sm_90a code (wgmma).
+template <int N>
+cudaError_t LaunchWgmma(const GemvWeights& w, const __half* act, const EpilogueParams& p, cudaStream_t stream) {
+  using Shape = WgmmaGemvShape<N>;
+  const int64_t tiles = w.vocab_pad / 16;
+  const int64_t blocks = (tiles + Shape::kWarps - 1) / Shape::kWarps;
+  return LaunchAfterPrevious(Fp8GemvWgmmaKernel<N>, dim3(static_cast<unsigned>(blocks)), dim3(Shape::kThreads),
+                             Shape::kSmemBytes, stream, w.tensor_map, tiles, static_cast<int>(w.hidden_pad), act, p);
+}
+
+// Set by PrepareFp8Gemv: the device runs sm_90a code (wgmma, TMA).
 bool g_wgmma = false;
+
+// Batch columns of the wgmma GEMV for `rows` rows; 0 = the mma.sync GEMV.
+int WgmmaColumns(int64_t rows) { return rows <= kGemvMmaRows ? 0 : rows <= kGemvNarrowWgmmaRows ? 32 : 64; }
 
 }  // namespace
 
@@ -434,7 +511,7 @@ cudaError_t LaunchGemvActivations(const float* x, int64_t rows, int64_t hidden, 
                                   float* inv_scales, cudaStream_t stream) {
   if (rows <= 0) return cudaSuccess;
   GemvActivationsKernel<<<static_cast<unsigned>(rows), kActThreads, 0, stream>>>(
-      x, hidden, GemvActivationStride(hidden_pad), static_cast<int>(GemvPlanes(rows)), rows > kGemvMmaRows, act,
+      x, hidden, GemvActivationStride(hidden_pad), static_cast<int>(GemvPlanes(rows)), WgmmaColumns(rows), act,
       inv_scales);
   return cudaGetLastError();
 }
@@ -448,30 +525,51 @@ cudaError_t PrepareFp8Gemv() {
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
   if (err != cudaSuccess) return err;
   g_wgmma = major == 9 && minor == 0;  // the module's sm_90a code; other GPUs run its compute_80 PTX
-  err = AllowSmem<1, 2>();
-  if (err == cudaSuccess) err = AllowSmem<2, 2>();
-  if (err == cudaSuccess) err = AllowSmem<2, 1>();
-  if (err == cudaSuccess && g_wgmma) err = AllowSmem<4, 1, true>();
+  err = AllowSmem(Fp8GemvKernel<1, 2>, GemvShape<1, 2>::kSmemBytes);
+  if (err == cudaSuccess) err = AllowSmem(Fp8GemvKernel<2, 2>, GemvShape<2, 2>::kSmemBytes);
+  if (err == cudaSuccess) err = AllowSmem(Fp8GemvKernel<2, 1>, GemvShape<2, 1>::kSmemBytes);
+  if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<32>, WgmmaGemvShape<32>::kSmemBytes);
+  if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<64>, WgmmaGemvShape<64>::kSmemBytes);
   return err;
+}
+
+cudaError_t DescribeGemvWeights(const uint8_t* codes, int64_t vocab_pad, int64_t hidden_pad, GemvWeights* out) {
+  if (vocab_pad % 16 != 0 || hidden_pad % 16 != 0) return cudaErrorInvalidValue;
+  *out = GemvWeights{};
+  out->codes = codes;
+  out->vocab_pad = vocab_pad;
+  out->hidden_pad = hidden_pad;
+  if (!g_wgmma) return cudaSuccess;
+  // The TMA descriptor comes from the driver API, reached through the runtime (no libcuda link).
+  PFN_cuTensorMapEncodeTiled_v12000 encode = nullptr;
+  cudaDriverEntryPointQueryResult found;
+  cudaError_t err = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", reinterpret_cast<void**>(&encode),
+                                                     12000, cudaEnableDefault, &found);
+  if (err != cudaSuccess) return err;
+  if (found != cudaDriverEntryPointSuccess || encode == nullptr) return cudaErrorNotSupported;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(hidden_pad), static_cast<cuuint64_t>(vocab_pad)};
+  const cuuint64_t row_stride[1] = {static_cast<cuuint64_t>(hidden_pad)};  // bytes
+  const cuuint32_t box[2] = {kStep, 16};  // one warp's step (Fp8GemvWgmmaKernel)
+  const cuuint32_t element_strides[2] = {1, 1};
+  const CUresult r = encode(&out->tensor_map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<uint8_t*>(codes), dims,
+                            row_stride, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
 int64_t GemvPartials(int64_t vocab_pad) { return (vocab_pad / 16 + kWarps - 1) / kWarps; }
 
-cudaError_t LaunchFp8Gemv(const uint8_t* w, int64_t vocab_pad, int64_t hidden_pad, const __half* act,
-                          const EpilogueParams& p, cudaStream_t stream) {
-  if (p.rows <= 0 || p.rows > GemvMaxRows() || vocab_pad % 16 != 0 || hidden_pad % 16 != 0) {
-    return cudaErrorInvalidValue;
-  }
-  const int64_t stride = GemvActivationStride(hidden_pad);
-  static_assert(GemvShape<1, 2, false>::kBatchRows == kGemvFusedRows &&
-                    GemvShape<2, 2, false>::kBatchRows == kGemvExactRows &&
-                    GemvShape<2, 1, false>::kBatchRows == kGemvMmaRows,
+cudaError_t LaunchFp8Gemv(const GemvWeights& w, const __half* act, const EpilogueParams& p, cudaStream_t stream) {
+  if (p.rows <= 0 || p.rows > GemvMaxRows() || w.codes == nullptr) return cudaErrorInvalidValue;
+  const int64_t stride = GemvActivationStride(w.hidden_pad);
+  static_assert(GemvShape<1, 2>::kBatchRows == kGemvFusedRows && GemvShape<2, 2>::kBatchRows == kGemvExactRows &&
+                    GemvShape<2, 1>::kBatchRows == kGemvMmaRows,
                 "the mma.sync variants cover the rows below the wgmma ones");
-  if (p.rows <= kGemvFusedRows) return Launch<1, 2>(w, vocab_pad, hidden_pad, act, stride, p, stream);
-  if (p.rows <= kGemvExactRows) return Launch<2, 2>(w, vocab_pad, hidden_pad, act, stride, p, stream);
-  if (p.rows <= kGemvMmaRows) return Launch<2, 1>(w, vocab_pad, hidden_pad, act, stride, p, stream);
-  static_assert(GemvShape<4, 1, true>::kBatchRows == kGemvMaxRows, "the wgmma variant covers the rest");
-  return Launch<4, 1, true>(w, vocab_pad, hidden_pad, act, stride, p, stream);
+  if (p.rows <= kGemvFusedRows) return Launch<1, 2>(w.codes, w.vocab_pad, w.hidden_pad, act, stride, p, stream);
+  if (p.rows <= kGemvExactRows) return Launch<2, 2>(w.codes, w.vocab_pad, w.hidden_pad, act, stride, p, stream);
+  if (p.rows <= kGemvMmaRows) return Launch<2, 1>(w.codes, w.vocab_pad, w.hidden_pad, act, stride, p, stream);
+  static_assert(kGemvMaxRows == 64, "the wgmma variants cover N = 32 and 64");
+  return WgmmaColumns(p.rows) == 32 ? LaunchWgmma<32>(w, act, p, stream) : LaunchWgmma<64>(w, act, p, stream);
 }
 
 }  // namespace lmhead::cuda

@@ -1,21 +1,23 @@
 // Small-batch head product with FP8 weights and fp16 activations on tensor cores.
 //
 // For batches of up to kGemvMaxRows rows the head is a skinny GEMM bound by reading the weights.
-// This path reads every weight byte once, straight from global memory into registers, decodes
-// E4M3 to fp16 there (exact: every E4M3 value is an fp16 value) and multiplies on tensor cores
-// (fp32 accumulation). Activations get a per-row power-of-two scale (max |x| in
-// [2^13, 2^14), so no fp16 overflow and no precision lost to the scale) and are then carried as
+// This path reads every weight byte once, decodes E4M3 to fp16 in registers (exact: every E4M3
+// value is an fp16 value) and multiplies on tensor cores (fp32 accumulation). Activations get a
+// per-row power-of-two scale (max |x| in [2^13, 2^14), so no fp16 overflow and no precision lost
+// to the scale) and are then carried as
 // - up to kGemvExactRows rows: hi + lo, two fp16 values ("planes") per element, so x is kept to
 //   ~2^-22 relative and the products match an fp32 dot product over the same FP8 codes;
 // - above that: one fp16 value (11 significant bits, relative rounding error <= 2^-11 per
 //   element, finer than bf16's 2^-8), which halves the tensor-core work.
-// Up to kGemvMmaRows rows run on mma.sync m16n8k16, more on Hopper's warpgroup MMA (wgmma), whose
-// full rate keeps 32 rows close to one read of the weights.
+// Up to kGemvMmaRows rows run on mma.sync m16n8k16 with the weights loaded straight into
+// registers; more on Hopper's warpgroup MMA (wgmma, N = 32 or 64 batch columns) with the weights
+// and activations brought into shared memory by the copy engine (TMA).
 //
 // Shapes are row-major. Kernels know nothing of the service.
 #ifndef LMHEAD_KERNELS_CUDA_FP8_GEMV_H_
 #define LMHEAD_KERNELS_CUDA_FP8_GEMV_H_
 
+#include <cuda.h>  // CUtensorMap (a plain struct; nothing links libcuda)
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -25,13 +27,15 @@
 
 namespace lmhead::cuda {
 
-// Most rows one GEMV call takes.
-inline constexpr int64_t kGemvMaxRows = 32;
+// Most rows one GEMV call takes (on Hopper; kGemvMmaRows elsewhere).
+inline constexpr int64_t kGemvMaxRows = 64;
 // Batches of up to this many rows carry activations as fp16 hi + lo; larger ones as one fp16.
 inline constexpr int64_t kGemvExactRows = 8;
 // Batches of up to this many rows run on mma.sync (any GPU the module runs on); larger ones on
 // Hopper's wgmma.
 inline constexpr int64_t kGemvMmaRows = 16;
+// Batches of up to this many rows run the wgmma GEMV with N = 32, larger ones with N = 64.
+inline constexpr int64_t kGemvNarrowWgmmaRows = 32;
 
 // fp16 planes per batch row for a batch of `rows` rows (2 = hi + lo, 1 = single).
 inline constexpr int64_t GemvPlanes(int64_t rows) { return rows <= kGemvExactRows ? 2 : 1; }
@@ -44,10 +48,12 @@ inline constexpr int64_t kGemvPlaneRows = kGemvMaxRows;
 int64_t GemvActivationStride(int64_t hidden_pad);
 
 // x: [rows, hidden] fp32, in device memory or pinned host memory (read once, over PCIe).
-// Writes the first GemvPlanes(rows) * rows rows of act ([kGemvPlaneRows, GemvActivationStride]
-// fp16), columns permuted within each 128 for the GEMV's loads (differently for the mma.sync and
-// wgmma variants). With two planes row 2b is hi_b = fp16(x_b * s_b) and row 2b + 1 is
-// lo_b = fp16(x_b * s_b - hi_b); with one, row b is hi_b. s_b is a power of two that puts
+// act: [kGemvPlaneRows * GemvActivationStride] fp16. For the mma.sync GEMV (rows <=
+// kGemvMmaRows) writes the first GemvPlanes(rows) * rows plane rows of stride
+// GemvActivationStride, columns permuted within each 128 for the GEMV's loads: with two planes
+// row 2b is hi_b = fp16(x_b * s_b) and row 2b + 1 is lo_b = fp16(x_b * s_b - hi_b); with one, row
+// b is hi_b. For the wgmma GEMV, hi_b in the shared-memory layout of its MMAs (N = 32 or 64
+// columns per k16 block). s_b is a power of two that puts
 // max|x_b| in [2^13, 2^14), and inv_scales[b] = 1 / s_b. Only the columns below `hidden`
 // are written: `act` must be zeroed once when allocated.
 cudaError_t LaunchGemvActivations(const float* x, int64_t rows, int64_t hidden, int64_t hidden_pad, __half* act,
@@ -67,6 +73,17 @@ inline constexpr int64_t kGemvFusedRows = 4;
 // Partial statistics per batch row the fused GEMV writes (one per block of vocab rows).
 int64_t GemvPartials(int64_t vocab_pad);
 
+// The head's FP8 codes as the GEMV reads them.
+struct GemvWeights {
+  const uint8_t* codes = nullptr;  // [vocab_pad, hidden_pad] E4M3, device memory
+  int64_t vocab_pad = 0;           // multiples of 16
+  int64_t hidden_pad = 0;
+  CUtensorMap tensor_map{};        // Hopper: the codes for the wgmma GEMV's TMA reads
+};
+
+// Describes `codes` for LaunchFp8Gemv (after PrepareFp8Gemv; the codes must outlive the result).
+cudaError_t DescribeGemvWeights(const uint8_t* codes, int64_t vocab_pad, int64_t hidden_pad, GemvWeights* out);
+
 // The head times the activation planes for p.rows <= kGemvMaxRows rows, into p.raw ([rows, p.ld]).
 // For up to kGemvFusedRows rows the GEMV also does the epilogue's first pass: p.raw[b, v] =
 // FinishLogit(p.act_scales[b] * sum_k W[v, k] * (hi_b[k] + lo_b[k])) with p.row_scales,
@@ -74,12 +91,10 @@ int64_t GemvPartials(int64_t vocab_pad);
 // p.part_* ([rows, GemvPartials(vocab_pad)]) -- run the epilogue with ready_partials set. Larger
 // batches get raw products (the sums, unscaled) for the epilogue's first pass, with p.act_scales
 // (the inv_scales of LaunchGemvActivations) as the activation scales.
-// w: [vocab_pad, hidden_pad] E4M3 codes (vocab_pad and hidden_pad multiples of 16);
-// act: from LaunchGemvActivations (the previous kernel on `stream`: the GEMV starts streaming
-// weights before it ends).
+// act: from LaunchGemvActivations for the same rows (the previous kernel on `stream`: the GEMV
+// starts streaming weights before it ends).
 // p.rows must be <= GemvMaxRows().
-cudaError_t LaunchFp8Gemv(const uint8_t* w, int64_t vocab_pad, int64_t hidden_pad, const __half* act,
-                          const EpilogueParams& p, cudaStream_t stream);
+cudaError_t LaunchFp8Gemv(const GemvWeights& w, const __half* act, const EpilogueParams& p, cudaStream_t stream);
 
 }  // namespace lmhead::cuda
 

@@ -57,7 +57,7 @@ __device__ __forceinline__ void FenceSharedForAsyncProxy() {
 __device__ __forceinline__ void PinRegister(float& r) { asm volatile("" : "+f"(r)::"memory"); }
 __device__ __forceinline__ void PinRegister(uint32_t& r) { asm volatile("" : "+r"(r)::"memory"); }
 
-// d[N / 2] += A (64 x 16, registers) x B (16 x N, descriptor b). Defined for N = 32.
+// d[N / 2] += A (64 x 16, registers) x B (16 x N, descriptor b). Defined for N = 32 and 64.
 template <int N>
 __device__ __forceinline__ void Wgmma(float* d, const uint32_t (&a)[4], uint64_t b);
 
@@ -73,7 +73,73 @@ __device__ __forceinline__ void Wgmma<32>(float* d, const uint32_t (&a)[4], uint
         "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
 }
+template <>
+__device__ __forceinline__ void Wgmma<64>(float* d, const uint32_t (&a)[4], uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+      "{%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+}
+
+// Shared-memory barrier (mbarrier) completed by the bulk copies of BulkCopyToShared.
+__device__ __forceinline__ uint32_t SharedAddress(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+// One thread initializes; the block then synchronizes before any thread uses the barrier.
+__device__ __forceinline__ void BarrierInit(uint64_t* barrier, int arrivals) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(SharedAddress(barrier)), "r"(arrivals) : "memory");
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+}
+// Copies `bytes` (a multiple of 16; both addresses 16-byte aligned) from global to shared memory
+// on the copy engine and arrives on `barrier` (one arrival), whose phase completes when the bytes
+// have landed.
+__device__ __forceinline__ void BulkCopyToShared(void* dst, const void* src, uint32_t bytes, uint64_t* barrier) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(SharedAddress(barrier)), "r"(bytes)
+               : "memory");
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                   SharedAddress(dst)),
+               "l"(src), "r"(bytes), "r"(SharedAddress(barrier))
+               : "memory");
+}
+// Copies the box at (x, y) of a 2-D tensor map to shared memory on the copy engine (what the map
+// says: box size, swizzle, zeros outside the tensor), completing `barrier`'s transaction bytes;
+// arrive with expect_tx on the barrier first. `map` is a __grid_constant__ kernel parameter.
+__device__ __forceinline__ void TensorCopyToShared(void* dst, const void* map, int x, int y, uint64_t* barrier) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::"r"(
+          SharedAddress(dst)),
+      "l"(map), "r"(x), "r"(y), "r"(SharedAddress(barrier))
+      : "memory");
+}
+__device__ __forceinline__ void BarrierExpectBytes(uint64_t* barrier, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(SharedAddress(barrier)), "r"(bytes)
+               : "memory");
+}
+// Waits until the barrier's phase of parity `parity` (0 for its first, 1 for its second, ...)
+// has completed.
+__device__ __forceinline__ void BarrierWait(uint64_t* barrier, uint32_t parity) {
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(SharedAddress(barrier)), "r"(parity)
+        : "memory");
+  } while (!done);
+}
 #else
+__device__ __forceinline__ void BarrierInit(uint64_t*, int) { __trap(); }
+__device__ __forceinline__ void BulkCopyToShared(void*, const void*, uint32_t, uint64_t*) { __trap(); }
+__device__ __forceinline__ void TensorCopyToShared(void*, const void*, int, int, uint64_t*) { __trap(); }
+__device__ __forceinline__ void BarrierExpectBytes(uint64_t*, uint32_t) { __trap(); }
+__device__ __forceinline__ void BarrierWait(uint64_t*, uint32_t) { __trap(); }
 template <int N>
 __device__ __forceinline__ void Wgmma(float*, const uint32_t (&)[4], uint64_t) {
   __trap();  // not built for sm_90a: the launcher never picks a wgmma kernel there
