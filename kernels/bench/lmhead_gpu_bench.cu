@@ -243,7 +243,7 @@ int main(int argc, char** argv) {
         "logprobs; `rows in input buffer` = the argmax call with the rows already in the backend's pinned "
         "input buffer, where the server's batcher assembles them. B <= " << lmhead::cuda::GemvMaxRows()
      << " runs lmhead's FP8 GEMV in both modes (fp16 hi + lo activations up to 8 rows, one fp16 above; "
-        "wgmma with TMA-fed shared memory above 16 rows, N = 32 or 64); `lt` = the same call with the GEMV off (cuBLASLt FP8 over FP8 high + residual "
+        "mma.sync up to 4 rows, then wgmma with TMA-fed shared memory, N = 16, 32 or 64); `lt` = the same call with the GEMV off (cuBLASLt FP8 over FP8 high + residual "
         "activation rows). Above that `bf16 act` = cuBLASLt FP8 over high + residual rows (default), `fp8 act` "
         "= one FP8 row per token. `GEMV kernel` = the GEMV kernel alone (CUDA events; for B <= 4 it includes "
         "the epilogue's first pass: logits and per-block max / argmax / sum of exp). "

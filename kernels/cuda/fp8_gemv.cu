@@ -91,8 +91,10 @@ __global__ void __launch_bounds__(kActThreads) GemvActivationsKernel(const float
   auto put = [&](int64_t i, float value) {
     const float scaled = value * s;  // exact: s is a power of two
     const __half h = __float2half_rn(scaled);
-    if (wgmma_columns > 0) {
-      act[WgmmaActivationOffset(WgmmaPlanePosition(i), b, wgmma_columns)] = h;
+    if (wgmma_columns > 0) {  // plane p of batch row b is MMA column planes * b + p
+      const int64_t q = WgmmaPlanePosition(i);
+      act[WgmmaActivationOffset(q, planes * b, wgmma_columns)] = h;
+      if (planes == 2) act[WgmmaActivationOffset(q, 2 * b + 1, wgmma_columns)] = __float2half_rn(scaled - __half2float(h));
       return;
     }
     const int64_t at = PlanePosition(i);
@@ -339,6 +341,20 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
   }
 }
 
+// The wgmma GEMV (N MMA columns: one fp16 plane per batch row, or hi + lo in two): blocks of 16
+// warps, each warp one tile of 16 vocab rows, each warpgroup (4 tiles) one m64nNk16 MMA per k16
+// with A = weights decoded in registers (the fragment mapping of Fp8GemvKernel) and B =
+// activations in shared memory. The block's 16 warps read the activations from L2 once per 256
+// vocab rows (8 warps: reading them bound the kernel). All operands come through the copy engine
+// (TMA), which writes shared memory without staging the bytes in L1: loads through L1 (plain, as
+// Fp8GemvKernel's, or cp.async) are capped by the L1 left beside this kernel's shared memory
+// (measured on an H100 at 131072x5120, 32 rows: weights in registers 0.27 ms, cp.async into
+// shared memory 0.41, TMA 0.235).
+// - Weights: each warp keeps a ring of kRing steps (16 rows x 128 bytes, one tensor-map box with
+//   the 128-byte swizzle), refilled by its lane 0 kRing - 1 steps ahead of the one it multiplies.
+// - Activations: chunks of kChunk columns, one bulk copy each (issued by thread 0 one chunk ahead;
+//   the activation kernel writes them in the MMAs' shared-memory layout), three buffers; the
+//   block synchronizes once per chunk before a buffer is refilled.
 template <int N>
 struct WgmmaGemvShape {
   static constexpr int kWarps = 16;
@@ -359,7 +375,7 @@ struct WgmmaGemvShape {
   static_assert(kSmemBytes <= 227 * 1024, "fits the H100's shared memory per block");
 };
 
-template <int N>
+template <int N, int PLANES>
 __global__ void __launch_bounds__(WgmmaGemvShape<N>::kThreads, 1)
     Fp8GemvWgmmaKernel(const __grid_constant__ CUtensorMap weights, int64_t tiles, int hidden_pad,
                        const __half* __restrict__ act, EpilogueParams e) {
@@ -459,15 +475,25 @@ __global__ void __launch_bounds__(WgmmaGemvShape<N>::kThreads, 1)
   }
   LaunchDependents();  // the epilogue may launch; it waits for this grid's products
   if (!active) return;
+  // d[4i + j] is vocab row g + 8 (j / 2), MMA column 8i + 2t + j % 2: with two planes the hi and lo
+  // of batch row 4i + t (their sum is the product), with one batch row 8i + 2t + j % 2.
   const int64_t v = tile * 16 + g;
 #pragma unroll
   for (int nt = 0; nt < N / 8; ++nt) {
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int b = 8 * nt + 2 * t + j;
+    if constexpr (PLANES == 2) {
+      const int b = 4 * nt + t;
       if (b < e.rows) {
-        e.raw[b * e.ld + v] = acc[nt][j];
-        e.raw[b * e.ld + v + 8] = acc[nt][2 + j];
+        e.raw[b * e.ld + v] = acc[nt][0] + acc[nt][1];
+        e.raw[b * e.ld + v + 8] = acc[nt][2] + acc[nt][3];
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int b = 8 * nt + 2 * t + j;
+        if (b < e.rows) {
+          e.raw[b * e.ld + v] = acc[nt][j];
+          e.raw[b * e.ld + v + 8] = acc[nt][2 + j];
+        }
       }
     }
   }
@@ -488,20 +514,24 @@ cudaError_t Launch(const uint8_t* w, int64_t vocab_pad, int64_t hidden_pad, cons
                              Shape::kSmemBytes, stream, w, tiles, static_cast<int>(hidden_pad), act, stride, p);
 }
 
-template <int N>
+template <int N, int PLANES>
 cudaError_t LaunchWgmma(const GemvWeights& w, const __half* act, const EpilogueParams& p, cudaStream_t stream) {
   using Shape = WgmmaGemvShape<N>;
   const int64_t tiles = w.vocab_pad / 16;
   const int64_t blocks = (tiles + Shape::kWarps - 1) / Shape::kWarps;
-  return LaunchAfterPrevious(Fp8GemvWgmmaKernel<N>, dim3(static_cast<unsigned>(blocks)), dim3(Shape::kThreads),
+  return LaunchAfterPrevious(Fp8GemvWgmmaKernel<N, PLANES>, dim3(static_cast<unsigned>(blocks)), dim3(Shape::kThreads),
                              Shape::kSmemBytes, stream, w.tensor_map, tiles, static_cast<int>(w.hidden_pad), act, p);
 }
 
 // Set by PrepareFp8Gemv: the device runs sm_90a code (wgmma, TMA).
 bool g_wgmma = false;
 
-// Batch columns of the wgmma GEMV for `rows` rows; 0 = the mma.sync GEMV.
-int WgmmaColumns(int64_t rows) { return rows <= kGemvMmaRows ? 0 : rows <= kGemvNarrowWgmmaRows ? 32 : 64; }
+// MMA columns of the wgmma GEMV for `rows` rows (planes included); 0 = the mma.sync GEMV.
+int WgmmaColumns(int64_t rows) {
+  if (rows <= kGemvFusedRows || !g_wgmma) return 0;
+  const int64_t columns = GemvPlanes(rows) * rows;
+  return columns <= 16 ? 16 : columns <= 32 ? 32 : 64;
+}
 
 }  // namespace
 
@@ -528,8 +558,10 @@ cudaError_t PrepareFp8Gemv() {
   err = AllowSmem(Fp8GemvKernel<1, 2>, GemvShape<1, 2>::kSmemBytes);
   if (err == cudaSuccess) err = AllowSmem(Fp8GemvKernel<2, 2>, GemvShape<2, 2>::kSmemBytes);
   if (err == cudaSuccess) err = AllowSmem(Fp8GemvKernel<2, 1>, GemvShape<2, 1>::kSmemBytes);
-  if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<32>, WgmmaGemvShape<32>::kSmemBytes);
-  if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<64>, WgmmaGemvShape<64>::kSmemBytes);
+  if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<16, 2>, WgmmaGemvShape<16>::kSmemBytes);
+  if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<16, 1>, WgmmaGemvShape<16>::kSmemBytes);
+  if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<32, 1>, WgmmaGemvShape<32>::kSmemBytes);
+  if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<64, 1>, WgmmaGemvShape<64>::kSmemBytes);
   return err;
 }
 
@@ -564,12 +596,21 @@ cudaError_t LaunchFp8Gemv(const GemvWeights& w, const __half* act, const Epilogu
   const int64_t stride = GemvActivationStride(w.hidden_pad);
   static_assert(GemvShape<1, 2>::kBatchRows == kGemvFusedRows && GemvShape<2, 2>::kBatchRows == kGemvExactRows &&
                     GemvShape<2, 1>::kBatchRows == kGemvMmaRows,
-                "the mma.sync variants cover the rows below the wgmma ones");
+                "the mma.sync variants cover every batch up to kGemvMmaRows rows");
+  static_assert(kGemvMaxRows == 64 && kGemvExactRows == 8, "the wgmma variants cover N = 16 (hi + lo or one plane), 32, 64");
+  switch (WgmmaColumns(p.rows)) {
+    case 16:
+      return p.rows <= kGemvExactRows ? LaunchWgmma<16, 2>(w, act, p, stream) : LaunchWgmma<16, 1>(w, act, p, stream);
+    case 32:
+      return LaunchWgmma<32, 1>(w, act, p, stream);
+    case 64:
+      return LaunchWgmma<64, 1>(w, act, p, stream);
+    default:
+      break;
+  }
   if (p.rows <= kGemvFusedRows) return Launch<1, 2>(w.codes, w.vocab_pad, w.hidden_pad, act, stride, p, stream);
   if (p.rows <= kGemvExactRows) return Launch<2, 2>(w.codes, w.vocab_pad, w.hidden_pad, act, stride, p, stream);
-  if (p.rows <= kGemvMmaRows) return Launch<2, 1>(w.codes, w.vocab_pad, w.hidden_pad, act, stride, p, stream);
-  static_assert(kGemvMaxRows == 64, "the wgmma variants cover N = 32 and 64");
-  return WgmmaColumns(p.rows) == 32 ? LaunchWgmma<32>(w, act, p, stream) : LaunchWgmma<64>(w, act, p, stream);
+  return Launch<2, 1>(w.codes, w.vocab_pad, w.hidden_pad, act, stride, p, stream);
 }
 
 }  // namespace lmhead::cuda

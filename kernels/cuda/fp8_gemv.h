@@ -9,9 +9,10 @@
 //   ~2^-22 relative and the products match an fp32 dot product over the same FP8 codes;
 // - above that: one fp16 value (11 significant bits, relative rounding error <= 2^-11 per
 //   element, finer than bf16's 2^-8), which halves the tensor-core work.
-// Up to kGemvMmaRows rows run on mma.sync m16n8k16 with the weights loaded straight into
-// registers; more on Hopper's warpgroup MMA (wgmma, N = 32 or 64 batch columns) with the weights
-// and activations brought into shared memory by the copy engine (TMA).
+// mma.sync m16n8k16 with the weights loaded straight into registers takes up to 4 rows on Hopper
+// (with the epilogue's first pass fused) and up to kGemvMmaRows elsewhere; Hopper's warpgroup MMA
+// (wgmma, N = 16, 32 or 64 columns) with the weights and activations brought into shared memory
+// by the copy engine (TMA) takes 5-64 rows.
 //
 // Shapes are row-major. Kernels know nothing of the service.
 #ifndef LMHEAD_KERNELS_CUDA_FP8_GEMV_H_
@@ -31,11 +32,10 @@ namespace lmhead::cuda {
 inline constexpr int64_t kGemvMaxRows = 64;
 // Batches of up to this many rows carry activations as fp16 hi + lo; larger ones as one fp16.
 inline constexpr int64_t kGemvExactRows = 8;
-// Batches of up to this many rows run on mma.sync (any GPU the module runs on); larger ones on
-// Hopper's wgmma.
+// Most rows the mma.sync GEMV takes (GPUs other than Hopper). On Hopper it runs only the batches
+// of up to kGemvFusedRows rows; 5-64 rows run the wgmma GEMV, with N = 16, 32 or 64 MMA columns
+// (hi + lo planes count two columns per row).
 inline constexpr int64_t kGemvMmaRows = 16;
-// Batches of up to this many rows run the wgmma GEMV with N = 32, larger ones with N = 64.
-inline constexpr int64_t kGemvNarrowWgmmaRows = 32;
 
 // fp16 planes per batch row for a batch of `rows` rows (2 = hi + lo, 1 = single).
 inline constexpr int64_t GemvPlanes(int64_t rows) { return rows <= kGemvExactRows ? 2 : 1; }
