@@ -41,12 +41,12 @@ __device__ __forceinline__ int64_t WgmmaPlanePosition(int64_t k) {
   return k - in_step + (2 * p + jj) * 16 + h * 8 + 2 * t + e;
 }
 
-// Position (fp16 elements) of batch row b, wgmma plane position q (WgmmaPlanePosition) in the
-// wgmma GEMV's activations for N batch columns: per k16 block of q, N / 8 column groups of two
-// 8 x 16-byte core matrices (k halves), i.e. exactly the shared-memory layout the MMAs read, so a
-// run of k16 blocks (a staged chunk) is one contiguous piece for the bulk copy.
-__device__ __forceinline__ int64_t WgmmaActivationOffset(int64_t q, int64_t b, int n) {
-  return (q / 16) * (int64_t{n} * 16) + ((b / 8) * 2 + (q % 16) / 8) * 64 + (b % 8) * 8 + q % 8;
+// Position (fp16 elements) of MMA column c (one plane of a batch row), wgmma plane position q
+// (WgmmaPlanePosition) in the wgmma GEMV's activations for N columns: per k16 block of q, N / 8
+// column groups of two 8 x 16-byte core matrices (k halves), i.e. exactly the shared-memory layout
+// the MMAs read, so a run of k16 blocks (a staged chunk) is one contiguous piece for the bulk copy.
+__device__ __forceinline__ int64_t WgmmaActivationOffset(int64_t q, int64_t c, int n) {
+  return (q / 16) * (int64_t{n} * 16) + ((c / 8) * 2 + (q % 16) / 8) * 64 + (c % 8) * 8 + q % 8;
 }
 
 // One block per row. x may be pinned host memory read over PCIe: every element the block needs is

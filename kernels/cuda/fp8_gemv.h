@@ -52,8 +52,9 @@ int64_t GemvActivationStride(int64_t hidden_pad);
 // kGemvMmaRows) writes the first GemvPlanes(rows) * rows plane rows of stride
 // GemvActivationStride, columns permuted within each 128 for the GEMV's loads: with two planes
 // row 2b is hi_b = fp16(x_b * s_b) and row 2b + 1 is lo_b = fp16(x_b * s_b - hi_b); with one, row
-// b is hi_b. For the wgmma GEMV, hi_b in the shared-memory layout of its MMAs (N = 32 or 64
-// columns per k16 block). s_b is a power of two that puts
+// b is hi_b. For the wgmma GEMV the same planes, plane p of row b as MMA column
+// GemvPlanes(rows) * b + p, in the shared-memory layout of its MMAs (N = 16, 32 or 64 columns per
+// k16 block, one run of k16 blocks per staged chunk). s_b is a power of two that puts
 // max|x_b| in [2^13, 2^14), and inv_scales[b] = 1 / s_b. Only the columns below `hidden`
 // are written: `act` must be zeroed once when allocated.
 cudaError_t LaunchGemvActivations(const float* x, int64_t rows, int64_t hidden, int64_t hidden_pad, __half* act,
