@@ -5,6 +5,8 @@
 //
 //   lmhead-gpu-bench [--shapes=128256x4096,131072x5120,152064x8192]
 //                    [--batches=1,8,32,64,128,256,512,2048,8192] [--out=results.md]
+//                    [--hidden_scale=1]   (hidden values uniform in [-2, 2] times this: 8 spreads
+//                                          the logits like a trained model's, most far below the max)
 //
 // lmhead columns are end-to-end ComputeLogits calls (host fp32 rows in, host results out,
 // synchronised), median of repeated calls; for batches the FP8 GEMV takes, also the same call with
@@ -180,11 +182,13 @@ int main(int argc, char** argv) {
   std::string shapes = "128256x4096,131072x5120,152064x8192";
   std::string batches = "1,8,32,64,128,256,512,2048,8192";
   std::string out_path = "gpu_bench_results.md";
+  float hidden_scale = 1.0f;  // x values are uniform in [-2, 2] times this
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a.rfind("--shapes=", 0) == 0) shapes = a.substr(9);
     else if (a.rfind("--batches=", 0) == 0) batches = a.substr(10);
     else if (a.rfind("--out=", 0) == 0) out_path = a.substr(6);
+    else if (a.rfind("--hidden_scale=", 0) == 0) hidden_scale = std::stof(a.substr(15));
     else { std::fprintf(stderr, "unknown argument %s\n", a.c_str()); return 2; }
   }
   cudaDeviceProp prop;
@@ -325,7 +329,7 @@ int main(int argc, char** argv) {
       uint64_t st = 12345 + b;
       for (float& v : x) {
         st = st * 6364136223846793005ull + 1442695040888963407ull;
-        v = static_cast<float>(static_cast<int64_t>(st >> 33) % 2001 - 1000) / 500.0f;
+        v = hidden_scale * static_cast<float>(static_cast<int64_t>(st >> 33) % 2001 - 1000) / 500.0f;
       }
       const std::vector<uint32_t> ids = {0, static_cast<uint32_t>(vocab - 1)};
       std::vector<lmhead::RowSpec> argmax_specs(b, lmhead::RowSpec{0, {}, false});

@@ -15,8 +15,14 @@ constexpr int kPartThreads = 256;
 constexpr int kPartItems = 16;
 constexpr int kChunk = kPartThreads * kPartItems;  // vocab entries per first-pass block
 constexpr int kFinalThreads = 512;
-constexpr int kBins = kEpilogueBins;  // histogram of (max - logit) in bins of 1/32 (16 units)
-constexpr float kBinsPerUnit = 32.0f;
+// Histogram of d = max - logit: kFineBins bins of 1/32 up to 8 below the max, then bins of 1/4 up
+// to 71.75 below it, then one bin for the rest. (Bins of 1/32 over 16 units left the k-th logit
+// outside the histogram in rows whose top logits are spread as a trained model's are -- e.g. one
+// token far ahead of the rest -- and those rows fell back to the exact select in one block.)
+constexpr int kBins = kEpilogueBins;
+constexpr int kFineBins = 256;
+constexpr float kFinePerUnit = 32.0f;
+constexpr float kCoarsePerUnit = 4.0f;
 
 __device__ __forceinline__ float BlockMaxAbs(float v, float* shared) {
   using Reduce = cub::BlockReduce<float, kQuantThreads>;
@@ -344,13 +350,19 @@ __device__ __forceinline__ bool LastBlockOfRow(int32_t* done) {
   return last;
 }
 
+// Non-decreasing in max_logit - l (a logit at or above a bin's logits is in that bin or a lower one).
 __device__ __forceinline__ int BinOf(float max_logit, float l) {
-  return static_cast<int>(fminf((max_logit - l) * kBinsPerUnit, kBins - 1));
+  const float d = max_logit - l;
+  const float fine = kFineBins / kFinePerUnit;  // units covered by the fine bins
+  const float bin = d < fine ? d * kFinePerUnit : kFineBins + (d - fine) * kCoarsePerUnit;
+  return static_cast<int>(fminf(bin, kBins - 1));
 }
 
 // Histogram of (max - logit) over one vocab chunk of one row, added into the row's histogram;
 // the row's last block then finds the bin holding the k-th largest logit (cut[kCutBin]) and how
-// many logits lie at or above it (cut[kCutCount]).
+// many logits lie at or above it (cut[kCutCount]). The last bin (everything 71.75 or more below
+// the max) is not counted: a cut there bounds nothing (UseCut), and in a trained model's logits it
+// can hold most entries -- counting it made every lane of a warp add to the same shared-memory word.
 __global__ void HistogramKernel(EpilogueParams p) {
   WaitForPrerequisites();  // chained by LaunchAfterPrevious
   LaunchDependents();
@@ -368,7 +380,8 @@ __global__ void HistogramKernel(EpilogueParams p) {
     const float l[4] = {q.x, q.y, q.z, q.w};
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      if (v0 + j < end) atomicAdd(&mine[BinOf(m, l[j])], 1);
+      const int bin = BinOf(m, l[j]);
+      if (v0 + j < end && bin < kBins - 1) atomicAdd(&mine[bin], 1);
     }
   }
   __syncthreads();
