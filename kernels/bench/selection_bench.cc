@@ -5,7 +5,8 @@
 // for reference, full fp32 logits copied back. Prints a markdown table.
 //
 //   lmhead-selection-bench --backend=cpu|cuda [--vocab=V --hidden=H --batches=1,64,512 --reps=N
-//                          --threads=T --cuda_module=PATH]
+//                          --threads=T --cuda_module=PATH --hidden_scale=S]
+// Hidden values are N(0, S^2) (S = 1 by default; 8 spreads the logits like a trained model's).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -28,6 +29,7 @@ struct Args {
   int reps = 5;
   int threads = 0;
   std::string cuda_module;
+  float hidden_scale = 1.0f;
 };
 
 bool ParseArgs(int argc, char** argv, Args* a) {
@@ -43,6 +45,7 @@ bool ParseArgs(int argc, char** argv, Args* a) {
     else if (const char* v = value("reps")) a->reps = std::atoi(v);
     else if (const char* v = value("threads")) a->threads = std::atoi(v);
     else if (const char* v = value("cuda_module")) a->cuda_module = v;
+    else if (const char* v = value("hidden_scale")) a->hidden_scale = std::strtof(v, nullptr);
     else if (const char* v = value("batches")) {
       a->batches.clear();
       for (const char* p = v; *p != 0;) {
@@ -55,7 +58,8 @@ bool ParseArgs(int argc, char** argv, Args* a) {
       return false;
     }
   }
-  return (a->backend == "cpu" || a->backend == "cuda") && a->vocab > 0 && a->hidden > 0 && a->reps > 0;
+  return (a->backend == "cpu" || a->backend == "cuda") && a->vocab > 0 && a->hidden > 0 && a->reps > 0 &&
+         a->hidden_scale > 0.0f;
 }
 
 // Median milliseconds of each batch in `batches`, timed in interleaved rounds (one call of each per
@@ -87,7 +91,7 @@ int main(int argc, char** argv) {
   Args a;
   if (!ParseArgs(argc, argv, &a)) {
     std::fprintf(stderr, "usage: lmhead-selection-bench --backend=cpu|cuda [--vocab=V --hidden=H --batches=1,64,512 "
-                         "--reps=N --threads=T --cuda_module=PATH]\n");
+                         "--reps=N --threads=T --cuda_module=PATH --hidden_scale=S]\n");
     return 2;
   }
   // A seeded BF16 head with row std ~0.02, quantized by the backend as the server does.
@@ -134,7 +138,7 @@ int main(int argc, char** argv) {
   std::printf("|---|---|---|---|---|---|---|\n");
   for (int64_t rows : a.batches) {
     std::vector<float> x(rows * a.hidden);
-    std::normal_distribution<float> hs(0.0f, 1.0f);
+    std::normal_distribution<float> hs(0.0f, a.hidden_scale);
     for (float& v : x) v = hs(rng);
     auto specs_of = [&](RowSpec spec) { return std::vector<RowSpec>(rows, spec); };
     const std::vector<double> t = MedianMs(**backend, x,
