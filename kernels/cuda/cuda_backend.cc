@@ -115,6 +115,16 @@ class CudaBackend final : public Backend {
   // being captured (x_src is x_host_[0]; no events).
   absl::Status Enqueue(const float* x_src, int64_t n, const CallShape& call, bool graph, bool pipelined, int slot,
                        int rows_buffer);
+  // The cuBLASLt GEMM's activations for n rows of x (device memory) into act_ / act_scales_
+  // ([n_pad] rows): E4M3 (high + residual rows when split) for FP8 heads, bf16 otherwise.
+  cudaError_t LaunchGemmActivations(const float* x, int64_t n, int64_t n_pad, cudaStream_t s) {
+    if (fp8_) {
+      return LaunchQuantizeActivations(x, n, hidden_, hidden_pad_, split_, n_pad,
+                                       reinterpret_cast<__nv_fp8_e4m3*>(act_.get()), act_scales_.get(), s);
+    }
+    return LaunchConvertActivationsBf16(x, n, hidden_, hidden_pad_, n_pad, reinterpret_cast<__nv_bfloat16*>(act_.get()),
+                                        act_scales_.get(), s);
+  }
   // Where a slice's epilogue leaves its results (ResultLayout): graph slices write them straight
   // into slot 0's pinned results (mapped: a few bytes per row and the top-k, no copy node); the
   // others into d_results_, copied back by the slice.
@@ -342,15 +352,7 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
     std::vector<float> x(slice_rows_ * hidden_);
     for (float& v : x) v = normal(rng);
     CUDA_RETURN_IF_ERROR(cudaMemcpy(x_dev_[0].get(), x.data(), x.size() * sizeof(float), cudaMemcpyHostToDevice));
-    if (fp8_) {
-      CUDA_RETURN_IF_ERROR(LaunchQuantizeActivations(x_dev_[0].get(), slice_rows_, hidden_, hidden_pad_, split_, n_pad,
-                                                     reinterpret_cast<__nv_fp8_e4m3*>(act_.get()),
-                                                     act_scales_.get(), stream_.get()));
-    } else {
-      CUDA_RETURN_IF_ERROR(LaunchConvertActivationsBf16(x_dev_[0].get(), slice_rows_, hidden_, hidden_pad_, n_pad,
-                                                        reinterpret_cast<__nv_bfloat16*>(act_.get()),
-                                                        act_scales_.get(), stream_.get()));
-    }
+    CUDA_RETURN_IF_ERROR(LaunchGemmActivations(x_dev_[0].get(), slice_rows_, n_pad, stream_.get()));
     for (int64_t size : LtGemm::PaddedSizes(n_pad)) {
       RETURN_IF_ERROR(gemm_->Prepare(weights_.get(), act_.get(), size, raw_.get(), stream_.get()));
     }
@@ -613,14 +615,8 @@ absl::Status CudaBackend::Enqueue(const float* x_src, int64_t n, const CallShape
     mark_stage(0, s);  // no copy: the activation kernel reads the pinned rows
     mark_stage(1, s);
     CUDA_RETURN_IF_ERROR(LaunchGemvActivations(x_src, n, hidden_, hidden_pad_, gemv_act_.get(), gemv_scales_.get(), s));
-  } else if (fp8_) {
-    CUDA_RETURN_IF_ERROR(LaunchQuantizeActivations(x_dev, n, hidden_, hidden_pad_, split_, n_pad,
-                                                   reinterpret_cast<__nv_fp8_e4m3*>(act_.get()),
-                                                   act_scales_.get(), s));
   } else {
-    CUDA_RETURN_IF_ERROR(LaunchConvertActivationsBf16(x_dev, n, hidden_, hidden_pad_, n_pad,
-                                                      reinterpret_cast<__nv_bfloat16*>(act_.get()),
-                                                      act_scales_.get(), s));
+    CUDA_RETURN_IF_ERROR(LaunchGemmActivations(x_dev, n, n_pad, s));
   }
   if (pipelined) CUDA_RETURN_IF_ERROR(cudaEventRecord(rows_read_[rows_buffer].get(), s));
   mark_stage(2, s);
