@@ -64,6 +64,7 @@ absl::StatusOr<std::unique_ptr<Backend>> NewCudaBackend(const BackendOptions& op
   args.transform = options.transform;
   args.fp8_activations = options.activation_precision == ActivationPrecision::kFp8;
   args.output_workspace_bytes = options.gpu_output_workspace_bytes;
+  args.fp8_gemm = options.gpu_fp8_gemm;
   args.host_threads = options.cpu_threads;
   args.source = &source;
   args.quantize = quantize;

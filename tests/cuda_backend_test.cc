@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
+#include <ostream>
 #include <random>
 #include <set>
 #include <string>
@@ -24,10 +25,11 @@ namespace lmhead {
 namespace {
 
 // Batches of up to kCudaGemvMaxRows rows run the FP8 GEMV (fp16 hi + lo activations up to
-// kCudaGemvExactRows rows, one fp16 each above): they must match an fp32 sum over the same FP8
-// weights and the activations the GEMV multiplies to the 1e-3.
+// kCudaGemvExactRows rows, one fp16 each above), and larger ones with bf16-level activations the
+// FP8 GEMM (one fp16 each; Hopper, which the GPU machines these tests run on are): they must match
+// an fp32 sum over the same FP8 weights and the activations the kernels multiply to the 1e-3.
 constexpr double kGemvTolerance = 1e-3;
-// Larger batches run cuBLASLt's FP8 GEMM over FP8 high + residual activations; there an absolute
+// Otherwise larger batches run cuBLASLt's FP8 GEMM over FP8 high + residual activations; there an absolute
 // tolerance plus a part relative to the magnitudes involved: on an H100 cuBLASLt differed from an
 // fp32 CPU sum over the very same FP8 operands by up to ~4e-3 at |logit| ~ 5 (1e-3 to 1.7e-3 at
 // |logit| ~ 0.2 to 1), for hidden sizes 256 and 1024 but not 136 (see gpu_bench_results.md).
@@ -67,10 +69,11 @@ void ExpectSkippable(const absl::Status& status) {
 
 // output_workspace_bytes: 0 = the default.
 std::unique_ptr<Backend> CudaOrSkip(HeadWeights w, LogitTransform t, ActivationPrecision precision,
-                                    std::string* skip, int64_t output_workspace_bytes = 0) {
+                                    std::string* skip, int64_t output_workspace_bytes = 0, bool fp8_gemm = true) {
   BackendOptions o = CudaOptions();
   o.transform = t;
   o.activation_precision = precision;
+  o.gpu_fp8_gemm = fp8_gemm;
   if (output_workspace_bytes > 0) o.gpu_output_workspace_bytes = output_workspace_bytes;
   auto b = NewBackend(o, std::move(w));
   if (!b.ok()) {
@@ -84,12 +87,18 @@ std::unique_ptr<Backend> CudaOrSkip(HeadWeights w, LogitTransform t, ActivationP
 // The activations the GPU actually multiplies, rebuilt on the CPU with the same rounding. The
 // CPU backend fed these must agree to ~fp32 rounding.
 // - GEMV, up to kCudaGemvExactRows rows: x itself (hi + lo keep it to ~2^-22).
-// - GEMV, more rows: fp16(x * s) / s with s = 2^(14 - e), max|x| = m * 2^e, m in [0.5, 1).
+// - GEMV, more rows, and the FP8 GEMM: fp16(x * s) / s with s = 2^(14 - e), max|x| = m * 2^e,
+//   m in [0.5, 1).
 // - cuBLASLt: per-row scale amax/448, E4M3 round-to-nearest-even of x/scale, and (bf16
 //   precision) an E4M3 residual row with its own scale.
 // The path is that of a batch (or slice) of `batch_rows` rows (default: `rows`).
+bool RunsOnFp8Kernels(int64_t batch_rows, ActivationPrecision precision, bool fp8_gemm) {
+  return batch_rows <= kCudaGemvMaxRows || (fp8_gemm && precision == ActivationPrecision::kBf16);
+}
+
 std::vector<float> GpuEffectiveActivations(const std::vector<float>& x, int64_t rows, int64_t hidden,
-                                           ActivationPrecision precision, int64_t batch_rows = -1) {
+                                           ActivationPrecision precision, int64_t batch_rows = -1,
+                                           bool fp8_gemm = true) {
   if (batch_rows < 0) batch_rows = rows;
   if (batch_rows <= kCudaGemvExactRows) return x;
   std::vector<float> out(x.size());
@@ -97,7 +106,7 @@ std::vector<float> GpuEffectiveActivations(const std::vector<float>& x, int64_t 
     const float* row = x.data() + r * hidden;
     float amax = 0;
     for (int64_t i = 0; i < hidden; ++i) amax = std::max(amax, std::fabs(row[i]));
-    if (batch_rows <= kCudaGemvMaxRows) {
+    if (RunsOnFp8Kernels(batch_rows, precision, fp8_gemm)) {
       int e = 14;
       if (amax > 0) std::frexp(amax, &e);
       const float s = std::ldexp(1.0f, 14 - e);
@@ -204,15 +213,16 @@ TEST_P(CudaConformanceTest, MatchesCpuBackendOnTheSameFp8Weights) {
   // Accuracy against exact (fp32) activations, as rms(logit error) / rms(logit): bf16-level for
   // the high + residual split, per-token FP8 otherwise.
   const double max_rel_rms = s.precision == ActivationPrecision::kBf16 ? 2e-3 : 5e-2;
-  // Squared logit errors and squared logits by path: GEMV hi + lo, GEMV single fp16, cuBLASLt.
+  // Squared logit errors and squared logits by path: GEMV hi + lo, single fp16 (GEMV or FP8 GEMM),
+  // cuBLASLt.
   enum Path { kExact, kHalf, kLt };
   double err2[3] = {}, ref2[3] = {};
 
   std::mt19937_64 rng(seed);
   const std::vector<int64_t> batches =
-      s.large ? std::vector<int64_t>{1, 7, 16, 32, 48} : std::vector<int64_t>{1, 7, 9, 16, 20, 32, 33, 64, 300};
+      s.large ? std::vector<int64_t>{1, 7, 16, 32, 48, 200} : std::vector<int64_t>{1, 7, 9, 16, 20, 32, 33, 64, 65, 300};
   for (int64_t rows : batches) {
-    const bool gemv = rows <= kCudaGemvMaxRows;
+    const bool gemv = RunsOnFp8Kernels(rows, s.precision, /*fp8_gemm=*/true);
     const Path path = rows <= kCudaGemvExactRows ? kExact : gemv ? kHalf : kLt;
     auto Tol = [gemv](double a, double b = 0) {
       return gemv ? kGemvTolerance : kAbsTolerance + kRelTolerance * (std::fabs(a) + std::fabs(b));
@@ -267,10 +277,10 @@ TEST_P(CudaConformanceTest, MatchesCpuBackendOnTheSameFp8Weights) {
   const double rel_rms[3] = {std::sqrt(err2[kExact] / ref2[kExact]), std::sqrt(err2[kHalf] / ref2[kHalf]),
                              ref2[kLt] > 0 ? std::sqrt(err2[kLt] / ref2[kLt]) : 0.0};
   std::printf("[ accuracy ] %lldx%lld: rms logit error / rms logit vs exact fp32: GEMV hi+lo (B <= %lld) %.3g, "
-              "GEMV fp16 (B <= %lld) %.3g",
+              "fp16 (GEMV up to B = %lld%s) %.3g",
               static_cast<long long>(s.vocab), static_cast<long long>(s.hidden),
               static_cast<long long>(kCudaGemvExactRows), rel_rms[kExact], static_cast<long long>(kCudaGemvMaxRows),
-              rel_rms[kHalf]);
+              s.precision == ActivationPrecision::kBf16 ? ", FP8 GEMM above" : "", rel_rms[kHalf]);
   EXPECT_LE(rel_rms[kExact], 1e-5);
   EXPECT_LE(rel_rms[kHalf], 3e-4);
   if (ref2[kLt] > 0) {
@@ -484,14 +494,23 @@ TEST_P(CudaConformanceTest, SamplingMatchesTheCpuReference) {
 
 // A batch larger than the output workspace runs in slices, each enqueued while the host reads the
 // previous one's results (slots, rows staged through pinned memory, copies on a second stream).
-// 400 rows in 5 slices of 80 (cuBLASLt) or 7 of at most 64 (the GEMV, which reads the staged rows
-// over PCIe) must give what the CPU backend gives: argmax-only calls (the epilogue leaves the raw
-// products unwritten and finishes the token logits from them), mixed top-k / full-logit rows, and
-// sampled rows; an overflowing row fails the call without harming the next one.
-class SlicedBatchTest : public ::testing::TestWithParam<int64_t> {};
+// 400 rows in 5 slices of 80 (cuBLASLt), 7 of at most 64 (the GEMV, which reads the staged rows
+// over PCIe) or 3 of 128 and one of 16 (bf16 activations: the FP8 GEMM, then the GEMV; fp8
+// activations: 3 cuBLASLt slices of 112, then a GEMV one of 64) must give what the CPU backend gives: argmax-only calls (the epilogue
+// leaves the raw products unwritten and finishes the token logits from them), mixed top-k /
+// full-logit rows, and sampled rows; an overflowing row fails the call without harming the next one.
+struct Slicing {
+  int64_t rows;
+  bool fp8_gemm;
+};
+
+void PrintTo(const Slicing& s, std::ostream* os) { *os << s.rows << " rows" << (s.fp8_gemm ? ", FP8 GEMM" : ""); }
+
+class SlicedBatchTest : public ::testing::TestWithParam<Slicing> {};
 
 TEST_P(SlicedBatchTest, MatchesTheCpuBackend) {
-  const int64_t vocab = 4096, hidden = 256, rows = 400, slice_rows = GetParam();
+  const int64_t vocab = 4096, hidden = 256, rows = 400, slice_rows = GetParam().rows;
+  const bool fp8_gemm = GetParam().fp8_gemm;
   std::random_device seed_source;
   const uint64_t seed = (uint64_t{seed_source()} << 32) | seed_source();
   SCOPED_TRACE(::testing::Message() << "seed " << seed);
@@ -502,9 +521,10 @@ TEST_P(SlicedBatchTest, MatchesTheCpuBackend) {
   std::mt19937_64 rng(seed);
   for (ActivationPrecision precision : {ActivationPrecision::kBf16, ActivationPrecision::kFp8}) {
     SCOPED_TRACE(precision == ActivationPrecision::kBf16 ? "bf16 activations" : "fp8 activations");
-    const int64_t gemm_rows_per_row = precision == ActivationPrecision::kBf16 ? 2 : 1;
+    // Output rows per batch row: two (high + residual) on cuBLASLt with bf16 activations.
+    const int64_t gemm_rows_per_row = precision == ActivationPrecision::kBf16 && !fp8_gemm ? 2 : 1;
     std::string skip;
-    auto gpu = CudaOrSkip(head, {}, precision, &skip, slice_rows * vocab * 4 * gemm_rows_per_row);
+    auto gpu = CudaOrSkip(head, {}, precision, &skip, slice_rows * vocab * 4 * gemm_rows_per_row, fp8_gemm);
     if (gpu == nullptr) GTEST_SKIP() << "no CUDA backend here: " << skip;
     EXPECT_EQ(gpu->InputBuffer(rows), nullptr) << "a batch of several slices has no input buffer";
     ASSERT_NE(gpu->InputBuffer(slice_rows), nullptr);
@@ -512,7 +532,18 @@ TEST_P(SlicedBatchTest, MatchesTheCpuBackend) {
     std::normal_distribution<float> normal(0.0f, 1.0f);
     std::vector<float> x(rows * hidden);
     for (float& v : x) v = normal(rng);
-    const std::vector<float> x_gpu = GpuEffectiveActivations(x, rows, hidden, precision, slice_rows);
+    // The activations each slice's path multiplies. The backend cuts `rows` into equal slices of
+    // whole tiles (128 rows) for the FP8 GEMM, else of multiples of 16 rows.
+    const int64_t granule = precision == ActivationPrecision::kBf16 && fp8_gemm ? 128 : 16;
+    const int64_t slices = (rows + slice_rows - 1) / slice_rows;
+    const int64_t per = std::min(slice_rows, ((rows + slices - 1) / slices + granule - 1) / granule * granule);
+    std::vector<float> x_gpu;
+    for (int64_t start = 0; start < rows; start += per) {
+      const int64_t n = std::min(per, rows - start);
+      const std::vector<float> part(x.begin() + start * hidden, x.begin() + (start + n) * hidden);
+      const std::vector<float> effective = GpuEffectiveActivations(part, n, hidden, precision, n, fp8_gemm);
+      x_gpu.insert(x_gpu.end(), effective.begin(), effective.end());
+    }
     const std::vector<uint32_t> ids = {0, static_cast<uint32_t>(vocab - 1), static_cast<uint32_t>(rng() % vocab)};
     for (int kind = 0; kind < 3; ++kind) {
       SCOPED_TRACE(::testing::Message() << "kind " << kind);
@@ -564,10 +595,13 @@ TEST_P(SlicedBatchTest, MatchesTheCpuBackend) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(SliceRows, SlicedBatchTest, ::testing::Values(int64_t{64}, int64_t{80}),
-                         [](const ::testing::TestParamInfo<int64_t>& info) {
-                           return info.param <= kCudaGemvMaxRows ? "GemvSlicesOf" + std::to_string(info.param)
-                                                                 : "CublasLtSlicesOf" + std::to_string(info.param);
+INSTANTIATE_TEST_SUITE_P(SliceRows, SlicedBatchTest,
+                         ::testing::Values(Slicing{64, false}, Slicing{80, false}, Slicing{128, true}),
+                         [](const ::testing::TestParamInfo<Slicing>& info) {
+                           const std::string rows = std::to_string(info.param.rows);
+                           return info.param.rows <= kCudaGemvMaxRows ? "GemvSlicesOf" + rows
+                                  : info.param.fp8_gemm             ? "Fp8GemmSlicesOf" + rows
+                                                                    : "CublasLtSlicesOf" + rows;
                          });
 
 }  // namespace

@@ -9,9 +9,9 @@
 //                                          the logits like a trained model's, most far below the max)
 //
 // lmhead columns are end-to-end ComputeLogits calls (host fp32 rows in, host results out,
-// synchronised), median of repeated calls; for batches the FP8 GEMV takes, also the same call with
-// the GEMV off (cuBLASLt) and the GEMV kernel alone. Baseline columns time the GEMM alone with
-// CUDA events.
+// synchronised), median of repeated calls; also the same call with lmhead's FP8 kernels off
+// (cuBLASLt) and lmhead's FP8 kernel alone (the GEMV, or above its rows the FP8 GEMM). Baseline
+// columns time the GEMM alone with CUDA events.
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
 
@@ -158,7 +158,7 @@ Head MakeHead(int64_t vocab, int64_t hidden) {
 // profile: record per-stage GPU times (costs a few microseconds per call, so the timed backends
 // run without it and a separate one reports the stages).
 std::unique_ptr<lmhead::Backend> MakeBackend(const Head& h, bool fp8_activations, int64_t gemv_max_rows,
-                                             bool profile = false) {
+                                             bool profile = false, bool fp8_gemm = true) {
   lmhead::HeadWeights w;
   w.vocab = h.vocab;
   w.hidden = h.hidden;
@@ -167,6 +167,7 @@ std::unique_ptr<lmhead::Backend> MakeBackend(const Head& h, bool fp8_activations
   lmhead::CudaModuleArgs args;
   args.fp8_activations = fp8_activations;
   args.gemv_max_rows = gemv_max_rows;
+  args.fp8_gemm = fp8_gemm;
   args.profile_stages = profile;
   args.host_threads = static_cast<int>(std::thread::hardware_concurrency());  // as the server passes --threads
   const lmhead::HeadSource source = lmhead::SourceOf(w);
@@ -247,18 +248,21 @@ int main(int argc, char** argv) {
         "logprobs; `rows in input buffer` = the argmax call with the rows already in the backend's pinned "
         "input buffer, where the server's batcher assembles them. B <= " << lmhead::cuda::GemvMaxRows()
      << " runs lmhead's FP8 GEMV in both modes (fp16 hi + lo activations up to 8 rows, one fp16 above; "
-        "mma.sync up to 4 rows, then wgmma with TMA-fed shared memory, N = 16, 32 or 64); `lt` = the same call with the GEMV off (cuBLASLt FP8 over FP8 high + residual "
-        "activation rows). Above that `bf16 act` = cuBLASLt FP8 over high + residual rows (default), `fp8 act` "
-        "= one FP8 row per token. `GEMV kernel` = the GEMV kernel alone (CUDA events; for B <= 4 it includes "
-        "the epilogue's first pass: logits and per-block max / argmax / sum of exp). "
+        "mma.sync up to 4 rows, then wgmma with TMA-fed shared memory, N = 16, 32 or 64). Above that `bf16 act` "
+        "(the default) runs lmhead's FP8 GEMM (the same wgmma kernel over tiles of 128 rows, one fp16 per "
+        "activation, the epilogue's first pass on its accumulators) and `fp8 act` cuBLASLt FP8 over one FP8 row "
+        "per token. `lt` = the bf16-act call with lmhead's kernels off: cuBLASLt FP8 over FP8 high + residual "
+        "activation rows. `kernel` = lmhead's FP8 kernel alone (CUDA events): the GEMV (for B <= 4 it includes "
+        "the epilogue's first pass: logits and per-block max / argmax / sum of exp), above that the FP8 GEMM "
+        "(per-block statistics, no logits written). "
         "Baselines are the GEMM alone (CUDA events): cuBLASLt BF16 (BF16 weights), cuBLASLt FP8 tensor-wise "
         "(FP8 weights and activations, no scales), and the seed (upcast FP8 -> BF16 every call, then BF16 GEMM). "
         "Byte floor = (FP8 weights + scales + fp32 inputs) / copy bandwidth (the issue's definition); read floor = "
         "FP8 weights / the rate of a plain read-only kernel over them; compute floor = 2*B*V*H / FP8 rate.\n\n"
      << "| shape | B | lmhead bf16 act argmax | lmhead argmax, rows in input buffer | lmhead bf16 act top20 | "
         "lmhead fp8 act argmax | lmhead lt argmax | "
-        "GEMV kernel | cuBLASLt BF16 | cuBLASLt FP8 tensor-wise | seed upcast+BF16 | byte floor | read floor | "
-        "compute floor | lmhead/floor | GEMV/floor | lmhead/BF16 |\n"
+        "kernel | cuBLASLt BF16 | cuBLASLt FP8 tensor-wise | seed upcast+BF16 | byte floor | read floor | "
+        "compute floor | lmhead/floor | kernel/floor | lmhead/BF16 |\n"
      << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   std::printf("%s", md.str().c_str());
 
@@ -274,7 +278,7 @@ int main(int argc, char** argv) {
     Head head = MakeHead(vocab, hidden);
     auto split = MakeBackend(head, false, lmhead::kCudaGemvMaxRows);
     auto fp8act = MakeBackend(head, true, lmhead::kCudaGemvMaxRows);
-    auto lt_only = MakeBackend(head, false, 0);
+    auto lt_only = MakeBackend(head, false, 0, /*profile=*/false, /*fp8_gemm=*/false);
     auto profiled = MakeBackend(head, false, lmhead::kCudaGemvMaxRows, /*profile=*/true);
     DeviceBuffer<uint8_t> w8, w16, up16, act;
     DeviceBuffer<float> scales, d;
@@ -353,17 +357,33 @@ int main(int argc, char** argv) {
       const std::string stages_split = profiled->TakeStageTimings();
       TimeHost(reps, [&] { call(*profiled, top_specs); });
       const std::string stages_top = profiled->TakeStageTimings();
-      double t_lt = NAN, t_gemv = NAN;
-      if (b <= lmhead::cuda::GemvMaxRows()) {
-        t_lt = TimeHost(reps, [&] { call(*lt_only, argmax_specs); });
+      const double t_lt = TimeHost(reps, [&] { call(*lt_only, argmax_specs); });
+      double t_gemv = NAN;
+      const bool gemm = b > lmhead::cuda::GemvMaxRows();
+      if (!gemm || lmhead::cuda::Fp8GemmAvailable()) {
         CHECK_OK(x_dev.Allocate(b * hidden));
         CHECK_CUDA(cudaMemcpy(x_dev.get(), x.data(), x.size() * 4, cudaMemcpyHostToDevice));
+        if (gemm) {  // room for every tile and statistic of the batch
+          const int64_t tiles = (b + lmhead::cuda::kGemmTileRows - 1) / lmhead::cuda::kGemmTileRows;
+          CHECK_OK(gemv_act.Allocate(tiles * lmhead::cuda::kGemmTileRows * lmhead::cuda::GemvActivationStride(hidden)));
+          CHECK_CUDA(cudaMemset(gemv_act.get(), 0, gemv_act.bytes()));
+          CHECK_OK(gemv_scales.Allocate(b));
+          for (DeviceBuffer<float>* part : {&part_max, &part_sum}) {
+            CHECK_OK(part->Allocate(b * lmhead::cuda::Fp8GemmPartials(vocab)));
+          }
+          CHECK_OK(part_arg.Allocate(b * lmhead::cuda::Fp8GemmPartials(vocab)));
+          gemv_epilogue.act_scales = gemv_scales.get();
+          gemv_epilogue.part_max = part_max.get();
+          gemv_epilogue.part_arg = part_arg.get();
+          gemv_epilogue.part_sum = part_sum.get();
+        }
         CHECK_CUDA(lmhead::cuda::LaunchGemvActivations(x_dev.get(), b, hidden, hidden, gemv_act.get(),
                                                        gemv_scales.get(), stream));
         gemv_epilogue.raw = d.get();
         gemv_epilogue.rows = b;
         t_gemv = TimeDevice(stream, reps, [&] {
-          CHECK_CUDA(lmhead::cuda::LaunchFp8Gemv(gemv_weights, gemv_act.get(), gemv_epilogue, stream));
+          CHECK_CUDA(gemm ? lmhead::cuda::LaunchFp8Gemm(gemv_weights, gemv_act.get(), gemv_epilogue, stream)
+                          : lmhead::cuda::LaunchFp8Gemv(gemv_weights, gemv_act.get(), gemv_epilogue, stream));
         });
       }
       std::fprintf(stderr, "stages %s B=%lld bf16-act argmax: %s\nstages %s B=%lld bf16-act top20: %s\n",

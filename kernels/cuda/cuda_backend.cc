@@ -156,6 +156,7 @@ class CudaBackend final : public Backend {
   int device_ = 0;
   bool fp8_ = true;         // FP8 weights (else BF16)
   bool split_ = true;       // FP8 activations as high + residual rows (cuBLASLt slices)
+  bool gemm_fp8_ = false;   // slices above kGemvMaxRows rows run LaunchFp8Gemm instead of cuBLASLt
   int64_t gemv_max_rows_ = 0;  // slices up to this many rows run the FP8 GEMV
   ScaleMode scale_mode_ = ScaleMode::kPerRow;
   LogitTransform transform_;
@@ -176,8 +177,10 @@ class CudaBackend final : public Backend {
   DeviceBuffer<uint8_t> act_;         // [n_pad, hidden_pad] E4M3 or bf16
   DeviceBuffer<float> act_scales_;    // [n_pad]
   GemvWeights gemv_weights_;          // weights_ as the GEMV reads them
-  DeviceBuffer<__half> gemv_act_;     // [kGemvPlaneRows, GemvActivationStride] planes
-  DeviceBuffer<float> gemv_scales_;   // [gemv_max_rows] 1 / activation scale
+  // The GEMV's and the FP8 GEMM's activations: [max(kGemvPlaneRows, slice_rows_),
+  // GemvActivationStride] planes, and 1 / activation scale per row.
+  DeviceBuffer<__half> gemv_act_;
+  DeviceBuffer<float> gemv_scales_;
   DeviceBuffer<float> raw_;           // [n_pad, vocab_pad]
   DeviceBuffer<float> part_max_, part_sum_;
   DeviceBuffer<int32_t> part_arg_;
@@ -306,10 +309,17 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
   RETURN_IF_ERROR(UploadWeights(src, args.quantize));
   ASSIGN_OR_RETURN(gemm_, LtGemm::Create(fp8_ ? CUDA_R_8F_E4M3 : CUDA_R_16BF, vocab_pad_, hidden_pad_, 32u << 20));
 
-  // Rows per slice: as many as the output workspace holds (GEMM rows = 2 per row when split).
-  const int64_t per_row = vocab_pad_ * sizeof(float) * (split_ ? 2 : 1);
-  slice_rows_ = std::clamp<int64_t>(args.output_workspace_bytes / per_row / 16 * 16, 16, 4096);
-  const int64_t n_pad = LtGemm::PadRows(split_ ? 2 * slice_rows_ : slice_rows_);
+  if (fp8_) CUDA_RETURN_IF_ERROR(PrepareFp8Gemv());
+  gemm_fp8_ = split_ && args.fp8_gemm && Fp8GemmAvailable();
+  // Rows per slice: as many as the output workspace holds (GEMM rows = 2 per row when split; the
+  // FP8 GEMM's slices are whole tiles of kGemmTileRows).
+  const int64_t per_row = vocab_pad_ * sizeof(float) * (split_ && !gemm_fp8_ ? 2 : 1);
+  const int64_t granule = gemm_fp8_ ? kGemmTileRows : 16;
+  slice_rows_ = std::clamp<int64_t>(args.output_workspace_bytes / per_row / granule * granule, granule, 4096);
+  // Rows a cuBLASLt slice may have (with the FP8 GEMM, only batches of up to kGemvMaxRows rows the
+  // GEMV does not take), and its padded GEMM rows.
+  const int64_t lt_rows = gemm_fp8_ ? std::min(slice_rows_, kGemvMaxRows) : slice_rows_;
+  const int64_t n_pad = LtGemm::PadRows(split_ ? 2 * lt_rows : lt_rows);
   const int64_t chunks = PartialChunks(vocab_);
   for (DeviceBuffer<float>& x : x_dev_) RETURN_IF_ERROR(x.Allocate(slice_rows_ * hidden_));
   for (PinnedBuffer<float>& stage : x_host_) RETURN_IF_ERROR(stage.Allocate(slice_rows_ * hidden_));
@@ -319,18 +329,19 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
   // The GEMV reads its rows from pinned memory: x_host_[0] in a graph (one-slice batches), or
   // the slot's staging buffer (several slices, which are always staged).
   static_assert(kGemvMaxRows <= kGraphRows, "one-slice GEMV batches are graph slices");
-  if (gemv_max_rows_ > 0) {
-    CUDA_RETURN_IF_ERROR(PrepareFp8Gemv());
+  if (gemv_max_rows_ > 0 || gemm_fp8_) {
     CUDA_RETURN_IF_ERROR(DescribeGemvWeights(weights_.get(), vocab_pad_, hidden_pad_, &gemv_weights_));
     gemv_max_rows_ = std::min(gemv_max_rows_, GemvMaxRows());
-    RETURN_IF_ERROR(gemv_act_.Allocate(kGemvPlaneRows * GemvActivationStride(hidden_pad_)));
-    // Padding columns stay zero; rows past a batch's stay finite (the GEMV reads them all).
+    const int64_t plane_rows = std::max(kGemvPlaneRows, gemm_fp8_ ? slice_rows_ : 0);
+    RETURN_IF_ERROR(gemv_act_.Allocate(plane_rows * GemvActivationStride(hidden_pad_)));
+    // Padding columns stay zero; rows past a batch's stay finite (the kernels read them all).
     CUDA_RETURN_IF_ERROR(cudaMemset(gemv_act_.get(), 0, gemv_act_.bytes()));
-    RETURN_IF_ERROR(gemv_scales_.Allocate(gemv_max_rows_));
+    RETURN_IF_ERROR(gemv_scales_.Allocate(std::max(gemv_max_rows_, gemm_fp8_ ? slice_rows_ : 0)));
   }
-  RETURN_IF_ERROR(raw_.Allocate(n_pad * vocab_pad_));
-  // Partial statistics: the epilogue's first pass, or the GEMV's per-block ones.
-  const int64_t partials = std::max(slice_rows_ * chunks, gemv_max_rows_ * GemvPartials(vocab_pad_));
+  RETURN_IF_ERROR(raw_.Allocate(std::max(n_pad, slice_rows_) * vocab_pad_));
+  // Partial statistics: the epilogue's first pass, or the GEMV's or the FP8 GEMM's per-block ones.
+  const int64_t partials = std::max({slice_rows_ * chunks, gemv_max_rows_ * GemvPartials(vocab_pad_),
+                                     gemm_fp8_ ? slice_rows_ * Fp8GemmPartials(vocab_pad_) : 0});
   RETURN_IF_ERROR(part_max_.Allocate(partials));
   RETURN_IF_ERROR(part_sum_.Allocate(partials));
   RETURN_IF_ERROR(part_arg_.Allocate(partials));
@@ -349,15 +360,15 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
   std::mt19937 rng(1);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   {
-    std::vector<float> x(slice_rows_ * hidden_);
+    std::vector<float> x(lt_rows * hidden_);
     for (float& v : x) v = normal(rng);
     CUDA_RETURN_IF_ERROR(cudaMemcpy(x_dev_[0].get(), x.data(), x.size() * sizeof(float), cudaMemcpyHostToDevice));
-    CUDA_RETURN_IF_ERROR(LaunchGemmActivations(x_dev_[0].get(), slice_rows_, n_pad, stream_.get()));
+    CUDA_RETURN_IF_ERROR(LaunchGemmActivations(x_dev_[0].get(), lt_rows, n_pad, stream_.get()));
     for (int64_t size : LtGemm::PaddedSizes(n_pad)) {
       RETURN_IF_ERROR(gemm_->Prepare(weights_.get(), act_.get(), size, raw_.get(), stream_.get()));
     }
   }
-  for (int64_t rows : {1, 8, 16, 32, 64}) {
+  for (int64_t rows : {int64_t{1}, int64_t{8}, int64_t{16}, int64_t{32}, int64_t{64}, kGemmTileRows}) {
     if (rows > slice_rows_) break;
     std::vector<float> x(rows * hidden_);
     for (float& v : x) v = normal(rng);
@@ -533,7 +544,8 @@ absl::Status CudaBackend::ComputeLogits(const LogitsBatch& batch, std::vector<Ro
   // the GPU computes the next ones (see Slot); with stage profiling, before the next one is
   // enqueued.
   const int64_t slices = (rows + slice_rows_ - 1) / slice_rows_;
-  const int64_t per = slices == 1 ? rows : std::min(slice_rows_, RoundUp((rows + slices - 1) / slices, 16));
+  const int64_t per =
+      slices == 1 ? rows : std::min(slice_rows_, RoundUp((rows + slices - 1) / slices, gemm_fp8_ ? kGemmTileRows : 16));
   std::deque<int> in_flight;  // slots, oldest first
   absl::Status status;
   for (int64_t start = 0, i = 0; start < rows && status.ok(); start += per, ++i) {
@@ -566,17 +578,20 @@ absl::Status CudaBackend::Enqueue(const float* x_src, int64_t n, const CallShape
     if (!graph) Mark(i, on);  // never inside a capture
   };
   const bool gemv = n <= gemv_max_rows_;  // x_src is pinned then (see Init)
+  const bool fp8_gemm = gemm_fp8_ && n > kGemvMaxRows;
   const ResultLayout layout(n, call.top_k, call.max_ids);
   uint8_t* d = ResultsFor(graph);
   EpilogueParams p;
   p.raw = raw_.get();
   p.ld = vocab_pad_;
-  p.act_scales = gemv ? gemv_scales_.get() : act_scales_.get();
+  p.act_scales = gemv || fp8_gemm ? gemv_scales_.get() : act_scales_.get();
   p.row_scales = fp8_ ? row_scales_.get() : nullptr;
   p.rows = n;
   p.vocab = vocab_;
-  p.split = split_ && !gemv;
-  p.ready_partials = gemv && n <= kGemvFusedRows ? GemvPartials(vocab_pad_) : 0;
+  p.split = split_ && !gemv && !fp8_gemm;
+  p.ready_partials = fp8_gemm                         ? Fp8GemmPartials(vocab_pad_)
+                     : gemv && n <= kGemvFusedRows ? GemvPartials(vocab_pad_)
+                                                    : 0;
   p.logit_scale = transform_.scale;
   p.softcap = transform_.softcap;
   p.keep_logits = call.keep_logits;
@@ -615,6 +630,8 @@ absl::Status CudaBackend::Enqueue(const float* x_src, int64_t n, const CallShape
     mark_stage(0, s);  // no copy: the activation kernel reads the pinned rows
     mark_stage(1, s);
     CUDA_RETURN_IF_ERROR(LaunchGemvActivations(x_src, n, hidden_, hidden_pad_, gemv_act_.get(), gemv_scales_.get(), s));
+  } else if (fp8_gemm) {
+    CUDA_RETURN_IF_ERROR(LaunchGemvActivations(x_dev, n, hidden_, hidden_pad_, gemv_act_.get(), gemv_scales_.get(), s));
   } else {
     CUDA_RETURN_IF_ERROR(LaunchGemmActivations(x_dev, n, n_pad, s));
   }
@@ -622,6 +639,8 @@ absl::Status CudaBackend::Enqueue(const float* x_src, int64_t n, const CallShape
   mark_stage(2, s);
   if (gemv) {
     CUDA_RETURN_IF_ERROR(LaunchFp8Gemv(gemv_weights_, gemv_act_.get(), p, s));
+  } else if (fp8_gemm) {
+    CUDA_RETURN_IF_ERROR(LaunchFp8Gemm(gemv_weights_, gemv_act_.get(), p, s));
   } else {
     RETURN_IF_ERROR(gemm_->Run(weights_.get(), act_.get(), n_pad, raw_.get(), s));
   }

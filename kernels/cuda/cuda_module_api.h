@@ -13,7 +13,7 @@
 
 namespace lmhead {
 
-inline constexpr int kCudaModuleAbi = 5;
+inline constexpr int kCudaModuleAbi = 6;
 // Batches of up to this many rows run the module's FP8 GEMV instead of cuBLASLt (on Hopper; 16 on
 // other GPUs): with fp16 hi + lo activations up to kCudaGemvExactRows rows (~fp32 exact), one fp16
 // per activation above (after a per-row power-of-two scale that puts max |x| in [2^13, 2^14)).
@@ -31,6 +31,10 @@ struct CudaModuleArgs {
   // (per-token scale); false: an E4M3 "high" row plus an E4M3 residual row (bf16-level accuracy,
   // the same weight bytes read once).
   bool fp8_activations = false;
+  // With bf16-level activations (fp8_activations false) on Hopper: batches above kCudaGemvMaxRows
+  // rows run the module's FP8 GEMM (fp16 activations on tensor cores, the epilogue's first pass
+  // fused) instead of cuBLASLt's high + residual rows; false = cuBLASLt (the benchmark compares).
+  bool fp8_gemm = true;
   // FP8 heads: slices of up to this many rows (<= kCudaGemvMaxRows) use the GEMV; 0 = never
   // (cuBLASLt for every batch; the benchmark compares the two).
   int64_t gemv_max_rows = kCudaGemvMaxRows;

@@ -57,6 +57,10 @@ int64_t GemvActivationStride(int64_t hidden_pad);
 // k16 block, one run of k16 blocks per staged chunk). s_b is a power of two that puts
 // max|x_b| in [2^13, 2^14), and inv_scales[b] = 1 / s_b. Only the columns below `hidden`
 // are written: `act` must be zeroed once when allocated.
+// rows > kGemvMaxRows (Hopper, for LaunchFp8Gemm): one plane, tiles of kGemmTileRows rows in the
+// wgmma layout for N = kGemmTileRows, tile i at act + i * kGemmTileRows * GemvActivationStride;
+// act then holds RoundUp(rows, kGemmTileRows) plane rows (zeroed once: the last tile's rows past
+// the batch are multiplied too).
 cudaError_t LaunchGemvActivations(const float* x, int64_t rows, int64_t hidden, int64_t hidden_pad, __half* act,
                                   float* inv_scales, cudaStream_t stream);
 
@@ -74,6 +78,8 @@ inline constexpr int64_t kGemvFusedRows = 4;
 // Partial statistics per batch row the fused GEMV writes (one per block of vocab rows).
 int64_t GemvPartials(int64_t vocab_pad);
 
+// Batch rows per tile of the large-batch GEMM (LaunchFp8Gemm).
+inline constexpr int64_t kGemmTileRows = 128;
 // The head's FP8 codes as the GEMV reads them.
 struct GemvWeights {
   const uint8_t* codes = nullptr;  // [vocab_pad, hidden_pad] E4M3, device memory
@@ -96,6 +102,20 @@ cudaError_t DescribeGemvWeights(const uint8_t* codes, int64_t vocab_pad, int64_t
 // starts streaming weights before it ends).
 // p.rows must be <= GemvMaxRows().
 cudaError_t LaunchFp8Gemv(const GemvWeights& w, const __half* act, const EpilogueParams& p, cudaStream_t stream);
+
+// Large batches (Hopper): the same FP8 x fp16 wgmma product as the GEMV for p.rows >
+// kGemvMaxRows rows in tiles of kGemmTileRows (act from LaunchGemvActivations, p.act_scales its
+// inv_scales), with the epilogue's first pass done on the accumulators: per batch row and block
+// of 256 vocab rows the partial statistic in p.part_* ([rows, Fp8GemmPartials(vocab_pad)]; run
+// the epilogue with ready_partials set to that), and the finished logits in p.raw ([rows, p.ld])
+// only when p.keep_logits or p.max_token_ids > 0 (a later pass reads them). One fp16 per
+// activation is 3x more accurate than the FP8 high + residual pair of the cuBLASLt path and costs
+// the same tensor work as a BF16 GEMM over half the weight bytes, with no raw products written
+// and read back.
+int64_t Fp8GemmPartials(int64_t vocab_pad);
+// Whether LaunchFp8Gemm runs on the device PrepareFp8Gemv saw (Hopper).
+bool Fp8GemmAvailable();
+cudaError_t LaunchFp8Gemm(const GemvWeights& w, const __half* act, const EpilogueParams& p, cudaStream_t stream);
 
 }  // namespace lmhead::cuda
 
