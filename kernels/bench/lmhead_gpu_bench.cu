@@ -252,9 +252,9 @@ int main(int argc, char** argv) {
         "(the default) runs lmhead's FP8 GEMM (the same wgmma kernel over tiles of 128 rows, one fp16 per "
         "activation, the epilogue's first pass on its accumulators) and `fp8 act` cuBLASLt FP8 over one FP8 row "
         "per token. `lt` = the bf16-act call with lmhead's kernels off: cuBLASLt FP8 over FP8 high + residual "
-        "activation rows. `kernel` = lmhead's FP8 kernel alone (CUDA events): the GEMV (for B <= 4 it includes "
-        "the epilogue's first pass: logits and per-block max / argmax / sum of exp), above that the FP8 GEMM "
-        "(per-block statistics, no logits written). "
+        "activation rows. `kernel` = lmhead's FP8 kernel alone (CUDA events) as an argmax call runs it: the GEMV, "
+        "above that the FP8 GEMM, each with the epilogue's first pass (per-block max / argmax / sum of exp; the "
+        "logits are stored only by the mma.sync GEMV, B <= 4). "
         "Baselines are the GEMM alone (CUDA events): cuBLASLt BF16 (BF16 weights), cuBLASLt FP8 tensor-wise "
         "(FP8 weights and activations, no scales), and the seed (upcast FP8 -> BF16 every call, then BF16 GEMM). "
         "Byte floor = (FP8 weights + scales + fp32 inputs) / copy bandwidth (the issue's definition); read floor = "
@@ -308,13 +308,14 @@ int main(int argc, char** argv) {
     CHECK_OK(gemv_scales.Allocate(lmhead::cuda::kGemvMaxRows));
     DeviceBuffer<float> part_max, part_sum;
     DeviceBuffer<int32_t> part_arg;
-    const int64_t partials = lmhead::cuda::kGemvMaxRows * lmhead::cuda::GemvPartials(vocab);
+    const int64_t partials = lmhead::cuda::kGemvMaxRows * lmhead::cuda::GemvMaxPartials(vocab);
     CHECK_OK(part_max.Allocate(partials));
     CHECK_OK(part_sum.Allocate(partials));
     CHECK_OK(part_arg.Allocate(partials));
     lmhead::cuda::GemvWeights gemv_weights;
     CHECK_CUDA(lmhead::cuda::DescribeGemvWeights(w8.get(), vocab, hidden, &gemv_weights));
-    lmhead::cuda::EpilogueParams gemv_epilogue;  // what the GEMV alone reads and writes
+    lmhead::cuda::EpilogueParams gemv_epilogue;  // what the GEMV alone reads and writes (an argmax call)
+    gemv_epilogue.keep_logits = false;
     gemv_epilogue.ld = vocab;
     gemv_epilogue.act_scales = gemv_scales.get();
     gemv_epilogue.row_scales = scales.get();

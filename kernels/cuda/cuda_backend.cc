@@ -60,7 +60,7 @@ class CudaBackend final : public Backend {
                                 part_max_.bytes() + part_sum_.bytes() + part_arg_.bytes() + topk_hist_.bytes() +
                                 topk_cut_.bytes() + topk_candidates_.bytes() + d_results_.bytes() +
                                 d_token_ids_.bytes() + processed_.bytes() + select_scratch_.bytes() + d_sampling_arena_.bytes() +
-                                d_sample_results_.bytes() + gemm_->workspace_bytes());
+                                d_sample_results_.bytes() + (gemm_ != nullptr ? gemm_->workspace_bytes() : 0));
   }
 
   absl::Status Init(const CudaModuleArgs& args);
@@ -168,7 +168,7 @@ class CudaBackend final : public Backend {
   std::unique_ptr<CopyPool> copy_pool_;  // stages rows into pinned memory
   DeviceBuffer<uint8_t> weights_;   // [vocab_pad, hidden_pad] E4M3 codes or bf16
   DeviceBuffer<float> row_scales_;  // [vocab_pad]; empty for bf16
-  std::unique_ptr<LtGemm> gemm_;
+  std::unique_ptr<LtGemm> gemm_;  // null when the GEMV and the FP8 GEMM take every slice
 
   // Device rows of two consecutive slices: [slice, hidden] each. rows_up_[k]: x_dev_[k] holds its
   // slice's rows (copy stream); rows_read_[k]: that slice's activation kernel has read them.
@@ -307,7 +307,6 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
   }
 
   RETURN_IF_ERROR(UploadWeights(src, args.quantize));
-  ASSIGN_OR_RETURN(gemm_, LtGemm::Create(fp8_ ? CUDA_R_8F_E4M3 : CUDA_R_16BF, vocab_pad_, hidden_pad_, 32u << 20));
 
   if (fp8_) CUDA_RETURN_IF_ERROR(PrepareFp8Gemv());
   gemm_fp8_ = split_ && args.fp8_gemm && Fp8GemmAvailable();
@@ -316,22 +315,27 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
   const int64_t per_row = vocab_pad_ * sizeof(float) * (split_ && !gemm_fp8_ ? 2 : 1);
   const int64_t granule = gemm_fp8_ ? kGemmTileRows : 16;
   slice_rows_ = std::clamp<int64_t>(args.output_workspace_bytes / per_row / granule * granule, granule, 4096);
-  // Rows a cuBLASLt slice may have (with the FP8 GEMM, only batches of up to kGemvMaxRows rows the
-  // GEMV does not take), and its padded GEMM rows.
-  const int64_t lt_rows = gemm_fp8_ ? std::min(slice_rows_, kGemvMaxRows) : slice_rows_;
-  const int64_t n_pad = LtGemm::PadRows(split_ ? 2 * lt_rows : lt_rows);
+  gemv_max_rows_ = std::min(gemv_max_rows_, slice_rows_);
+  if (gemv_max_rows_ > 0) gemv_max_rows_ = std::min(gemv_max_rows_, GemvMaxRows());
+  // Rows a cuBLASLt slice may have: those the GEMV and the FP8 GEMM do not take (with both at their
+  // full range, none: no cuBLASLt GEMM, plans or workspace then), and its padded GEMM rows.
+  const int64_t lt_rows = !gemm_fp8_                         ? slice_rows_
+                          : gemv_max_rows_ < kGemvMaxRows ? std::min(slice_rows_, kGemvMaxRows)
+                                                          : 0;
+  const int64_t n_pad = lt_rows > 0 ? LtGemm::PadRows(split_ ? 2 * lt_rows : lt_rows) : 0;
+  if (lt_rows > 0) {
+    ASSIGN_OR_RETURN(gemm_, LtGemm::Create(fp8_ ? CUDA_R_8F_E4M3 : CUDA_R_16BF, vocab_pad_, hidden_pad_, 32u << 20));
+    RETURN_IF_ERROR(act_.Allocate(n_pad * hidden_pad_ * (fp8_ ? 1 : 2)));
+    RETURN_IF_ERROR(act_scales_.Allocate(n_pad));
+  }
   const int64_t chunks = PartialChunks(vocab_);
   for (DeviceBuffer<float>& x : x_dev_) RETURN_IF_ERROR(x.Allocate(slice_rows_ * hidden_));
   for (PinnedBuffer<float>& stage : x_host_) RETURN_IF_ERROR(stage.Allocate(slice_rows_ * hidden_));
-  RETURN_IF_ERROR(act_.Allocate(n_pad * hidden_pad_ * (fp8_ ? 1 : 2)));
-  RETURN_IF_ERROR(act_scales_.Allocate(n_pad));
-  gemv_max_rows_ = std::min(gemv_max_rows_, slice_rows_);
   // The GEMV reads its rows from pinned memory: x_host_[0] in a graph (one-slice batches), or
   // the slot's staging buffer (several slices, which are always staged).
   static_assert(kGemvMaxRows <= kGraphRows, "one-slice GEMV batches are graph slices");
   if (gemv_max_rows_ > 0 || gemm_fp8_) {
     CUDA_RETURN_IF_ERROR(DescribeGemvWeights(weights_.get(), vocab_pad_, hidden_pad_, &gemv_weights_));
-    gemv_max_rows_ = std::min(gemv_max_rows_, GemvMaxRows());
     const int64_t plane_rows = std::max(kGemvPlaneRows, gemm_fp8_ ? slice_rows_ : 0);
     RETURN_IF_ERROR(gemv_act_.Allocate(plane_rows * GemvActivationStride(hidden_pad_)));
     // Padding columns stay zero; rows past a batch's stay finite (the kernels read them all).
@@ -340,7 +344,7 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
   }
   RETURN_IF_ERROR(raw_.Allocate(std::max(n_pad, slice_rows_) * vocab_pad_));
   // Partial statistics: the epilogue's first pass, or the GEMV's or the FP8 GEMM's per-block ones.
-  const int64_t partials = std::max({slice_rows_ * chunks, gemv_max_rows_ * GemvPartials(vocab_pad_),
+  const int64_t partials = std::max({slice_rows_ * chunks, gemv_max_rows_ * GemvMaxPartials(vocab_pad_),
                                      gemm_fp8_ ? slice_rows_ * Fp8GemmPartials(vocab_pad_) : 0});
   RETURN_IF_ERROR(part_max_.Allocate(partials));
   RETURN_IF_ERROR(part_sum_.Allocate(partials));
@@ -359,7 +363,7 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
   // measured on an H100); then a warm-up of the small-batch paths (their graphs).
   std::mt19937 rng(1);
   std::normal_distribution<float> normal(0.0f, 1.0f);
-  {
+  if (lt_rows > 0) {
     std::vector<float> x(lt_rows * hidden_);
     for (float& v : x) v = normal(rng);
     CUDA_RETURN_IF_ERROR(cudaMemcpy(x_dev_[0].get(), x.data(), x.size() * sizeof(float), cudaMemcpyHostToDevice));
@@ -579,6 +583,9 @@ absl::Status CudaBackend::Enqueue(const float* x_src, int64_t n, const CallShape
   };
   const bool gemv = n <= gemv_max_rows_;  // x_src is pinned then (see Init)
   const bool fp8_gemm = gemm_fp8_ && n > kGemvMaxRows;
+  if (!gemv && !fp8_gemm && gemm_ == nullptr) {
+    return absl::InternalError(absl::StrCat("no GEMM path for a slice of ", n, " rows"));
+  }
   const ResultLayout layout(n, call.top_k, call.max_ids);
   uint8_t* d = ResultsFor(graph);
   EpilogueParams p;
@@ -589,9 +596,7 @@ absl::Status CudaBackend::Enqueue(const float* x_src, int64_t n, const CallShape
   p.rows = n;
   p.vocab = vocab_;
   p.split = split_ && !gemv && !fp8_gemm;
-  p.ready_partials = fp8_gemm                         ? Fp8GemmPartials(vocab_pad_)
-                     : gemv && n <= kGemvFusedRows ? GemvPartials(vocab_pad_)
-                                                    : 0;
+  p.ready_partials = fp8_gemm ? Fp8GemmPartials(vocab_pad_) : gemv ? GemvPartials(n, vocab_pad_) : 0;
   p.logit_scale = transform_.scale;
   p.softcap = transform_.softcap;
   p.keep_logits = call.keep_logits;
@@ -683,7 +688,7 @@ absl::Status CudaBackend::EnqueueSlice(const LogitsBatch& batch, int64_t start, 
     auto it = graphs_.find(key);
     if (it == graphs_.end()) {
       if (graphs_.size() >= kMaxGraphs) ClearGraphs();
-      if (n > gemv_max_rows_) {
+      if (n > gemv_max_rows_ && gemm_ != nullptr) {
         const int64_t n_pad = LtGemm::PadRows(split_ ? 2 * n : n);
         RETURN_IF_ERROR(gemm_->Prepare(weights_.get(), act_.get(), n_pad, raw_.get(), s));
       }

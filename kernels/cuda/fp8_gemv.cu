@@ -358,10 +358,10 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
 // - Activations: chunks of kChunk columns, one bulk copy each (issued by thread 0 one chunk ahead;
 //   the activation kernel writes them in the MMAs' shared-memory layout), three buffers; the
 //   block synchronizes once per chunk before a buffer is refilled.
-// The same kernel with N = 128 is the large-batch GEMM (FUSED): batch rows come in tiles of 128
-// (one fp16 plane each), block i computes vocab block i / token_tiles for token tile
-// i % token_tiles -- the blocks that run together share their weight boxes through L2 -- and the
-// epilogue's first pass is done on the accumulators (FinishGemmTile).
+// - The epilogue's first pass is done on the accumulators (StoreWgmmaTile): per batch row one
+//   partial statistic per block, and the finished logits only when a later pass reads them.
+// With N = 128 the same kernel is the large-batch GEMM: batch rows come in tiles of 128 (one fp16
+// plane each), the blocks ordered by BlockTile.
 template <int N>
 struct WgmmaGemvShape {
   static constexpr int kWarps = 16;
@@ -382,27 +382,30 @@ struct WgmmaGemvShape {
   static_assert(kSmemBytes <= 227 * 1024, "fits the H100's shared memory per block");
 };
 
-// The large-batch GEMM's store, after the main loop (every warp's MMAs done: shared memory is
-// free). The block's 256 x 128 logits (vocab rows x batch rows of token tile `token_tile`) are
-// finished (FinishLogit; -inf past the head or the batch) into shared memory, then written to
-// e.raw when write_logits (one warp per batch row: 1 KB runs) and reduced to one partial
-// statistic per batch row (e.part_*[row, vocab block]) by four threads per row. (Reducing them
-// in registers with warp shuffles -- three rounds of Stat combines per batch row -- took as long
-// as the MMAs: 2.1 of 4.1 ms at 131072x5120, B = 1024, H100.)
-struct GemmTileShape {
-  static constexpr int kRows = 256;                // vocab rows per block (16 warps x 16)
-  static constexpr int kColumns = 128;             // batch rows per token tile
-  static constexpr int kStride = kRows + 4;        // floats per column: conflict-free stores
+// The wgmma kernels' store, after the main loop (every warp's MMAs done: shared memory is free).
+// The block's 256 x kColumns logits (vocab rows x batch rows of token tile `token_tile`; with two
+// planes a row's hi and lo columns summed) are finished (FinishLogit; -inf past the head or the
+// batch) into shared memory, then written to e.raw when write_logits (one warp per batch row: 1 KB
+// runs) and reduced to one partial statistic per batch row (e.part_*[row, vocab block]) by
+// kThreadsPerColumn threads per row. (Reducing them in registers with warp shuffles -- three
+// rounds of Stat combines per batch row -- took as long as the MMAs: 2.1 of 4.1 ms at
+// 131072x5120, B = 1024, H100.)
+template <int N, int PLANES>
+struct TileStoreShape {
+  static constexpr int kRows = 256;                    // vocab rows per block (16 warps x 16)
+  static constexpr int kColumns = N / PLANES;          // batch rows per token tile
+  static constexpr int kThreadsPerColumn = 512 / kColumns < 32 ? 512 / kColumns : 32;
+  static constexpr int kStride = kRows + kThreadsPerColumn;  // floats per column: conflict-free reads
   static constexpr int kBytes = (kColumns * kStride + kColumns) * 4;  // the logits, then 1 / scales
 };
 
-__device__ __forceinline__ void FinishGemmTile(const float (&acc)[16][4], int64_t token_tile, int64_t vocab_block,
-                                               int64_t partials, bool write_logits, const EpilogueParams& e,
-                                               float* smem) {
-  using T = GemmTileShape;
+template <int N, int PLANES>
+__device__ __forceinline__ void StoreWgmmaTile(const float (&acc)[N / 8][4], int64_t token_tile, int64_t vocab_block,
+                                           int64_t partials, bool write_logits, const EpilogueParams& e, float* smem) {
+  using T = TileStoreShape<N, PLANES>;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
-  float* logits = smem;                        // [kColumns][kStride]
+  float* logits = smem;                                  // [kColumns][kStride]
   float* inv_scales = smem + T::kColumns * T::kStride;  // [kColumns]
   const int64_t b0 = token_tile * T::kColumns, v0 = vocab_block * T::kRows;
   __syncthreads();  // every warp's MMAs are done with the shared memory reused here
@@ -410,7 +413,8 @@ __device__ __forceinline__ void FinishGemmTile(const float (&acc)[16][4], int64_
     inv_scales[threadIdx.x] = b0 + threadIdx.x < e.rows ? e.act_scales[b0 + threadIdx.x] : 0.0f;
   }
   __syncthreads();
-  // Accumulator d[nt][j] is vocab row 16 warp + g + 8 (j / 2), batch column 8 nt + 2t + j % 2.
+  // Accumulator d[nt][j] is vocab row 16 warp + g + 8 (j / 2), MMA column 8 nt + 2t + j % 2: with
+  // two planes the hi and lo of batch row 4 nt + t, with one batch row 8 nt + 2t + j % 2.
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int r = warp * 16 + g + 8 * half;
@@ -418,13 +422,14 @@ __device__ __forceinline__ void FinishGemmTile(const float (&acc)[16][4], int64_
     const bool in = v < e.vocab;
     const float row_scale = in && e.row_scales != nullptr ? e.row_scales[v] : 1.0f;
 #pragma unroll
-    for (int nt = 0; nt < 16; ++nt) {
+    for (int nt = 0; nt < N / 8; ++nt) {
 #pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int c = 8 * nt + 2 * t + j;
+      for (int j = 0; j < 2 / PLANES; ++j) {
+        const int c = PLANES == 2 ? 4 * nt + t : 8 * nt + 2 * t + j;
+        const float product = PLANES == 2 ? acc[nt][2 * half] + acc[nt][2 * half + 1] : acc[nt][2 * half + j];
         const bool live = in && b0 + c < e.rows;
         logits[c * T::kStride + r] =
-            live ? FinishLogit(acc[nt][2 * half + j] * inv_scales[c], &row_scale, e.logit_scale, e.softcap) : -INFINITY;
+            live ? FinishLogit(product * inv_scales[c], &row_scale, e.logit_scale, e.softcap) : -INFINITY;
       }
     }
   }
@@ -436,24 +441,26 @@ __device__ __forceinline__ void FinishGemmTile(const float (&acc)[16][4], int64_
       for (int r = lane; r < run; r += 32) out[r] = logits[c * T::kStride + r];
     }
   }
-  // Four threads per batch row, thread q taking vocab rows 4i + q (conflict-free loads).
-  const int c = threadIdx.x >> 2, q = threadIdx.x & 3;
+  // kThreadsPerColumn threads per batch row, thread q taking vocab rows q, q + kThreadsPerColumn, ...
+  constexpr int kPer = T::kThreadsPerColumn;
+  const int c = threadIdx.x / kPer, q = threadIdx.x % kPer;
+  if (c >= T::kColumns) return;  // (8 columns: only 256 threads take part)
   const float* column = logits + c * T::kStride;
   float m = -INFINITY;
   int arg = q;
 #pragma unroll 8
-  for (int r = q; r < T::kRows; r += 4) {
+  for (int r = q; r < T::kRows; r += kPer) {
     const float l = column[r];
     if (l > m) m = l, arg = r;  // ascending ids: ties keep the lowest
   }
   float sum = 0.0f;
   if (m != -INFINITY) {
 #pragma unroll 8
-    for (int r = q; r < T::kRows; r += 4) sum += expf(column[r] - m);
+    for (int r = q; r < T::kRows; r += kPer) sum += expf(column[r] - m);
   }
   Stat st{m, static_cast<int32_t>(v0 + arg), sum};
 #pragma unroll
-  for (int offset = 1; offset < 4; offset *= 2) {
+  for (int offset = 1; offset < kPer; offset *= 2) {
     const Stat other{__shfl_xor_sync(0xffffffffu, st.m, offset), __shfl_xor_sync(0xffffffffu, st.a, offset),
                      __shfl_xor_sync(0xffffffffu, st.s, offset)};
     st = Combine(st, other);
@@ -466,13 +473,27 @@ __device__ __forceinline__ void FinishGemmTile(const float (&acc)[16][4], int64_
   }
 }
 
-template <int N, int PLANES, bool FUSED>
+// Block `block` of a grid over token_tiles x vocab_blocks tiles -> its tiles, ordered so that the
+// blocks that run together share their operands in L2: groups of up to kGroup token tiles, and
+// within a group the group's token tiles of one vocab block one after another (each weight box is
+// fetched from memory once per group; the group's activations, 1.3 MB per tile at hidden 5120,
+// stay in L2 over the whole vocab).
+__device__ __forceinline__ void BlockTile(int64_t block, int64_t token_tiles, int64_t vocab_blocks, int64_t* token_tile,
+                                          int64_t* vocab_block) {
+  constexpr int64_t kGroup = 16;
+  const int64_t group = block / (kGroup * vocab_blocks), in_group = block % (kGroup * vocab_blocks);
+  const int64_t width = min(kGroup, token_tiles - group * kGroup);  // the last group may be narrower
+  *vocab_block = in_group / width;
+  *token_tile = group * kGroup + in_group % width;
+}
+
+template <int N, int PLANES>
 __global__ void __launch_bounds__(WgmmaGemvShape<N>::kThreads, 1)
     Fp8GemvWgmmaKernel(const __grid_constant__ CUtensorMap weights, int64_t tiles, int hidden_pad,
                        const __half* __restrict__ act, int64_t act_stride, int token_tiles, bool write_logits,
                        EpilogueParams e) {
   using Shape = WgmmaGemvShape<N>;
-  static_assert(!FUSED || (N == 128 && PLANES == 1), "the fused store is the large-batch GEMM's");
+  static_assert(PLANES == 1 || N == 16, "two planes only for the smallest batches");
   constexpr int kRing = Shape::kRing;
   extern __shared__ uint8_t smem_unaligned[];
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_unaligned) + 1023) & ~uintptr_t{1023});
@@ -483,7 +504,8 @@ __global__ void __launch_bounds__(WgmmaGemvShape<N>::kThreads, 1)
   uint64_t* full = reinterpret_cast<uint64_t*>(chunks_smem + Shape::kBuffers * Shape::kChunkBytes);
   uint64_t* landed = full + Shape::kBuffers + warp * kRing;  // this warp's ring slots
 
-  const int64_t token_tile = blockIdx.x % token_tiles, vocab_block = blockIdx.x / token_tiles;
+  int64_t token_tile, vocab_block;
+  BlockTile(blockIdx.x, token_tiles, gridDim.x / token_tiles, &token_tile, &vocab_block);
   const int64_t tile = vocab_block * Shape::kWarps + warp;
   const bool active = tile < tiles;  // inactive warps still take part in the barriers and wgmma
   const int chunks = (hidden_pad + Shape::kChunk - 1) / Shape::kChunk;
@@ -568,37 +590,11 @@ __global__ void __launch_bounds__(WgmmaGemvShape<N>::kThreads, 1)
 #pragma unroll
     for (int r = 0; r < 4; ++r) PinRegister(acc[nt][r]);
   }
-  LaunchDependents();  // the epilogue may launch; it waits for this grid's products
-  if constexpr (FUSED) {
-    static_assert(GemmTileShape::kBytes <= Shape::kRingBytes + Shape::kBuffers * Shape::kChunkBytes,
-                  "the finished tile fits the ring and the activation buffers");
-    FinishGemmTile(acc, token_tile, vocab_block, gridDim.x / token_tiles, write_logits, e,
-                   reinterpret_cast<float*>(smem));
-    return;
-  }
-  if (!active) return;
-  // d[4i + j] is vocab row g + 8 (j / 2), MMA column 8i + 2t + j % 2: with two planes the hi and lo
-  // of batch row 4i + t (their sum is the product), with one batch row 8i + 2t + j % 2.
-  const int64_t v = tile * 16 + g;
-#pragma unroll
-  for (int nt = 0; nt < N / 8; ++nt) {
-    if constexpr (PLANES == 2) {
-      const int b = 4 * nt + t;
-      if (b < e.rows) {
-        e.raw[b * e.ld + v] = acc[nt][0] + acc[nt][1];
-        e.raw[b * e.ld + v + 8] = acc[nt][2] + acc[nt][3];
-      }
-    } else {
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int b = 8 * nt + 2 * t + j;
-        if (b < e.rows) {
-          e.raw[b * e.ld + v] = acc[nt][j];
-          e.raw[b * e.ld + v + 8] = acc[nt][2 + j];
-        }
-      }
-    }
-  }
+  LaunchDependents();  // the epilogue may launch; it waits for this grid's partial statistics
+  static_assert(TileStoreShape<N, PLANES>::kBytes <= Shape::kRingBytes + Shape::kBuffers * Shape::kChunkBytes,
+                "the finished tile fits the ring and the activation buffers");
+  StoreWgmmaTile<N, PLANES>(acc, token_tile, vocab_block, gridDim.x / token_tiles, write_logits, e,
+                            reinterpret_cast<float*>(smem));
 }
 
 template <typename Kernel>
@@ -611,19 +607,21 @@ cudaError_t Launch(const uint8_t* w, int64_t vocab_pad, int64_t hidden_pad, cons
                    const EpilogueParams& p, cudaStream_t stream) {
   using Shape = GemvShape<NT, PLANES>;
   const int64_t tiles = vocab_pad / 16;
-  const int64_t blocks = (tiles + kWarps - 1) / kWarps;  // GemvPartials
+  const int64_t blocks = (tiles + kWarps - 1) / kWarps;  // GemvMaxPartials
   return LaunchAfterPrevious(Fp8GemvKernel<NT, PLANES>, dim3(static_cast<unsigned>(blocks)), dim3(kWarps * 32),
                              Shape::kSmemBytes, stream, w, tiles, static_cast<int>(hidden_pad), act, stride, p);
 }
 
-// token_tiles tiles of N batch rows; FUSED: the large-batch GEMM (see Fp8GemvWgmmaKernel).
-template <int N, int PLANES, bool FUSED = false>
+// token_tiles tiles of N batch rows (more than one: the large-batch GEMM). The finished logits are
+// stored only when a later pass reads them.
+template <int N, int PLANES>
 cudaError_t LaunchWgmma(const GemvWeights& w, const __half* act, const EpilogueParams& p, cudaStream_t stream,
-                        int64_t token_tiles = 1, bool write_logits = false) {
+                        int64_t token_tiles = 1) {
   using Shape = WgmmaGemvShape<N>;
   const int64_t tiles = w.vocab_pad / 16;
   const int64_t blocks = (tiles + Shape::kWarps - 1) / Shape::kWarps * token_tiles;
-  return LaunchAfterPrevious(Fp8GemvWgmmaKernel<N, PLANES, FUSED>, dim3(static_cast<unsigned>(blocks)),
+  const bool write_logits = p.keep_logits || p.max_token_ids > 0;
+  return LaunchAfterPrevious(Fp8GemvWgmmaKernel<N, PLANES>, dim3(static_cast<unsigned>(blocks)),
                              dim3(Shape::kThreads), Shape::kSmemBytes, stream, w.tensor_map, tiles,
                              static_cast<int>(w.hidden_pad), act, GemvActivationStride(w.hidden_pad),
                              static_cast<int>(token_tiles), write_logits, p);
@@ -665,11 +663,11 @@ cudaError_t PrepareFp8Gemv() {
   err = AllowSmem(Fp8GemvKernel<1, 2>, GemvShape<1, 2>::kSmemBytes);
   if (err == cudaSuccess) err = AllowSmem(Fp8GemvKernel<2, 2>, GemvShape<2, 2>::kSmemBytes);
   if (err == cudaSuccess) err = AllowSmem(Fp8GemvKernel<2, 1>, GemvShape<2, 1>::kSmemBytes);
-  if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<16, 2, false>, WgmmaGemvShape<16>::kSmemBytes);
-  if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<16, 1, false>, WgmmaGemvShape<16>::kSmemBytes);
-  if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<32, 1, false>, WgmmaGemvShape<32>::kSmemBytes);
-  if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<64, 1, false>, WgmmaGemvShape<64>::kSmemBytes);
-  if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<128, 1, true>, WgmmaGemvShape<128>::kSmemBytes);
+  if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<16, 2>, WgmmaGemvShape<16>::kSmemBytes);
+  if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<16, 1>, WgmmaGemvShape<16>::kSmemBytes);
+  if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<32, 1>, WgmmaGemvShape<32>::kSmemBytes);
+  if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<64, 1>, WgmmaGemvShape<64>::kSmemBytes);
+  if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<128, 1>, WgmmaGemvShape<128>::kSmemBytes);
   return err;
 }
 
@@ -697,7 +695,12 @@ cudaError_t DescribeGemvWeights(const uint8_t* codes, int64_t vocab_pad, int64_t
   return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
-int64_t GemvPartials(int64_t vocab_pad) { return (vocab_pad / 16 + kWarps - 1) / kWarps; }
+int64_t GemvMaxPartials(int64_t vocab_pad) { return (vocab_pad / 16 + kWarps - 1) / kWarps; }
+
+int64_t GemvPartials(int64_t rows, int64_t vocab_pad) {
+  if (rows <= kGemvFusedRows) return GemvMaxPartials(vocab_pad);  // the mma.sync GEMV's blocks
+  return WgmmaColumns(rows) > 0 ? Fp8GemmPartials(vocab_pad) : 0;
+}
 
 cudaError_t LaunchFp8Gemv(const GemvWeights& w, const __half* act, const EpilogueParams& p, cudaStream_t stream) {
   if (p.rows <= 0 || p.rows > GemvMaxRows() || w.codes == nullptr) return cudaErrorInvalidValue;
@@ -730,7 +733,7 @@ bool Fp8GemmAvailable() { return g_wgmma; }
 cudaError_t LaunchFp8Gemm(const GemvWeights& w, const __half* act, const EpilogueParams& p, cudaStream_t stream) {
   if (!g_wgmma || p.rows <= kGemvMaxRows || w.codes == nullptr || p.act_scales == nullptr) return cudaErrorInvalidValue;
   const int64_t token_tiles = (p.rows + kGemmTileRows - 1) / kGemmTileRows;
-  return LaunchWgmma<kGemmTileRows, 1, true>(w, act, p, stream, token_tiles, p.keep_logits || p.max_token_ids > 0);
+  return LaunchWgmma<kGemmTileRows, 1>(w, act, p, stream, token_tiles);
 }
 
 }  // namespace lmhead::cuda

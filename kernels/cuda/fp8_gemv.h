@@ -72,11 +72,14 @@ cudaError_t PrepareFp8Gemv();
 // kGemvMmaRows elsewhere.
 int64_t GemvMaxRows();
 
-// Batches of up to this many rows get the epilogue's first pass fused into the GEMV.
+// Batches of up to this many rows run the mma.sync GEMV on Hopper (the others the wgmma GEMV).
 inline constexpr int64_t kGemvFusedRows = 4;
 
-// Partial statistics per batch row the fused GEMV writes (one per block of vocab rows).
-int64_t GemvPartials(int64_t vocab_pad);
+// Partial statistics per batch row (one per block of vocab rows) the GEMV writes for a batch of
+// `rows` rows on the device PrepareFp8Gemv saw; 0 = it writes raw products instead (the mma.sync
+// GEMV above kGemvFusedRows rows, on GPUs other than Hopper). At most GemvMaxPartials.
+int64_t GemvPartials(int64_t rows, int64_t vocab_pad);
+int64_t GemvMaxPartials(int64_t vocab_pad);
 
 // Batch rows per tile of the large-batch GEMM (LaunchFp8Gemm).
 inline constexpr int64_t kGemmTileRows = 128;
@@ -91,13 +94,14 @@ struct GemvWeights {
 // Describes `codes` for LaunchFp8Gemv (after PrepareFp8Gemv; the codes must outlive the result).
 cudaError_t DescribeGemvWeights(const uint8_t* codes, int64_t vocab_pad, int64_t hidden_pad, GemvWeights* out);
 
-// The head times the activation planes for p.rows <= kGemvMaxRows rows, into p.raw ([rows, p.ld]).
-// For up to kGemvFusedRows rows the GEMV also does the epilogue's first pass: p.raw[b, v] =
-// FinishLogit(p.act_scales[b] * sum_k W[v, k] * (hi_b[k] + lo_b[k])) with p.row_scales,
-// p.logit_scale and p.softcap for v < p.vocab, and per-block (max, argmax, sum of exp) in
-// p.part_* ([rows, GemvPartials(vocab_pad)]) -- run the epilogue with ready_partials set. Larger
-// batches get raw products (the sums, unscaled) for the epilogue's first pass, with p.act_scales
-// (the inv_scales of LaunchGemvActivations) as the activation scales.
+// The head times the activation planes for p.rows <= kGemvMaxRows rows. Where GemvPartials(rows)
+// > 0 the GEMV also does the epilogue's first pass: the logits FinishLogit(p.act_scales[b] *
+// sum_k W[v, k] * (hi_b[k] + lo_b[k])) with p.row_scales, p.logit_scale and p.softcap for
+// v < p.vocab, per block (max, argmax, sum of exp) in p.part_* ([rows, GemvPartials]) -- run the
+// epilogue with ready_partials set to that -- and the logits in p.raw ([rows, p.ld]; the wgmma
+// GEMV stores them only when p.keep_logits or p.max_token_ids > 0). Otherwise p.raw gets raw
+// products (the sums, unscaled) for the epilogue's first pass, with p.act_scales (the inv_scales
+// of LaunchGemvActivations) as the activation scales.
 // act: from LaunchGemvActivations for the same rows (the previous kernel on `stream`: the GEMV
 // starts streaming weights before it ends).
 // p.rows must be <= GemvMaxRows().
@@ -108,7 +112,7 @@ cudaError_t LaunchFp8Gemv(const GemvWeights& w, const __half* act, const Epilogu
 // inv_scales), with the epilogue's first pass done on the accumulators: per batch row and block
 // of 256 vocab rows the partial statistic in p.part_* ([rows, Fp8GemmPartials(vocab_pad)]; run
 // the epilogue with ready_partials set to that), and the finished logits in p.raw ([rows, p.ld])
-// only when p.keep_logits or p.max_token_ids > 0 (a later pass reads them). One fp16 per
+// only when p.keep_logits or p.max_token_ids > 0 (a later pass reads them), as the wgmma GEMV. One fp16 per
 // activation is 3x more accurate than the FP8 high + residual pair of the cuBLASLt path and costs
 // the same tensor work as a BF16 GEMM over half the weight bytes, with no raw products written
 // and read back.
