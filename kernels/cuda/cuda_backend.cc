@@ -597,6 +597,7 @@ absl::Status CudaBackend::Enqueue(const float* x_src, int64_t n, const CallShape
   p.vocab = vocab_;
   p.split = split_ && !gemv && !fp8_gemm;
   p.ready_partials = fp8_gemm ? Fp8GemmPartials(vocab_pad_) : gemv ? GemvPartials(n, vocab_pad_) : 0;
+  p.partial_rows = p.ready_partials > 0 ? GemvPartialRows(n) : 0;
   p.logit_scale = transform_.scale;
   p.softcap = transform_.softcap;
   p.keep_logits = call.keep_logits;

@@ -697,6 +697,10 @@ cudaError_t DescribeGemvWeights(const uint8_t* codes, int64_t vocab_pad, int64_t
 
 int64_t GemvMaxPartials(int64_t vocab_pad) { return (vocab_pad / 16 + kWarps - 1) / kWarps; }
 
+int64_t GemvPartialRows(int64_t rows) {
+  return rows <= kGemvFusedRows ? kWarps * 16 : WgmmaGemvShape<kGemmTileRows>::kWarps * 16;
+}
+
 int64_t GemvPartials(int64_t rows, int64_t vocab_pad) {
   if (rows <= kGemvFusedRows) return GemvMaxPartials(vocab_pad);  // the mma.sync GEMV's blocks
   return WgmmaColumns(rows) > 0 ? Fp8GemmPartials(vocab_pad) : 0;

@@ -80,6 +80,8 @@ inline constexpr int64_t kGemvFusedRows = 4;
 // GEMV above kGemvFusedRows rows, on GPUs other than Hopper). At most GemvMaxPartials.
 int64_t GemvPartials(int64_t rows, int64_t vocab_pad);
 int64_t GemvMaxPartials(int64_t vocab_pad);
+// Vocab rows each of those partial statistics covers (as the FP8 GEMM's for rows > kGemvMaxRows).
+int64_t GemvPartialRows(int64_t rows);
 
 // Batch rows per tile of the large-batch GEMM (LaunchFp8Gemm).
 inline constexpr int64_t kGemmTileRows = 128;

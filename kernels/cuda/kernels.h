@@ -46,8 +46,10 @@ struct EpilogueParams {
   int64_t vocab = 0;
   bool split = false;
   // > 0: raw already holds finished logits and part_* this many partial statistics per row
-  // ([rows, ready_partials]; the GEMV computes both), so the first pass is skipped.
+  // ([rows, ready_partials]; the GEMV computes both), so the first pass is skipped. Partial i
+  // covers vocab ids [i * partial_rows, (i + 1) * partial_rows).
   int64_t ready_partials = 0;
+  int64_t partial_rows = 0;
   float logit_scale = 1.0f;
   float softcap = 0.0f;  // 0 = none
   // Outputs. With keep_logits the logits overwrite raw rows [0, rows) in place ([rows, ld], first
