@@ -355,9 +355,8 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
 // shared memory 0.41, TMA 0.235).
 // - Weights: each warp keeps a ring of kRing steps (16 rows x 128 bytes, one tensor-map box with
 //   the 128-byte swizzle), refilled by its lane 0 kRing - 1 steps ahead of the one it multiplies.
-// - Activations: chunks of kChunk columns, one bulk copy each (issued by thread 0 one chunk ahead;
-//   the activation kernel writes them in the MMAs' shared-memory layout), three buffers; the
-//   block synchronizes once per chunk before a buffer is refilled.
+// - Activations: chunks of kChunk columns, one bulk copy each (the activation kernel writes them
+//   in the MMAs' shared-memory layout), three buffers (see kRelease for when they are refilled).
 // - The epilogue's first pass is done on the accumulators (StoreWgmmaTile): per batch row one
 //   partial statistic per block, and the finished logits only when a later pass reads them.
 // With N = 128 the same kernel is the large-batch GEMM: batch rows come in tiles of 128 (one fp16
@@ -519,21 +518,30 @@ __global__ void __launch_bounds__(WgmmaGemvShape<N>::kThreads, 1)
                          static_cast<int>(tile * 16), barrier);
     }
   };
-  auto stage = [&](int chunk) {  // thread 0
+  auto stage = [&](int chunk) {  // one thread
     const int buffer = chunk % Shape::kBuffers;
     BulkCopyToShared(chunks_smem + buffer * Shape::kChunkBytes, act + static_cast<int64_t>(chunk) * N * Shape::kChunk,
                      Shape::kChunkBytes, &full[buffer]);
   };
 
+  // The large-batch GEMM refills each activation buffer as soon as the last warp is done with the
+  // chunk it held (no block-wide barrier: one per chunk measured 6-15% slower at B = 1024, H100);
+  // the GEMV sizes synchronize the block once per chunk and stage one chunk ahead (the release
+  // scheme measured 1-2% slower there).
+  constexpr bool kRelease = N == kGemmTileRows;
+  __shared__ int released[Shape::kBuffers];  // warps done with the chunks each buffer held (kWarps per chunk)
+  if (threadIdx.x < Shape::kBuffers) released[threadIdx.x] = 0;
   if (threadIdx.x == 0) {
     for (int i = 0; i < Shape::kBarriers; ++i) BarrierInit(&full[i], 1);
   }
-  __syncthreads();  // the barriers are initialized
+  __syncthreads();  // the barriers and counters are initialized
   if (lane == 0) {
     for (int s = 0; s < kRing - 1; ++s) fetch(s);
   }
   WaitForPrerequisites();  // the activations (written by the previous kernel)
-  if (threadIdx.x == 0) stage(0);
+  if (threadIdx.x == 0) {
+    for (int c = 0; c < (kRelease ? Shape::kBuffers : 1) && c < chunks; ++c) stage(c);
+  }
 
   float acc[N / 8][4];
 #pragma unroll
@@ -542,7 +550,7 @@ __global__ void __launch_bounds__(WgmmaGemvShape<N>::kThreads, 1)
   uint32_t a_sets[kSets][4] = {};
 
   for (int c = 0; c < chunks; ++c) {
-    if (threadIdx.x == 0 && c + 1 < chunks) stage(c + 1);  // its buffer's chunk c - 2 is done (barrier below)
+    if (!kRelease && threadIdx.x == 0 && c + 1 < chunks) stage(c + 1);  // its buffer's chunk c - 2 is done
     BarrierWait(&full[c % Shape::kBuffers], (c / Shape::kBuffers) & 1);
     const uint8_t* buffer = chunks_smem + (c % Shape::kBuffers) * Shape::kChunkBytes;
 #pragma unroll
@@ -580,9 +588,21 @@ __global__ void __launch_bounds__(WgmmaGemvShape<N>::kThreads, 1)
         WgmmaCommit();
       }
     }
-    // Every warp has issued chunk c's MMAs (at most kSets - 1 of them still run), so chunk c - 1's
-    // are done and the next iteration may stage chunk c + 2 into its buffer.
-    __syncthreads();
+    // This warp has issued chunk c's MMAs (at most kSets - 1 of them still run), so its warpgroup's
+    // MMAs of chunk c - 1 are done: the last warp to get here refills that buffer with chunk
+    // c - 1 + kBuffers (kRelease), or the block waits for every warp and the next iteration stages
+    // chunk c + 2 into it.
+    if (!kRelease) {
+      __syncthreads();
+    } else if (c >= 1) {
+      __syncwarp();
+      const int buffer = (c - 1) % Shape::kBuffers;
+      const int round = (c - 1) / Shape::kBuffers;
+      if (lane == 0 && atomicAdd(&released[buffer], 1) == Shape::kWarps * (round + 1) - 1 &&
+          c - 1 + Shape::kBuffers < chunks) {
+        stage(c - 1 + Shape::kBuffers);
+      }
+    }
   }
   WgmmaWait<0>();
 #pragma unroll
