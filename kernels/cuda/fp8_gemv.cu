@@ -400,7 +400,8 @@ struct TileStoreShape {
 
 template <int N, int PLANES>
 __device__ __forceinline__ void StoreWgmmaTile(const float (&acc)[N / 8][4], int64_t token_tile, int64_t vocab_block,
-                                           int64_t partials, bool write_logits, const EpilogueParams& e, float* smem) {
+                                               int64_t partials, bool write_logits, const EpilogueParams& e,
+                                               float* smem) {
   using T = TileStoreShape<N, PLANES>;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;

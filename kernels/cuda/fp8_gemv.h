@@ -1,4 +1,5 @@
-// Small-batch head product with FP8 weights and fp16 activations on tensor cores.
+// Head product with FP8 weights and fp16 activations on tensor cores: the small-batch GEMV and,
+// on Hopper, the same kernel as a GEMM for larger batches (LaunchFp8Gemm, at the end).
 //
 // For batches of up to kGemvMaxRows rows the head is a skinny GEMM bound by reading the weights.
 // This path reads every weight byte once, decodes E4M3 to fp16 in registers (exact: every E4M3
@@ -10,9 +11,9 @@
 // - above that: one fp16 value (11 significant bits, relative rounding error <= 2^-11 per
 //   element, finer than bf16's 2^-8), which halves the tensor-core work.
 // mma.sync m16n8k16 with the weights loaded straight into registers takes up to 4 rows on Hopper
-// (with the epilogue's first pass fused) and up to kGemvMmaRows elsewhere; Hopper's warpgroup MMA
-// (wgmma, N = 16, 32 or 64 columns) with the weights and activations brought into shared memory
-// by the copy engine (TMA) takes 5-64 rows.
+// and up to kGemvMmaRows elsewhere; Hopper's warpgroup MMA (wgmma, N = 16, 32 or 64 columns) with
+// the weights and activations brought into shared memory by the copy engine (TMA) takes 5-64
+// rows. On Hopper both do the epilogue's first pass on their products (GemvPartials).
 //
 // Shapes are row-major. Kernels know nothing of the service.
 #ifndef LMHEAD_KERNELS_CUDA_FP8_GEMV_H_
