@@ -29,10 +29,11 @@ namespace {
 // FP8 GEMM (one fp16 each; Hopper, which the GPU machines these tests run on are): they must match
 // an fp32 sum over the same FP8 weights and the activations the kernels multiply to the 1e-3.
 constexpr double kGemvTolerance = 1e-3;
-// Otherwise larger batches run cuBLASLt's FP8 GEMM over FP8 high + residual activations; there an absolute
-// tolerance plus a part relative to the magnitudes involved: on an H100 cuBLASLt differed from an
-// fp32 CPU sum over the very same FP8 operands by up to ~4e-3 at |logit| ~ 5 (1e-3 to 1.7e-3 at
-// |logit| ~ 0.2 to 1), for hidden sizes 256 and 1024 but not 136 (see gpu_bench_results.md).
+// Otherwise larger batches run cuBLASLt's FP8 GEMM over FP8 high + residual activations; there an
+// absolute tolerance plus a part relative to the magnitudes involved: on an H100 cuBLASLt differed
+// from an fp32 CPU sum over the very same FP8 operands by up to ~4e-3 at |logit| ~ 5 (1e-3 to
+// 1.7e-3 at |logit| ~ 0.2 to 1), for hidden sizes 256 and 1024 but not 136 (see
+// gpu_bench_results.md).
 constexpr double kAbsTolerance = 2e-3;
 constexpr double kRelTolerance = 1e-3;
 
@@ -220,7 +221,8 @@ TEST_P(CudaConformanceTest, MatchesCpuBackendOnTheSameFp8Weights) {
 
   std::mt19937_64 rng(seed);
   const std::vector<int64_t> batches =
-      s.large ? std::vector<int64_t>{1, 7, 16, 32, 48, 200} : std::vector<int64_t>{1, 7, 9, 16, 20, 32, 33, 64, 65, 300};
+      s.large ? std::vector<int64_t>{1, 7, 16, 32, 48, 200}
+              : std::vector<int64_t>{1, 7, 9, 16, 20, 32, 33, 64, 65, 300};
   for (int64_t rows : batches) {
     const bool gemv = RunsOnFp8Kernels(rows, s.precision, /*fp8_gemm=*/true);
     const Path path = rows <= kCudaGemvExactRows ? kExact : gemv ? kHalf : kLt;
@@ -496,9 +498,10 @@ TEST_P(CudaConformanceTest, SamplingMatchesTheCpuReference) {
 // previous one's results (slots, rows staged through pinned memory, copies on a second stream).
 // 400 rows in 5 slices of 80 (cuBLASLt), 7 of at most 64 (the GEMV, which reads the staged rows
 // over PCIe) or 3 of 128 and one of 16 (bf16 activations: the FP8 GEMM, then the GEMV; fp8
-// activations: 3 cuBLASLt slices of 112, then a GEMV one of 64) must give what the CPU backend gives: argmax-only calls (the epilogue
-// leaves the raw products unwritten and finishes the token logits from them), mixed top-k /
-// full-logit rows, and sampled rows; an overflowing row fails the call without harming the next one.
+// activations: 3 cuBLASLt slices of 112, then a GEMV one of 64) must give what the CPU backend
+// gives: argmax-only calls (no logits are stored; the token logits come from the raw products or
+// the kernels' own store), mixed top-k / full-logit rows, and sampled rows; an overflowing row
+// fails the call without harming the next one.
 struct Slicing {
   int64_t rows;
   bool fp8_gemm;
