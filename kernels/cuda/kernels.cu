@@ -282,6 +282,21 @@ __host__ __device__ __forceinline__ bool CutAtThreshold(int top_k, int64_t parti
   return top_k > 0 && top_k <= groups && (8 * int64_t{top_k} <= groups || rows >= 128);
 }
 
+// Rank of group_max[me] among the kPartThreads group maxima (in shared memory), ties to the lower
+// index first, so each rank belongs to exactly one thread. Four maxima per 16-byte shared load,
+// many loads in flight (the callers are on the call's critical path).
+__device__ __forceinline__ int GroupRank(const float* group_max, int me) {
+  const float mine = group_max[me];
+  int rank = 0;
+#pragma unroll 16
+  for (int j = 0; j < kPartThreads; j += 4) {
+    const float4 o = *reinterpret_cast<const float4*>(&group_max[j]);
+    rank += (o.x > mine || (o.x == mine && j < me)) + (o.y > mine || (o.y == mine && j + 1 < me)) +
+            (o.z > mine || (o.z == mine && j + 2 < me)) + (o.w > mine || (o.w == mine && j + 3 < me));
+  }
+  return rank;
+}
+
 // Row statistics from the first pass's partials: max, argmax, logsumexp; the requested token
 // logits; and, when a top-k is wanted, the cut for the passes below: a cleared histogram, or the
 // threshold (CutAtThreshold).
@@ -320,20 +335,10 @@ __global__ void RowStatsKernel(EpilogueParams p, int chunks) {
     return;
   }
   __syncthreads();  // the group maxima are in shared memory; the slots are cleared
-  // The group max of rank top_k - 1 (ties: lower thread first) is the threshold. Four maxima per
-  // 16-byte shared load, many loads in flight (this block is on the call's critical path).
-  const float mine = group_max[threadIdx.x];
-  const int me = static_cast<int>(threadIdx.x);
-  int rank = 0;
-#pragma unroll 16
-  for (int j = 0; j < kPartThreads; j += 4) {
-    const float4 o = *reinterpret_cast<const float4*>(&group_max[j]);
-    rank += (o.x > mine || (o.x == mine && j < me)) + (o.y > mine || (o.y == mine && j + 1 < me)) +
-            (o.z > mine || (o.z == mine && j + 2 < me)) + (o.w > mine || (o.w == mine && j + 3 < me));
-  }
-  if (rank == p.top_k - 1) {
+  // The group max of rank top_k - 1 is the threshold.
+  if (GroupRank(group_max, static_cast<int>(threadIdx.x)) == p.top_k - 1) {
     cut[kCutBin] = kCutAtThreshold;
-    cut[kCutThreshold] = __float_as_int(mine);
+    cut[kCutThreshold] = __float_as_int(group_max[threadIdx.x]);
   }
 }
 
@@ -411,6 +416,21 @@ __global__ void HistogramKernel(EpilogueParams p) {
   }
 }
 
+// Orders sh.candidates[0, count) (packed key and id: higher logit first, then lower id) and writes
+// the first top_k as row b's top ids and logits. A candidate's rank is the number of better ones,
+// O(count^2 / threads). Call from all threads after the candidates are in shared memory.
+__device__ __forceinline__ void WriteTopK(const EpilogueParams& p, int64_t b, const FinalShared& sh, int count) {
+  for (int i = threadIdx.x; i < count; i += kFinalThreads) {
+    const uint64_t mine = sh.candidates[i];
+    int rank = 0;
+    for (int j = 0; j < count; ++j) rank += sh.candidates[j] > mine;
+    if (rank < p.top_k) {
+      p.top_ids[b * p.top_k + rank] = static_cast<int32_t>(0xffffffffu - static_cast<uint32_t>(mine));
+      p.top_logits[b * p.top_k + rank] = KeyFloat(static_cast<uint32_t>(mine >> 32));
+    }
+  }
+}
+
 // Whether the row's cut bounds its candidates: a threshold (the count is known only after
 // collecting), or a histogram bin below the last one holding at most kMaxCandidates logits.
 __device__ __forceinline__ bool UseCut(const EpilogueParams& p, int64_t b) {
@@ -476,15 +496,94 @@ __global__ void __launch_bounds__(kFinalThreads) CollectSelectKernel(EpiloguePar
     SelectExact(p, p.raw + b * p.ld, sh);
     candidate_count = p.top_k;
   }
-  for (int i = threadIdx.x; i < candidate_count; i += kFinalThreads) {
-    const uint64_t mine = sh.candidates[i];
-    int rank = 0;
-    for (int j = 0; j < candidate_count; ++j) rank += sh.candidates[j] > mine;
-    if (rank < p.top_k) {
-      p.top_ids[b * p.top_k + rank] = static_cast<int32_t>(0xffffffffu - static_cast<uint32_t>(mine));
-      p.top_logits[b * p.top_k + rank] = KeyFloat(static_cast<uint32_t>(mine >> 32));
+  WriteTopK(p, b, sh, candidate_count);
+}
+
+// Row statistics (as RowStatsKernel) and the top-k in one block per row, for rows whose cut is a
+// threshold over the kernels' own partial statistics (CutAtThreshold, ready_partials with
+// partial_rows): only the vocab ranges whose partial maximum reaches the threshold -- a few dozen
+// per row -- are read, so one block does it and no collect pass over the row is launched (one
+// kernel fewer on the call's critical path). Too many candidates (ties) fall back to the exact
+// select in the same block.
+__global__ void __launch_bounds__(kFinalThreads) RowSelectKernel(EpilogueParams p) {
+  WaitForPrerequisites();  // launched early after the GEMV
+  LaunchDependents();
+  extern __shared__ unsigned char smem_raw[];
+  FinalShared& sh = *reinterpret_cast<FinalShared*>(smem_raw);
+  using Reduce = cub::BlockReduce<Stat, kFinalThreads>;
+  __shared__ typename Reduce::TempStorage temp;
+  __shared__ __align__(16) float group_max[kPartThreads];
+  __shared__ float threshold;
+  const int64_t b = blockIdx.x;
+  const int64_t partials = p.ready_partials;
+  const float* part_max = p.part_max + b * partials;
+  // The first kPartThreads threads reduce the same disjoint sets of partials as RowStatsKernel:
+  // their maxima are the groups the threshold is cut from.
+  Stat st{-FLT_MAX, 0, 0.0f};
+  if (threadIdx.x < kPartThreads) {
+    for (int64_t c = threadIdx.x; c < partials; c += kPartThreads) {
+      st = Combine(st, Stat{part_max[c], p.part_arg[b * partials + c], p.part_sum[b * partials + c]});
+    }
+    group_max[threadIdx.x] = st.s > 0.0f ? st.m : -INFINITY;
+  }
+  const Stat total = Reduce(temp).Reduce(st, CombineOp());
+  if (threadIdx.x == 0) {
+    p.max_logit[b] = total.m;
+    p.argmax[b] = total.a;
+    p.logsumexp[b] = total.m + logf(total.s);
+    sh.count = 0;
+  }
+  const float* logits = p.raw + b * p.ld;  // finished (the kernels store them for a top-k)
+  for (int i = threadIdx.x; i < p.max_token_ids; i += kFinalThreads) {
+    const int32_t id = p.token_ids[b * p.max_token_ids + i];
+    p.token_logits[b * p.max_token_ids + i] = id < 0 ? 0.0f : logits[id];
+  }
+  __syncthreads();  // the group maxima are in shared memory
+  if (threadIdx.x < kPartThreads) {
+    const int rank = GroupRank(group_max, static_cast<int>(threadIdx.x));
+    if (rank == p.top_k - 1) threshold = group_max[threadIdx.x];
+  }
+  __syncthreads();
+  const float cut = threshold;
+  // Warp w takes ranges w + 16 i: lane i checks range w + 16 i's maximum, then the warp reads the
+  // ranges that reach the cut (they hold every candidate), each in one round of loads.
+  constexpr int kWarpsPerBlock = kFinalThreads / 32;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int64_t first = warp; first < partials; first += 32 * kWarpsPerBlock) {
+    const int64_t mine = first + int64_t{lane} * kWarpsPerBlock;
+    uint32_t reach = __ballot_sync(0xffffffffu, mine < partials && part_max[mine] >= cut);
+    while (reach != 0) {
+      const int i = __ffs(reach) - 1;
+      reach &= reach - 1;
+      const int64_t r = first + int64_t{i} * kWarpsPerBlock;
+      const int64_t begin = r * p.partial_rows, end = min(begin + p.partial_rows, p.vocab);
+      for (int64_t v0 = begin; v0 < end; v0 += 8 * 32) {  // up to 8 loads per lane in flight
+        float l[8];
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+          const int64_t v = v0 + k * 32 + lane;
+          l[k] = v < end ? logits[v] : -INFINITY;
+        }
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+          if (!(l[k] >= cut)) continue;
+          const int64_t v = v0 + k * 32 + lane;
+          const int slot = atomicAdd(&sh.count, 1);
+          if (slot < kMaxCandidates) {
+            sh.candidates[slot] = (uint64_t{FloatKey(l[k])} << 32) | (0xffffffffu - static_cast<uint32_t>(v));
+          }
+        }
+      }
     }
   }
+  __syncthreads();
+  int candidate_count = sh.count;
+  if (candidate_count > kMaxCandidates) {
+    __syncthreads();  // every thread has read the count SelectExact resets
+    SelectExact(p, logits, sh);
+    candidate_count = p.top_k;
+  }
+  WriteTopK(p, b, sh, candidate_count);
 }
 
 int Blocks(int64_t count, int threads) {
@@ -518,7 +617,10 @@ cudaError_t LaunchConvertActivationsBf16(const float* x, int64_t rows, int64_t h
 }
 
 cudaError_t PrepareEpilogue() {
-  return cudaFuncSetAttribute(CollectSelectKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  cudaError_t e = cudaFuncSetAttribute(CollectSelectKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(sizeof(FinalShared)));
+  if (e != cudaSuccess) return e;
+  return cudaFuncSetAttribute(RowSelectKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                               static_cast<int>(sizeof(FinalShared)));
 }
 
@@ -533,6 +635,10 @@ cudaError_t LaunchEpilogue(const EpilogueParams& p, cudaStream_t stream) {
     if (e != cudaSuccess) return e;
   }
   const unsigned rows = static_cast<unsigned>(p.rows);
+  if (p.top_k > 0 && p.ready_partials > 0 && p.partial_rows > 0 && CutAtThreshold(p.top_k, p.ready_partials, p.rows)) {
+    e = LaunchAfterPrevious(RowSelectKernel, dim3(rows), dim3(kFinalThreads), sizeof(FinalShared), stream, p);
+    return e != cudaSuccess ? e : cudaGetLastError();
+  }
   e = LaunchAfterPrevious(RowStatsKernel, dim3(rows), dim3(kPartThreads), 0, stream, p,
                           p.ready_partials > 0 ? static_cast<int>(p.ready_partials) : chunks);
   if (e != cudaSuccess) return e;
