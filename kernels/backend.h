@@ -34,6 +34,9 @@ struct LogitsBatch {
   const float* hidden = nullptr;
   int64_t rows = 0;
   absl::Span<const RowSpec> specs;
+  // Instead of `hidden`: the rows as bf16 bits, only in the buffer the backend's Bf16InputBuffer
+  // handed out for this batch (`hidden` is then null).
+  const uint16_t* hidden_bf16 = nullptr;
 };
 
 // Results for one row. Logits are after the model's LogitTransform; argmax_id, max_logit,
@@ -80,6 +83,10 @@ class Backend {
   // `rows` is more than it holds. Owned by the backend; valid until the next call of
   // InputBuffer or ComputeLogits. Same thread as ComputeLogits.
   virtual float* InputBuffer(int64_t /*rows*/) { return nullptr; }
+  // The same for rows that arrived as bf16 (the caller then passes LogitsBatch::hidden_bf16): half
+  // the bytes to move (the CUDA backend's rows cross PCIe). nullptr where the backend reads no bf16
+  // rows for a batch of `rows` rows. Shares InputBuffer's storage and rules.
+  virtual uint16_t* Bf16InputBuffer(int64_t /*rows*/) { return nullptr; }
 
   // Device memory in use and in total on the backend's device (all processes), when it has one.
   // Thread-safe: only queries the driver.

@@ -7,6 +7,7 @@
 
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/half.h"
 #include "kernels/head_quantizer.h"
 #include "tests/test_util.h"
 
@@ -23,15 +24,21 @@ std::unique_ptr<Backend> RealBackend() {
 
 // The real CPU backend behind a gate: ComputeLogits waits until Open() (lets a test hold the
 // worker busy) and records each batch's size. With an input buffer it offers one, as the CUDA
-// backend does, and counts the batches whose rows arrived in it.
+// backend does, and counts the batches whose rows arrived in it; with a bf16 one likewise (the
+// rows are widened for the CPU backend).
 class GatedBackend : public Backend {
  public:
-  explicit GatedBackend(std::unique_ptr<Backend> inner, bool input_buffer = false)
-      : inner_(std::move(inner)), offers_buffer_(input_buffer) {}
+  explicit GatedBackend(std::unique_ptr<Backend> inner, bool input_buffer = false, bool bf16_buffer = false)
+      : inner_(std::move(inner)), offers_buffer_(input_buffer), offers_bf16_(bf16_buffer) {}
   float* InputBuffer(int64_t rows) override {
     if (!offers_buffer_) return nullptr;
     buffer_.assign(rows * hidden(), std::nanf(""));  // stale values must not survive
     return buffer_.data();
+  }
+  uint16_t* Bf16InputBuffer(int64_t rows) override {
+    if (!offers_bf16_) return nullptr;
+    buffer16_.assign(rows * hidden(), 0x7fc0);  // NaN: stale values must not survive
+    return buffer16_.data();
   }
   const char* Name() const override { return inner_->Name(); }
   int64_t vocab() const override { return inner_->vocab(); }
@@ -41,11 +48,17 @@ class GatedBackend : public Backend {
   absl::Status ComputeLogits(const LogitsBatch& batch, std::vector<RowOutput>* out) override {
     std::unique_lock<std::mutex> lock(mu_);
     batch_sizes_.push_back(batch.rows);
-    if (offers_buffer_ && batch.hidden == buffer_.data()) ++buffered_batches_;
+    if (offers_buffer_ && batch.hidden != nullptr && batch.hidden == buffer_.data()) ++buffered_batches_;
     entered_cv_.notify_all();
     cv_.wait(lock, [&] { return open_; });
     lock.unlock();
-    return inner_->ComputeLogits(batch, out);
+    if (batch.hidden_bf16 == nullptr) return inner_->ComputeLogits(batch, out);
+    EXPECT_EQ(batch.hidden, nullptr);
+    EXPECT_EQ(batch.hidden_bf16, buffer16_.data()) << "bf16 rows only in the buffer handed out";
+    ++bf16_batches_;
+    std::vector<float> widened(batch.rows * hidden());
+    for (size_t i = 0; i < widened.size(); ++i) widened[i] = Bf16ToFloat(batch.hidden_bf16[i]);
+    return inner_->ComputeLogits({widened.data(), batch.rows, batch.specs}, out);
   }
   void Open() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -64,12 +77,17 @@ class GatedBackend : public Backend {
     std::lock_guard<std::mutex> lock(mu_);
     return buffered_batches_;
   }
+  int bf16_batches() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return bf16_batches_;
+  }
 
  private:
   std::unique_ptr<Backend> inner_;
-  const bool offers_buffer_;
+  const bool offers_buffer_, offers_bf16_;
   std::vector<float> buffer_;
-  int buffered_batches_ = 0;
+  std::vector<uint16_t> buffer16_;
+  int buffered_batches_ = 0, bf16_batches_ = 0;
   std::mutex mu_;
   std::condition_variable cv_, entered_cv_;
   bool open_ = false;
@@ -82,11 +100,18 @@ struct Results {
   std::vector<std::pair<int, absl::StatusOr<TaskResult>>> done;
 };
 
-std::unique_ptr<Task> MakeTask(int tag, int64_t rows, Results* results, float value = 0.5f) {
+// bf16: the rows arrive as bf16 (values rounded to bf16, and their bits kept as the codec does).
+std::unique_ptr<Task> MakeTask(int tag, int64_t rows, Results* results, float value = 0.5f, bool bf16 = false) {
   auto t = std::make_unique<Task>();
   t->rows = rows;
   t->hidden.assign(rows * kHidden, value);
   for (int64_t i = 0; i < rows * kHidden; ++i) t->hidden[i] += 0.01f * ((i * 7 + tag) % 13);
+  if (bf16) {
+    for (float& v : t->hidden) {
+      t->hidden_bf16.push_back(FloatToBf16(v));
+      v = Bf16ToFloat(t->hidden_bf16.back());
+    }
+  }
   t->top_k = 3;
   t->done = [results, tag](absl::StatusOr<TaskResult> r) {
     std::lock_guard<std::mutex> lock(results->mu);
@@ -130,6 +155,45 @@ TEST_P(CoalescingTest, CoalescesQueuedTasksAndReturnsEachItsOwnRows) {
     for (size_t i = 0; i < expected.size(); ++i) {
       EXPECT_EQ(r->rows[i].top_ids, expected[i].top_ids) << "task " << tag;
       EXPECT_EQ(r->rows[i].logsumexp, expected[i].logsumexp);
+    }
+  }
+}
+
+// Tasks whose rows all arrived as bf16 reach a backend that takes bf16 rows as bf16 (gathered in its
+// buffer); a batch with one fp32 task goes as fp32. Every task gets the results of its own rows.
+TEST(BatcherTest, Bf16RowsGoAsBf16WhenEveryTaskHasThem) {
+  GatedBackend backend(RealBackend(), /*input_buffer=*/true, /*bf16_buffer=*/true);
+  auto reference = RealBackend();
+  Results results;
+  std::vector<std::vector<float>> rows_of(6);
+  {
+    Batcher batcher(&backend, {/*max_batch_rows=*/6, /*max_queued_rows=*/100}, nullptr);
+    auto first = MakeTask(0, 1, &results, 0.5f, /*bf16=*/true);
+    rows_of[0] = first->hidden;
+    ASSERT_TRUE(batcher.Schedule(&first).ok());
+    backend.WaitForBatches(1);
+    for (int tag = 1; tag <= 5; ++tag) {  // batches: tasks 1-3 (bf16, 6 rows), tasks 4-5 (one fp32)
+      auto t = MakeTask(tag, 2, &results, 0.5f, /*bf16=*/tag != 5);
+      rows_of[tag] = t->hidden;
+      ASSERT_TRUE(batcher.Schedule(&t).ok());
+    }
+    backend.Open();
+    batcher.Stop();
+  }
+  EXPECT_EQ(backend.batch_sizes(), (std::vector<int64_t>{1, 6, 4}));
+  EXPECT_EQ(backend.bf16_batches(), 2);
+  EXPECT_EQ(backend.buffered_batches(), 1) << "the batch with an fp32 task goes through the fp32 buffer";
+  ASSERT_EQ(results.done.size(), 6u);
+  for (auto& [tag, r] : results.done) {
+    ASSERT_TRUE(r.ok()) << r.status();
+    const int64_t rows = tag == 0 ? 1 : 2;
+    std::vector<RowSpec> specs(rows, RowSpec{3, {}, false});
+    std::vector<RowOutput> expected;
+    ASSERT_TRUE(reference->ComputeLogits({rows_of[tag].data(), rows, specs}, &expected).ok());
+    ASSERT_EQ(r->rows.size(), expected.size());
+    for (size_t i = 0; i < expected.size(); ++i) {
+      EXPECT_EQ(r->rows[i].top_ids, expected[i].top_ids) << "task " << tag;
+      EXPECT_EQ(r->rows[i].logsumexp, expected[i].logsumexp) << "task " << tag;
     }
   }
 }

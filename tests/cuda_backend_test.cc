@@ -349,6 +349,67 @@ TEST(CudaBackendTest, GpuQuantizationIsBitIdenticalToTheHostQuantizer) {
   EXPECT_NE(failed.status().message().find("row 700"), std::string::npos) << failed.status();
 }
 
+// Rows that arrive as bf16 (Backend::Bf16InputBuffer) cross PCIe at half the bytes; the kernels
+// widen them exactly, so every result must equal the call with the same values as fp32 rows, bit
+// for bit: GEMV batches (hi + lo and single fp16) and FP8 GEMM batches (one or two tiles).
+TEST(CudaBackendTest, Bf16RowsGiveTheSameResultsAsFp32Rows) {
+  const int64_t vocab = 4096, hidden = 256;
+  std::random_device seed_source;
+  const uint64_t seed = (uint64_t{seed_source()} << 32) | seed_source();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  std::string skip;
+  auto gpu = CudaOrSkip(Fp8Head(vocab, hidden, seed), {}, ActivationPrecision::kBf16, &skip);
+  if (gpu == nullptr) GTEST_SKIP() << "no CUDA backend here: " << skip;
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const std::vector<uint32_t> ids = {0, 7, static_cast<uint32_t>(vocab - 1)};
+  for (int64_t rows : {1, 7, 9, 33, 64, 65, 200}) {
+    SCOPED_TRACE(::testing::Message() << "rows " << rows);
+    std::vector<uint16_t> bits(rows * hidden);
+    std::vector<float> x(rows * hidden);
+    for (size_t i = 0; i < x.size(); ++i) {
+      bits[i] = FloatToBf16(normal(rng));
+      x[i] = Bf16ToFloat(bits[i]);
+    }
+    std::vector<RowSpec> specs(rows);
+    for (int64_t r = 0; r < rows; ++r) specs[r] = RowSpec{r % 2 == 0 ? 20u : 0u, ids, r % 5 == 0};
+    std::vector<RowOutput> want, got;
+    float* buffer = gpu->InputBuffer(rows);
+    ASSERT_NE(buffer, nullptr);
+    std::copy(x.begin(), x.end(), buffer);
+    ASSERT_TRUE(gpu->ComputeLogits({buffer, rows, specs}, &want).ok());
+    uint16_t* buffer16 = gpu->Bf16InputBuffer(rows);
+    ASSERT_NE(buffer16, nullptr) << "the GEMV and the FP8 GEMM take bf16 rows";
+    std::copy(bits.begin(), bits.end(), buffer16);
+    LogitsBatch batch{nullptr, rows, specs};
+    batch.hidden_bf16 = buffer16;
+    const absl::Status st = gpu->ComputeLogits(batch, &got);
+    ASSERT_TRUE(st.ok()) << st;
+    ASSERT_EQ(got.size(), want.size());
+    for (int64_t r = 0; r < rows; ++r) {
+      SCOPED_TRACE(::testing::Message() << "row " << r);
+      EXPECT_EQ(got[r].argmax_id, want[r].argmax_id);
+      EXPECT_EQ(got[r].logsumexp, want[r].logsumexp);
+      EXPECT_EQ(got[r].top_ids, want[r].top_ids);
+      EXPECT_EQ(got[r].top_logits, want[r].top_logits);
+      EXPECT_EQ(got[r].token_logits, want[r].token_logits);
+      EXPECT_EQ(got[r].logits, want[r].logits);
+    }
+  }
+  // bf16 rows only in the buffer handed out.
+  std::vector<uint16_t> elsewhere(hidden);
+  std::vector<RowSpec> one(1);
+  LogitsBatch stray{nullptr, 1, one};
+  stray.hidden_bf16 = elsewhere.data();
+  std::vector<RowOutput> out;
+  EXPECT_EQ(gpu->ComputeLogits(stray, &out).code(), absl::StatusCode::kInvalidArgument);
+  // cuBLASLt batches (fp8 activations above the GEMV's rows) take no bf16 rows.
+  auto fp8 = CudaOrSkip(Fp8Head(vocab, hidden, seed), {}, ActivationPrecision::kFp8, &skip);
+  ASSERT_NE(fp8, nullptr);
+  EXPECT_NE(fp8->Bf16InputBuffer(64), nullptr);
+  EXPECT_EQ(fp8->Bf16InputBuffer(65), nullptr);
+}
+
 TEST(CudaBackendTest, EqualLogitsRankLowerIdFirstAndOverflowIsReported) {
   HeadWeights h;
   h.vocab = 40000;  // more equal logits than the candidate buffer holds

@@ -72,6 +72,13 @@ TEST(RequestCodecTest, DecodesEveryDType) {
                                                      : HalfToFloat(FloatToHalf(values[i]));
       EXPECT_EQ(task.hidden[i], expected);
     }
+    // BF16 rows are also kept as they came (a backend may read them as bf16: half the bytes).
+    if (dtype == DType::kBf16) {
+      ASSERT_EQ(task.hidden_bf16.size(), values.size());
+      for (int i = 0; i < 4; ++i) EXPECT_EQ(task.hidden_bf16[i], FloatToBf16(values[i]));
+    } else {
+      EXPECT_TRUE(task.hidden_bf16.empty());
+    }
   }
 }
 

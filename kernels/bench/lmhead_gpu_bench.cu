@@ -246,7 +246,8 @@ int main(int argc, char** argv) {
      << "Times in ms (median). lmhead = end-to-end `ComputeLogits` (host fp32 rows in the caller's memory, "
         "results on the host): `argmax` returns argmax + logsumexp; `top20` adds top-20 logprobs and 2 token "
         "logprobs; `rows in input buffer` = the argmax call with the rows already in the backend's pinned "
-        "input buffer, where the server's batcher assembles them. B <= " << lmhead::cuda::GemvMaxRows()
+        "input buffer, where the server's batcher assembles them (`bf16`: the same rows as bf16, as the batcher "
+        "passes requests that sent bf16 hidden states). B <= " << lmhead::cuda::GemvMaxRows()
      << " runs lmhead's FP8 GEMV in both modes (fp16 hi + lo activations up to 8 rows, one fp16 above; "
         "mma.sync up to 4 rows, then wgmma with TMA-fed shared memory, N = 16, 32 or 64). Above that `bf16 act` "
         "(the default) runs lmhead's FP8 GEMM (the same wgmma kernel over tiles of 128 rows, one fp16 per "
@@ -259,11 +260,12 @@ int main(int argc, char** argv) {
         "(FP8 weights and activations, no scales), and the seed (upcast FP8 -> BF16 every call, then BF16 GEMM). "
         "Byte floor = (FP8 weights + scales + fp32 inputs) / copy bandwidth (the issue's definition); read floor = "
         "FP8 weights / the rate of a plain read-only kernel over them; compute floor = 2*B*V*H / FP8 rate.\n\n"
-     << "| shape | B | lmhead bf16 act argmax | lmhead argmax, rows in input buffer | lmhead bf16 act top20 | "
+     << "| shape | B | lmhead bf16 act argmax | lmhead argmax, rows in input buffer | bf16 rows in input buffer | "
+        "lmhead bf16 act top20 | "
         "lmhead fp8 act argmax | lmhead lt argmax | "
         "kernel | cuBLASLt BF16 | cuBLASLt FP8 tensor-wise | seed upcast+BF16 | byte floor | read floor | "
         "compute floor | lmhead/floor | kernel/floor | lmhead/BF16 |\n"
-     << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+     << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   std::printf("%s", md.str().c_str());
 
   for (const std::string& shape : [&] {
@@ -351,6 +353,15 @@ int main(int argc, char** argv) {
         std::copy(x.begin(), x.end(), staged);
         t_staged = TimeHost(reps, [&] { CHECK_OK(split->ComputeLogits({staged, b, argmax_specs}, &out)); });
       }
+      double t_staged16 = NAN;
+      if (uint16_t* staged16 = split->Bf16InputBuffer(b); staged16 != nullptr) {
+        for (size_t i = 0; i < x.size(); ++i) staged16[i] = lmhead::FloatToBf16(x[i]);
+        t_staged16 = TimeHost(reps, [&] {
+          lmhead::LogitsBatch batch{nullptr, b, argmax_specs};
+          batch.hidden_bf16 = staged16;
+          CHECK_OK(split->ComputeLogits(batch, &out));
+        });
+      }
       const double t_top = TimeHost(reps, [&] { call(*split, top_specs); });
       const double t_fp8 = TimeHost(reps, [&] { call(*fp8act, argmax_specs); });
       profiled->TakeStageTimings();
@@ -402,10 +413,10 @@ int main(int argc, char** argv) {
       const double floor = std::max(byte_floor, compute_floor);
       char row[512];
       std::snprintf(row, sizeof(row),
-                    "| %lldx%lld | %lld | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | "
+                    "| %lldx%lld | %lld | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | "
                     "%.4f | %.2f | %.2f | %.2f |\n",
                     static_cast<long long>(vocab), static_cast<long long>(hidden), static_cast<long long>(b), t_split,
-                    t_staged, t_top, t_fp8, t_lt, t_gemv, t_bf16, t_fp8tw, t_seed, byte_floor, read_floor, compute_floor,
+                    t_staged, t_staged16, t_top, t_fp8, t_lt, t_gemv, t_bf16, t_fp8tw, t_seed, byte_floor, read_floor, compute_floor,
                     t_split / floor, t_gemv / floor, t_split / t_bf16);
       std::printf("%s", row);
       std::fflush(stdout);

@@ -45,6 +45,11 @@ class CudaBackend final : public Backend {
   // Batches of one slice may be assembled in x_host_[0] (pinned); larger ones are staged slice by
   // slice through the slots' x_host_ buffers (see ComputeLogits).
   float* InputBuffer(int64_t rows) override { return rows <= slice_rows_ ? x_host_[0].get() : nullptr; }
+  // bf16 rows are read by the kernels that convert rows themselves: the GEMV and the FP8 GEMM.
+  uint16_t* Bf16InputBuffer(int64_t rows) override {
+    const bool kernels = rows <= gemv_max_rows_ || (gemm_fp8_ && rows > kGemvMaxRows);
+    return rows <= slice_rows_ && kernels ? reinterpret_cast<uint16_t*>(x_host_[0].get()) : nullptr;
+  }
   std::string TakeStageTimings() override;
   absl::StatusOr<HeadWeights> ExportWeights() const override;
   bool DeviceMemory(int64_t* used, int64_t* total) const override {
@@ -96,6 +101,7 @@ class CudaBackend final : public Backend {
     int top_k = 0;
     int64_t max_ids = 0;
     bool keep_logits = false;  // a later step reads the finished logits (EpilogueParams)
+    bool bf16_rows = false;    // the rows are bf16 bits in x_host_[0] (Bf16InputBuffer; one slice)
   };
 
   absl::Status EnsureTokenCapacity(int64_t max_ids);
@@ -113,7 +119,7 @@ class CudaBackend final : public Backend {
   // stream when the batch has several slices), then activations, GEMM, token ids (from the slot),
   // epilogue and the packed results' copy back into the slot. Capturable. graph: the slice is
   // being captured (x_src is x_host_[0]; no events).
-  absl::Status Enqueue(const float* x_src, int64_t n, const CallShape& call, bool graph, bool pipelined, int slot,
+  absl::Status Enqueue(const void* x_src, int64_t n, const CallShape& call, bool graph, bool pipelined, int slot,
                        int rows_buffer);
   // The cuBLASLt GEMM's activations for n rows of x (device memory) into act_ / act_scales_
   // ([n_pad] rows): E4M3 (high + residual rows when split) for FP8 heads, bf16 otherwise.
@@ -211,11 +217,11 @@ class CudaBackend final : public Backend {
   // than the driver's pipelined copy from pageable memory (measured on an H100 machine: 0.49
   // against 0.42 ms end to end).
   static constexpr int64_t kGraphRows = 64;
-  bool UseGraph(int64_t n, const float* x_src) const {
+  bool UseGraph(int64_t n, const void* x_src) const {
     return n <= gemv_max_rows_ || (n <= kGraphRows && x_src == x_host_[0].get());
   }
   static constexpr size_t kMaxGraphs = 256;
-  std::map<std::tuple<int64_t, int, int64_t, bool>, cudaGraphExec_t> graphs_;
+  std::map<std::tuple<int64_t, int, int64_t, bool, bool>, cudaGraphExec_t> graphs_;
 
   // Batches of several slices are staged slice by slice in pinned memory (x_host_[slot],
   // CopyPool) and go up on the copy stream while the GPU computes the slices before (an async
@@ -522,10 +528,18 @@ absl::Status CudaBackend::EnsureTokenCapacity(int64_t max_ids) {
 
 absl::Status CudaBackend::ComputeLogits(const LogitsBatch& batch, std::vector<RowOutput>* out) {
   const int64_t rows = batch.rows;
-  if (rows <= 0 || batch.hidden == nullptr || static_cast<int64_t>(batch.specs.size()) != rows) {
-    return absl::InvalidArgumentError(absl::StrCat("batch has ", rows, " rows and ", batch.specs.size(), " row specs"));
+  if (rows <= 0 || (batch.hidden == nullptr) == (batch.hidden_bf16 == nullptr) ||
+      static_cast<int64_t>(batch.specs.size()) != rows) {
+    return absl::InvalidArgumentError(absl::StrCat("batch has ", rows, " rows, ", batch.specs.size(),
+                                                   " row specs and ", batch.hidden == nullptr ? "no" : "fp32",
+                                                   batch.hidden_bf16 == nullptr ? "" : " and bf16", " rows"));
+  }
+  if (batch.hidden_bf16 != nullptr && batch.hidden_bf16 != Bf16InputBuffer(rows)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("bf16 rows must be in the buffer Bf16InputBuffer(", rows, ") returns"));
   }
   CallShape call;
+  call.bf16_rows = batch.hidden_bf16 != nullptr;
   for (int64_t b = 0; b < rows; ++b) {
     const RowSpec& spec = batch.specs[b];
     if (spec.top_k > std::min<int64_t>(vocab_, kMaxTopK) ||
@@ -554,7 +568,8 @@ absl::Status CudaBackend::ComputeLogits(const LogitsBatch& batch, std::vector<Ro
   absl::Status status;
   for (int64_t start = 0, i = 0; start < rows && status.ok(); start += per, ++i) {
     const int64_t n = std::min(per, rows - start);
-    const bool graph = slices == 1 && UseGraph(n, batch.hidden);
+    const bool graph = slices == 1 && UseGraph(n, call.bf16_rows ? static_cast<const void*>(batch.hidden_bf16)
+                                                                  : static_cast<const void*>(batch.hidden));
     const int slot = graph ? 0 : static_cast<int>(i % kSlots);
     status = EnqueueSlice(batch, start, n, call, graph, slices > 1, slot, static_cast<int>(i % 2), out);
     if (status.ok()) in_flight.push_back(slot);
@@ -575,7 +590,7 @@ absl::Status CudaBackend::ComputeLogits(const LogitsBatch& batch, std::vector<Ro
   return status;
 }
 
-absl::Status CudaBackend::Enqueue(const float* x_src, int64_t n, const CallShape& call, bool graph, bool pipelined,
+absl::Status CudaBackend::Enqueue(const void* x_src, int64_t n, const CallShape& call, bool graph, bool pipelined,
                                   int slot, int rows_buffer) {
   cudaStream_t s = stream_.get();
   auto mark_stage = [&](int i, cudaStream_t on) {
@@ -583,8 +598,8 @@ absl::Status CudaBackend::Enqueue(const float* x_src, int64_t n, const CallShape
   };
   const bool gemv = n <= gemv_max_rows_;  // x_src is pinned then (see Init)
   const bool fp8_gemm = gemm_fp8_ && n > kGemvMaxRows;
-  if (!gemv && !fp8_gemm && gemm_ == nullptr) {
-    return absl::InternalError(absl::StrCat("no GEMM path for a slice of ", n, " rows"));
+  if (!gemv && !fp8_gemm && (gemm_ == nullptr || call.bf16_rows)) {
+    return absl::InternalError(absl::StrCat("no GEMM path for a slice of ", n, call.bf16_rows ? " bf16" : "", " rows"));
   }
   const ResultLayout layout(n, call.top_k, call.max_ids);
   uint8_t* d = ResultsFor(graph);
@@ -614,7 +629,7 @@ absl::Status CudaBackend::Enqueue(const float* x_src, int64_t n, const CallShape
 
   float* x_dev = x_dev_[rows_buffer].get();
   if (!gemv) {  // the GEMV's activation kernel reads the pinned rows straight over PCIe instead
-    const size_t bytes = n * hidden_ * sizeof(float);
+    const size_t bytes = n * hidden_ * (call.bf16_rows ? sizeof(uint16_t) : sizeof(float));
     if (!pipelined) {
       mark_stage(0, s);
       CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(x_dev, x_src, bytes, cudaMemcpyHostToDevice, s));
@@ -635,9 +650,15 @@ absl::Status CudaBackend::Enqueue(const float* x_src, int64_t n, const CallShape
   if (gemv) {
     mark_stage(0, s);  // no copy: the activation kernel reads the pinned rows
     mark_stage(1, s);
-    CUDA_RETURN_IF_ERROR(LaunchGemvActivations(x_src, n, hidden_, hidden_pad_, gemv_act_.get(), gemv_scales_.get(), s));
+    CUDA_RETURN_IF_ERROR(call.bf16_rows ? LaunchGemvActivations(static_cast<const uint16_t*>(x_src), n, hidden_, hidden_pad_,
+                                                                gemv_act_.get(), gemv_scales_.get(), s)
+                                        : LaunchGemvActivations(static_cast<const float*>(x_src), n, hidden_, hidden_pad_,
+                                                                gemv_act_.get(), gemv_scales_.get(), s));
   } else if (fp8_gemm) {
-    CUDA_RETURN_IF_ERROR(LaunchGemvActivations(x_dev, n, hidden_, hidden_pad_, gemv_act_.get(), gemv_scales_.get(), s));
+    CUDA_RETURN_IF_ERROR(call.bf16_rows ? LaunchGemvActivations(reinterpret_cast<const uint16_t*>(x_dev), n, hidden_,
+                                                                hidden_pad_, gemv_act_.get(), gemv_scales_.get(), s)
+                                        : LaunchGemvActivations(x_dev, n, hidden_, hidden_pad_, gemv_act_.get(),
+                                                                gemv_scales_.get(), s));
   } else {
     CUDA_RETURN_IF_ERROR(LaunchGemmActivations(x_dev, n, n_pad, s));
   }
@@ -681,11 +702,12 @@ absl::Status CudaBackend::EnqueueSlice(const LogitsBatch& batch, int64_t start, 
       }
     }
   }
-  const float* x_src = batch.hidden + start * hidden_;
-  const size_t x_bytes = n * hidden_ * sizeof(float);
+  const void* x_src = call.bf16_rows ? static_cast<const void*>(batch.hidden_bf16)
+                                     : static_cast<const void*>(batch.hidden + start * hidden_);
+  const size_t x_bytes = n * hidden_ * (call.bf16_rows ? sizeof(uint16_t) : sizeof(float));
   if (graph) {
     if (x_src != x_host_[0].get()) copy_pool_->Copy(x_host_[0].get(), x_src, x_bytes);
-    const auto key = std::make_tuple(n, call.top_k, call.max_ids, call.keep_logits);
+    const auto key = std::make_tuple(n, call.top_k, call.max_ids, call.keep_logits, call.bf16_rows);
     auto it = graphs_.find(key);
     if (it == graphs_.end()) {
       if (graphs_.size() >= kMaxGraphs) ClearGraphs();

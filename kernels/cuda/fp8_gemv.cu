@@ -49,10 +49,15 @@ __device__ __forceinline__ int64_t WgmmaActivationOffset(int64_t q, int64_t c, i
   return (q / 16) * (int64_t{n} * 16) + ((c / 8) * 2 + (q % 16) / 8) * 64 + (c % 8) * 8 + q % 8;
 }
 
+// A row element: fp32, or bf16 bits (exact in fp32).
+__device__ __forceinline__ float LoadElement(const float* p) { return *p; }
+__device__ __forceinline__ float LoadElement(const uint16_t* p) { return __uint_as_float(uint32_t{*p} << 16); }
+
 // One block per row. x may be pinned host memory read over PCIe: every element the block needs is
 // requested up front (kActPerThread independent loads per thread), so a row costs about one
 // round trip, and is read once.
-__global__ void __launch_bounds__(kActThreads) GemvActivationsKernel(const float* __restrict__ x, int64_t hidden,
+template <typename In>
+__global__ void __launch_bounds__(kActThreads) GemvActivationsKernel(const In* __restrict__ x, int64_t hidden,
                                                                      int64_t stride, int planes,
                                                                      int wgmma_columns,
                                                                      __half* __restrict__ act,
@@ -62,18 +67,18 @@ __global__ void __launch_bounds__(kActThreads) GemvActivationsKernel(const float
   __shared__ typename Reduce::TempStorage temp;
   __shared__ float shared_amax;
   const int64_t b = blockIdx.x;
-  const float* row = x + b * hidden;
+  const In* row = x + b * hidden;
   float v[kActPerThread];
   float amax = 0.0f;
 #pragma unroll
   for (int j = 0; j < kActPerThread; ++j) {
     const int64_t i = threadIdx.x + j * int64_t{kActThreads};
-    v[j] = i < hidden ? row[i] : 0.0f;
+    v[j] = i < hidden ? LoadElement(row + i) : 0.0f;
   }
 #pragma unroll
   for (int j = 0; j < kActPerThread; ++j) amax = fmaxf(amax, fabsf(v[j]));
   for (int64_t i = threadIdx.x + kActPerThread * int64_t{kActThreads}; i < hidden; i += kActThreads) {
-    amax = fmaxf(amax, fabsf(row[i]));  // rows wider than the registers hold
+    amax = fmaxf(amax, fabsf(LoadElement(row + i)));  // rows wider than the registers hold
   }
   amax = Reduce(temp).Reduce(amax, [](float a, float c) { return fmaxf(a, c); });
   if (threadIdx.x == 0) shared_amax = amax;
@@ -109,7 +114,9 @@ __global__ void __launch_bounds__(kActThreads) GemvActivationsKernel(const float
     const int64_t i = threadIdx.x + j * int64_t{kActThreads};
     if (i < hidden) put(i, v[j]);
   }
-  for (int64_t i = threadIdx.x + kActPerThread * int64_t{kActThreads}; i < hidden; i += kActThreads) put(i, row[i]);
+  for (int64_t i = threadIdx.x + kActPerThread * int64_t{kActThreads}; i < hidden; i += kActThreads) {
+    put(i, LoadElement(row + i));
+  }
   if (threadIdx.x == 0) inv_scales[b] = ldexpf(1.0f, e - 14);
 }
 
@@ -663,13 +670,24 @@ int WgmmaColumns(int64_t rows) {
 
 int64_t GemvActivationStride(int64_t hidden_pad) { return (hidden_pad + kMaxChunk - 1) / kMaxChunk * kMaxChunk; }
 
-cudaError_t LaunchGemvActivations(const float* x, int64_t rows, int64_t hidden, int64_t hidden_pad, __half* act,
-                                  float* inv_scales, cudaStream_t stream) {
+template <typename In>
+cudaError_t LaunchActivations(const In* x, int64_t rows, int64_t hidden, int64_t hidden_pad, __half* act,
+                              float* inv_scales, cudaStream_t stream) {
   if (rows <= 0) return cudaSuccess;
-  GemvActivationsKernel<<<static_cast<unsigned>(rows), kActThreads, 0, stream>>>(
+  GemvActivationsKernel<In><<<static_cast<unsigned>(rows), kActThreads, 0, stream>>>(
       x, hidden, GemvActivationStride(hidden_pad), static_cast<int>(GemvPlanes(rows)), WgmmaColumns(rows), act,
       inv_scales);
   return cudaGetLastError();
+}
+
+cudaError_t LaunchGemvActivations(const float* x, int64_t rows, int64_t hidden, int64_t hidden_pad, __half* act,
+                                  float* inv_scales, cudaStream_t stream) {
+  return LaunchActivations(x, rows, hidden, hidden_pad, act, inv_scales, stream);
+}
+
+cudaError_t LaunchGemvActivations(const uint16_t* x_bf16, int64_t rows, int64_t hidden, int64_t hidden_pad,
+                                  __half* act, float* inv_scales, cudaStream_t stream) {
+  return LaunchActivations(x_bf16, rows, hidden, hidden_pad, act, inv_scales, stream);
 }
 
 int64_t GemvMaxRows() { return g_wgmma ? kGemvMaxRows : kGemvMmaRows; }

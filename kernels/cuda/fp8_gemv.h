@@ -64,6 +64,9 @@ int64_t GemvActivationStride(int64_t hidden_pad);
 // the batch are multiplied too).
 cudaError_t LaunchGemvActivations(const float* x, int64_t rows, int64_t hidden, int64_t hidden_pad, __half* act,
                                   float* inv_scales, cudaStream_t stream);
+// The same from rows of bf16 bits (each exact in fp32: the planes are those of the fp32 values).
+cudaError_t LaunchGemvActivations(const uint16_t* x_bf16, int64_t rows, int64_t hidden, int64_t hidden_pad,
+                                  __half* act, float* inv_scales, cudaStream_t stream);
 
 // Allows the GEMV variants their shared memory on the current device. Call once per process
 // before LaunchFp8Gemv (and before capturing it in a graph).

@@ -56,6 +56,10 @@ std::vector<std::unique_ptr<Task>> Split(std::unique_ptr<Task> task, int64_t max
     const int64_t begin = i * max_rows;
     part->rows = std::min(max_rows, task->rows - begin);
     part->hidden.assign(task->hidden.begin() + begin * hidden, task->hidden.begin() + (begin + part->rows) * hidden);
+    if (!task->hidden_bf16.empty()) {
+      part->hidden_bf16.assign(task->hidden_bf16.begin() + begin * hidden,
+                               task->hidden_bf16.begin() + (begin + part->rows) * hidden);
+    }
     part->top_k = task->top_k;
     part->token_ids = task->token_ids;
     part->want_logits = task->want_logits;
@@ -213,12 +217,22 @@ absl::Status Batcher::Compute(const std::vector<Queued>& batch, std::vector<RowO
   for (const auto& q : batch) *rows += q.task->rows;
   const int64_t hidden = backend_->hidden();
   specs_.clear();
+  LogitsBatch logits_batch;
+  logits_batch.rows = *rows;
+  // Rows that all arrived as bf16 go as bf16 where the backend takes them (half the bytes).
+  bool bf16 = true;
+  for (const auto& q : batch) bf16 = bf16 && !q.task->hidden_bf16.empty();
+  if (uint16_t* gather16 = bf16 ? backend_->Bf16InputBuffer(*rows) : nullptr; gather16 != nullptr) {
+    uint16_t* dst = gather16;
+    for (const auto& q : batch) dst = std::copy(q.task->hidden_bf16.begin(), q.task->hidden_bf16.end(), dst);
+    logits_batch.hidden_bf16 = gather16;
+  }
   // One task's rows go as they are, unless the backend offers a buffer of its own (pinned
   // memory the GPU reads directly: cheaper than its copy from ours). Several tasks' rows are
   // gathered, into that buffer when there is one.
   const float* input = batch.front().task->hidden.data();
-  float* gather = backend_->InputBuffer(*rows);
-  if (gather == nullptr && batch.size() > 1) {
+  float* gather = logits_batch.hidden_bf16 != nullptr ? nullptr : backend_->InputBuffer(*rows);
+  if (logits_batch.hidden_bf16 == nullptr && gather == nullptr && batch.size() > 1) {
     hidden_.resize(*rows * hidden);
     gather = hidden_.data();
   }
@@ -233,9 +247,7 @@ absl::Status Batcher::Compute(const std::vector<Queued>& batch, std::vector<RowO
                         q.task->processed_logprobs});
     }
   }
-  LogitsBatch logits_batch;
-  logits_batch.hidden = input;
-  logits_batch.rows = *rows;
+  if (logits_batch.hidden_bf16 == nullptr) logits_batch.hidden = input;
   logits_batch.specs = specs_;
   return backend_->ComputeLogits(logits_batch, out);
 }

@@ -23,6 +23,9 @@ struct TaskResult {
 struct Task {
   int64_t rows = 0;
   std::vector<float> hidden;        // [rows, hidden_size], finite fp32
+  // The same rows as the bf16 bits they arrived in (empty when the request was not BF16): a
+  // backend that reads bf16 rows gets these, half the bytes.
+  std::vector<uint16_t> hidden_bf16;
   uint32_t top_k = 0;               // every row of a task shares one output spec
   std::vector<uint32_t> token_ids;  // < vocab
   bool want_logits = false;

@@ -190,6 +190,11 @@ absl::Status DecodeLogitsRequest(const v1::LogitsRequest& request, const Request
   task->rows = hs.rows();
   task->hidden.resize(task->rows * limits.hidden);
   const uint8_t* data = reinterpret_cast<const uint8_t*>(hs.data().data());
+  task->hidden_bf16.clear();
+  if (dtype == DType::kBf16) {
+    task->hidden_bf16.resize(task->hidden.size());
+    std::memcpy(task->hidden_bf16.data(), data, task->hidden_bf16.size() * sizeof(uint16_t));  // little-endian
+  }
   for (int64_t r = 0; r < task->rows; ++r) {
     for (int64_t c = 0; c < limits.hidden; ++c) {
       const int64_t i = r * limits.hidden + c;
