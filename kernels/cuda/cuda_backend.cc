@@ -647,18 +647,19 @@ absl::Status CudaBackend::Enqueue(const void* x_src, int64_t n, const CallShape&
     }
   }
   const int64_t n_pad = LtGemm::PadRows(split_ ? 2 * n : n);
+  // The GEMV's and the FP8 GEMM's activations from rows (fp32 or bf16 bits, as call.bf16_rows says).
+  auto fp8_kernel_activations = [&](const void* rows) {
+    return call.bf16_rows ? LaunchGemvActivations(static_cast<const uint16_t*>(rows), n, hidden_, hidden_pad_,
+                                                  gemv_act_.get(), gemv_scales_.get(), s)
+                          : LaunchGemvActivations(static_cast<const float*>(rows), n, hidden_, hidden_pad_,
+                                                  gemv_act_.get(), gemv_scales_.get(), s);
+  };
   if (gemv) {
     mark_stage(0, s);  // no copy: the activation kernel reads the pinned rows
     mark_stage(1, s);
-    CUDA_RETURN_IF_ERROR(call.bf16_rows ? LaunchGemvActivations(static_cast<const uint16_t*>(x_src), n, hidden_, hidden_pad_,
-                                                                gemv_act_.get(), gemv_scales_.get(), s)
-                                        : LaunchGemvActivations(static_cast<const float*>(x_src), n, hidden_, hidden_pad_,
-                                                                gemv_act_.get(), gemv_scales_.get(), s));
+    CUDA_RETURN_IF_ERROR(fp8_kernel_activations(x_src));
   } else if (fp8_gemm) {
-    CUDA_RETURN_IF_ERROR(call.bf16_rows ? LaunchGemvActivations(reinterpret_cast<const uint16_t*>(x_dev), n, hidden_,
-                                                                hidden_pad_, gemv_act_.get(), gemv_scales_.get(), s)
-                                        : LaunchGemvActivations(x_dev, n, hidden_, hidden_pad_, gemv_act_.get(),
-                                                                gemv_scales_.get(), s));
+    CUDA_RETURN_IF_ERROR(fp8_kernel_activations(x_dev));
   } else {
     CUDA_RETURN_IF_ERROR(LaunchGemmActivations(x_dev, n, n_pad, s));
   }

@@ -450,14 +450,12 @@ __global__ void __launch_bounds__(kFinalThreads) CollectSelectKernel(EpiloguePar
   const int64_t b = blockIdx.y;
   int32_t* cut = p.cut + b * kCutSlots;
   bool bounded = UseCut(p, b);
-  if (bounded) {
+  // A threshold cut here is over the first pass's partials (RowSelectKernel takes those over the
+  // kernels' own), one per block of this grid: a block whose maximum is below it has no candidate.
+  const bool below_cut = cut[kCutBin] == kCutAtThreshold && p.ready_partials == 0 &&
+                         p.part_max[b * gridDim.x + blockIdx.x] < __int_as_float(cut[kCutThreshold]);
+  if (bounded && !below_cut) {
     const bool at_threshold = cut[kCutBin] == kCutAtThreshold;
-    // A threshold cut skips the vocab ranges whose partial maximum is below it (most of them: the
-    // threshold is the k-th largest of the partial maxima's group maxima). Ranges are whole warp
-    // steps (128 ids) or more, so the branch is uniform in a warp.
-    const int64_t partials = p.ready_partials > 0 ? p.ready_partials : gridDim.x;
-    const int64_t width = p.ready_partials > 0 ? p.partial_rows : kChunk;
-    const float* part_max = p.part_max + b * partials;
     const int bin = cut[kCutBin];
     const float m = p.row_max[b];
     const float threshold = __int_as_float(cut[kCutThreshold]);
@@ -466,7 +464,6 @@ __global__ void __launch_bounds__(kFinalThreads) CollectSelectKernel(EpiloguePar
     const int64_t end = min(begin + kChunk, p.vocab);
     // Four consecutive ids per thread and step (16-byte loads; see PartialsKernel).
     for (int64_t v0 = begin + 4 * threadIdx.x; v0 < end; v0 += 4 * kFinalThreads) {
-      if (at_threshold && width > 0 && part_max[v0 / width] < threshold) continue;
       const float4 q = Load4(logits + v0);
       const float l[4] = {q.x, q.y, q.z, q.w};
 #pragma unroll

@@ -217,8 +217,15 @@ absl::Status Batcher::Compute(const std::vector<Queued>& batch, std::vector<RowO
   for (const auto& q : batch) *rows += q.task->rows;
   const int64_t hidden = backend_->hidden();
   specs_.clear();
+  for (const auto& q : batch) {
+    for (int64_t r = 0; r < q.task->rows; ++r) {
+      specs_.push_back({q.task->top_k, q.task->token_ids, q.task->want_logits, q.task->SamplingOf(r),
+                        q.task->processed_logprobs});
+    }
+  }
   LogitsBatch logits_batch;
   logits_batch.rows = *rows;
+  logits_batch.specs = specs_;
   // Rows that all arrived as bf16 go as bf16 where the backend takes them (half the bytes).
   bool bf16 = true;
   for (const auto& q : batch) bf16 = bf16 && !q.task->hidden_bf16.empty();
@@ -226,13 +233,14 @@ absl::Status Batcher::Compute(const std::vector<Queued>& batch, std::vector<RowO
     uint16_t* dst = gather16;
     for (const auto& q : batch) dst = std::copy(q.task->hidden_bf16.begin(), q.task->hidden_bf16.end(), dst);
     logits_batch.hidden_bf16 = gather16;
+    return backend_->ComputeLogits(logits_batch, out);
   }
   // One task's rows go as they are, unless the backend offers a buffer of its own (pinned
   // memory the GPU reads directly: cheaper than its copy from ours). Several tasks' rows are
   // gathered, into that buffer when there is one.
   const float* input = batch.front().task->hidden.data();
-  float* gather = logits_batch.hidden_bf16 != nullptr ? nullptr : backend_->InputBuffer(*rows);
-  if (logits_batch.hidden_bf16 == nullptr && gather == nullptr && batch.size() > 1) {
+  float* gather = backend_->InputBuffer(*rows);
+  if (gather == nullptr && batch.size() > 1) {
     hidden_.resize(*rows * hidden);
     gather = hidden_.data();
   }
@@ -241,14 +249,7 @@ absl::Status Batcher::Compute(const std::vector<Queued>& batch, std::vector<RowO
     for (const auto& q : batch) dst = std::copy(q.task->hidden.begin(), q.task->hidden.end(), dst);
     input = gather;
   }
-  for (const auto& q : batch) {
-    for (int64_t r = 0; r < q.task->rows; ++r) {
-      specs_.push_back({q.task->top_k, q.task->token_ids, q.task->want_logits, q.task->SamplingOf(r),
-                        q.task->processed_logprobs});
-    }
-  }
-  if (logits_batch.hidden_bf16 == nullptr) logits_batch.hidden = input;
-  logits_batch.specs = specs_;
+  logits_batch.hidden = input;
   return backend_->ComputeLogits(logits_batch, out);
 }
 
