@@ -33,8 +33,8 @@ struct BackendOptions {
   ActivationPrecision activation_precision = ActivationPrecision::kBf16;
   // Device bytes for one slice of GEMM output (bounds the rows the CUDA backend computes at once).
   int64_t gpu_output_workspace_bytes = 192ll << 20;
-  // CUDA on Hopper, bf16 activations: batches above the GEMV's rows run lmhead's FP8 GEMM (false:
-  // cuBLASLt over FP8 high + residual rows, as on other GPUs).
+  // CUDA on Hopper: batches above the GEMV's rows run lmhead's FP8 GEMMs, FP8 x fp16 for bf16
+  // activations and FP8 x FP8 for fp8 (false: cuBLASLt, as on other GPUs).
   bool gpu_fp8_gemm = true;
   // Path of liblmhead_cuda.so; "" searches next to the executable, then the library path.
   std::string cuda_module_path;

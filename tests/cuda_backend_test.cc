@@ -90,8 +90,9 @@ std::unique_ptr<Backend> CudaOrSkip(HeadWeights w, LogitTransform t, ActivationP
 // - GEMV, up to kCudaGemvExactRows rows: x itself (hi + lo keep it to ~2^-22).
 // - GEMV, more rows, and the FP8 GEMM: fp16(x * s) / s with s = 2^(14 - e), max|x| = m * 2^e,
 //   m in [0.5, 1).
-// - cuBLASLt: per-row scale amax/448, E4M3 round-to-nearest-even of x/scale, and (bf16
-//   precision) an E4M3 residual row with its own scale.
+// - cuBLASLt, and the FP8 x FP8 GEMM (fp8 activations above the GEMV): per-row scale amax/448,
+//   E4M3 round-to-nearest-even of x/scale, and (bf16 precision, cuBLASLt) an E4M3 residual row
+//   with its own scale.
 // The path is that of a batch (or slice) of `batch_rows` rows (default: `rows`).
 bool RunsOnFp8Kernels(int64_t batch_rows, ActivationPrecision precision, bool fp8_gemm) {
   return batch_rows <= kCudaGemvMaxRows || (fp8_gemm && precision == ActivationPrecision::kBf16);
@@ -215,7 +216,7 @@ TEST_P(CudaConformanceTest, MatchesCpuBackendOnTheSameFp8Weights) {
   // the high + residual split, per-token FP8 otherwise.
   const double max_rel_rms = s.precision == ActivationPrecision::kBf16 ? 2e-3 : 5e-2;
   // Squared logit errors and squared logits by path: GEMV hi + lo, single fp16 (GEMV or FP8 GEMM),
-  // cuBLASLt.
+  // E4M3 rows (the FP8 x FP8 GEMM with fp8 activations on Hopper, else cuBLASLt).
   enum Path { kExact, kHalf, kLt };
   double err2[3] = {}, ref2[3] = {};
 
@@ -275,7 +276,7 @@ TEST_P(CudaConformanceTest, MatchesCpuBackendOnTheSameFp8Weights) {
   }
   // Accuracy against exact fp32 activations: ~fp32 for hi + lo; single fp16 rounds each
   // activation by <= 2^-11 relative (rms ~2^-13 over random signs); bf16-level or per-token FP8
-  // for cuBLASLt.
+  // for E4M3 rows.
   const double rel_rms[3] = {std::sqrt(err2[kExact] / ref2[kExact]), std::sqrt(err2[kHalf] / ref2[kHalf]),
                              ref2[kLt] > 0 ? std::sqrt(err2[kLt] / ref2[kLt]) : 0.0};
   std::printf("[ accuracy ] %lldx%lld: rms logit error / rms logit vs exact fp32: GEMV hi+lo (B <= %lld) %.3g, "
@@ -286,8 +287,10 @@ TEST_P(CudaConformanceTest, MatchesCpuBackendOnTheSameFp8Weights) {
   EXPECT_LE(rel_rms[kExact], 1e-5);
   EXPECT_LE(rel_rms[kHalf], 3e-4);
   if (ref2[kLt] > 0) {
-    std::printf(", cuBLASLt with %s activations %.3g",
-                s.precision == ActivationPrecision::kBf16 ? "bf16 (high+residual)" : "fp8", rel_rms[kLt]);
+    std::printf(", %s %.3g",
+                s.precision == ActivationPrecision::kBf16 ? "cuBLASLt with bf16 (high+residual) activations"
+                                                          : "E4M3 activations (per-token scale)",
+                rel_rms[kLt]);
     EXPECT_LE(rel_rms[kLt], max_rel_rms);
   }
   std::printf("\n");
@@ -299,6 +302,9 @@ INSTANTIATE_TEST_SUITE_P(
                       Shape{2003, 136, {}, ActivationPrecision::kBf16},  // unaligned: padded inside
                       Shape{32000, 1024, {0.5f, 30.0f}, ActivationPrecision::kBf16},
                       Shape{4096, 256, {}, ActivationPrecision::kFp8},
+                      // fp8 activations over more columns than the FP8 x FP8 GEMM's stages, and unaligned
+                      Shape{32000, 1024, {0.5f, 30.0f}, ActivationPrecision::kFp8},
+                      Shape{2003, 136, {}, ActivationPrecision::kFp8},
                       Shape{131072, 384, {}, ActivationPrecision::kBf16, /*large=*/true}),
     [](const ::testing::TestParamInfo<Shape>& info) { return ShapeName(info.param); });
 
@@ -351,63 +357,67 @@ TEST(CudaBackendTest, GpuQuantizationIsBitIdenticalToTheHostQuantizer) {
 
 // Rows that arrive as bf16 (Backend::Bf16InputBuffer) cross PCIe at half the bytes; the kernels
 // widen them exactly, so every result must equal the call with the same values as fp32 rows, bit
-// for bit: GEMV batches (hi + lo and single fp16) and FP8 GEMM batches (one or two tiles).
+// for bit: GEMV batches (hi + lo and single fp16) and FP8 GEMM batches (one or two tiles), with
+// bf16-level activations (FP8 x fp16) and with fp8 activations (FP8 x FP8, per-token E4M3).
 TEST(CudaBackendTest, Bf16RowsGiveTheSameResultsAsFp32Rows) {
   const int64_t vocab = 4096, hidden = 256;
   std::random_device seed_source;
   const uint64_t seed = (uint64_t{seed_source()} << 32) | seed_source();
   SCOPED_TRACE(::testing::Message() << "seed " << seed);
-  std::string skip;
-  auto gpu = CudaOrSkip(Fp8Head(vocab, hidden, seed), {}, ActivationPrecision::kBf16, &skip);
-  if (gpu == nullptr) GTEST_SKIP() << "no CUDA backend here: " << skip;
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   const std::vector<uint32_t> ids = {0, 7, static_cast<uint32_t>(vocab - 1)};
-  for (int64_t rows : {1, 7, 9, 33, 64, 65, 200}) {
-    SCOPED_TRACE(::testing::Message() << "rows " << rows);
-    std::vector<uint16_t> bits(rows * hidden);
-    std::vector<float> x(rows * hidden);
-    for (size_t i = 0; i < x.size(); ++i) {
-      bits[i] = FloatToBf16(normal(rng));
-      x[i] = Bf16ToFloat(bits[i]);
+  for (ActivationPrecision precision : {ActivationPrecision::kBf16, ActivationPrecision::kFp8}) {
+    SCOPED_TRACE(precision == ActivationPrecision::kBf16 ? "bf16 activations" : "fp8 activations");
+    std::string skip;
+    auto gpu = CudaOrSkip(Fp8Head(vocab, hidden, seed), {}, precision, &skip);
+    if (gpu == nullptr) GTEST_SKIP() << "no CUDA backend here: " << skip;
+    for (int64_t rows : {1, 7, 9, 33, 64, 65, 200}) {
+      SCOPED_TRACE(::testing::Message() << "rows " << rows);
+      std::vector<uint16_t> bits(rows * hidden);
+      std::vector<float> x(rows * hidden);
+      for (size_t i = 0; i < x.size(); ++i) {
+        bits[i] = FloatToBf16(normal(rng));
+        x[i] = Bf16ToFloat(bits[i]);
+      }
+      std::vector<RowSpec> specs(rows);
+      for (int64_t r = 0; r < rows; ++r) specs[r] = RowSpec{r % 2 == 0 ? 20u : 0u, ids, r % 5 == 0};
+      std::vector<RowOutput> want, got;
+      float* buffer = gpu->InputBuffer(rows);
+      ASSERT_NE(buffer, nullptr);
+      std::copy(x.begin(), x.end(), buffer);
+      ASSERT_TRUE(gpu->ComputeLogits({buffer, rows, specs}, &want).ok());
+      uint16_t* buffer16 = gpu->Bf16InputBuffer(rows);
+      ASSERT_NE(buffer16, nullptr) << "the GEMV and the FP8 GEMMs take bf16 rows";
+      std::copy(bits.begin(), bits.end(), buffer16);
+      LogitsBatch batch{nullptr, rows, specs};
+      batch.hidden_bf16 = buffer16;
+      const absl::Status st = gpu->ComputeLogits(batch, &got);
+      ASSERT_TRUE(st.ok()) << st;
+      ASSERT_EQ(got.size(), want.size());
+      for (int64_t r = 0; r < rows; ++r) {
+        SCOPED_TRACE(::testing::Message() << "row " << r);
+        EXPECT_EQ(got[r].argmax_id, want[r].argmax_id);
+        EXPECT_EQ(got[r].logsumexp, want[r].logsumexp);
+        EXPECT_EQ(got[r].top_ids, want[r].top_ids);
+        EXPECT_EQ(got[r].top_logits, want[r].top_logits);
+        EXPECT_EQ(got[r].token_logits, want[r].token_logits);
+        EXPECT_EQ(got[r].logits, want[r].logits);
+      }
     }
-    std::vector<RowSpec> specs(rows);
-    for (int64_t r = 0; r < rows; ++r) specs[r] = RowSpec{r % 2 == 0 ? 20u : 0u, ids, r % 5 == 0};
-    std::vector<RowOutput> want, got;
-    float* buffer = gpu->InputBuffer(rows);
-    ASSERT_NE(buffer, nullptr);
-    std::copy(x.begin(), x.end(), buffer);
-    ASSERT_TRUE(gpu->ComputeLogits({buffer, rows, specs}, &want).ok());
-    uint16_t* buffer16 = gpu->Bf16InputBuffer(rows);
-    ASSERT_NE(buffer16, nullptr) << "the GEMV and the FP8 GEMM take bf16 rows";
-    std::copy(bits.begin(), bits.end(), buffer16);
-    LogitsBatch batch{nullptr, rows, specs};
-    batch.hidden_bf16 = buffer16;
-    const absl::Status st = gpu->ComputeLogits(batch, &got);
-    ASSERT_TRUE(st.ok()) << st;
-    ASSERT_EQ(got.size(), want.size());
-    for (int64_t r = 0; r < rows; ++r) {
-      SCOPED_TRACE(::testing::Message() << "row " << r);
-      EXPECT_EQ(got[r].argmax_id, want[r].argmax_id);
-      EXPECT_EQ(got[r].logsumexp, want[r].logsumexp);
-      EXPECT_EQ(got[r].top_ids, want[r].top_ids);
-      EXPECT_EQ(got[r].top_logits, want[r].top_logits);
-      EXPECT_EQ(got[r].token_logits, want[r].token_logits);
-      EXPECT_EQ(got[r].logits, want[r].logits);
-    }
+    // bf16 rows only in the buffer handed out.
+    std::vector<uint16_t> elsewhere(hidden);
+    std::vector<RowSpec> one(1);
+    LogitsBatch stray{nullptr, 1, one};
+    stray.hidden_bf16 = elsewhere.data();
+    std::vector<RowOutput> out;
+    EXPECT_EQ(gpu->ComputeLogits(stray, &out).code(), absl::StatusCode::kInvalidArgument);
+    // cuBLASLt batches (lmhead's FP8 GEMMs off, above the GEMV's rows) take no bf16 rows.
+    auto lt = CudaOrSkip(Fp8Head(vocab, hidden, seed), {}, precision, &skip, 0, /*fp8_gemm=*/false);
+    ASSERT_NE(lt, nullptr);
+    EXPECT_NE(lt->Bf16InputBuffer(64), nullptr);
+    EXPECT_EQ(lt->Bf16InputBuffer(65), nullptr);
   }
-  // bf16 rows only in the buffer handed out.
-  std::vector<uint16_t> elsewhere(hidden);
-  std::vector<RowSpec> one(1);
-  LogitsBatch stray{nullptr, 1, one};
-  stray.hidden_bf16 = elsewhere.data();
-  std::vector<RowOutput> out;
-  EXPECT_EQ(gpu->ComputeLogits(stray, &out).code(), absl::StatusCode::kInvalidArgument);
-  // cuBLASLt batches (fp8 activations above the GEMV's rows) take no bf16 rows.
-  auto fp8 = CudaOrSkip(Fp8Head(vocab, hidden, seed), {}, ActivationPrecision::kFp8, &skip);
-  ASSERT_NE(fp8, nullptr);
-  EXPECT_NE(fp8->Bf16InputBuffer(64), nullptr);
-  EXPECT_EQ(fp8->Bf16InputBuffer(65), nullptr);
 }
 
 TEST(CudaBackendTest, EqualLogitsRankLowerIdFirstAndOverflowIsReported) {
@@ -558,8 +568,8 @@ TEST_P(CudaConformanceTest, SamplingMatchesTheCpuReference) {
 // A batch larger than the output workspace runs in slices, each enqueued while the host reads the
 // previous one's results (slots, rows staged through pinned memory, copies on a second stream).
 // 400 rows in 5 slices of 80 (cuBLASLt), 7 of at most 64 (the GEMV, which reads the staged rows
-// over PCIe) or 3 of 128 and one of 16 (bf16 activations: the FP8 GEMM, then the GEMV; fp8
-// activations: 3 cuBLASLt slices of 112, then a GEMV one of 64) must give what the CPU backend
+// over PCIe) or 3 of 128 and one of 16 (the FP8 GEMM -- FP8 x fp16 with bf16 activations, FP8 x
+// FP8 with fp8 activations --, then the GEMV) must give what the CPU backend
 // gives: argmax-only calls (no logits are stored; the token logits come from the raw products or
 // the kernels' own store), mixed top-k / full-logit rows, and sampled rows; an overflowing row
 // fails the call without harming the next one.
@@ -597,8 +607,8 @@ TEST_P(SlicedBatchTest, MatchesTheCpuBackend) {
     std::vector<float> x(rows * hidden);
     for (float& v : x) v = normal(rng);
     // The activations each slice's path multiplies. The backend cuts `rows` into equal slices of
-    // whole tiles (128 rows) for the FP8 GEMM, else of multiples of 16 rows.
-    const int64_t granule = precision == ActivationPrecision::kBf16 && fp8_gemm ? 128 : 16;
+    // whole tiles (128 rows) for the FP8 GEMMs, else of multiples of 16 rows.
+    const int64_t granule = fp8_gemm ? 128 : 16;
     const int64_t slices = (rows + slice_rows - 1) / slice_rows;
     const int64_t per = std::min(slice_rows, ((rows + slices - 1) / slices + granule - 1) / granule * granule);
     std::vector<float> x_gpu;

@@ -16,6 +16,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_util.h"
+#include "kernels/cuda/fp8_act_gemm.h"
 #include "kernels/cuda/fp8_gemv.h"
 #include "kernels/cuda/host_copy.h"
 #include "kernels/cuda/kernels.h"
@@ -45,9 +46,9 @@ class CudaBackend final : public Backend {
   // Batches of one slice may be assembled in x_host_[0] (pinned); larger ones are staged slice by
   // slice through the slots' x_host_ buffers (see ComputeLogits).
   float* InputBuffer(int64_t rows) override { return rows <= slice_rows_ ? x_host_[0].get() : nullptr; }
-  // bf16 rows are read by the kernels that convert rows themselves: the GEMV and the FP8 GEMM.
+  // bf16 rows are read by the kernels that convert rows themselves: the GEMV and the FP8 GEMMs'.
   uint16_t* Bf16InputBuffer(int64_t rows) override {
-    const bool kernels = rows <= gemv_max_rows_ || (gemm_fp8_ && rows > kGemvMaxRows);
+    const bool kernels = rows <= gemv_max_rows_ || ((gemm_fp8_ || gemm_fp8_act_) && rows > kGemvMaxRows);
     return rows <= slice_rows_ && kernels ? reinterpret_cast<uint16_t*>(x_host_[0].get()) : nullptr;
   }
   std::string TakeStageTimings() override;
@@ -154,6 +155,8 @@ class CudaBackend final : public Backend {
     p->cut = topk_cut_.get();
     p->candidates = topk_candidates_.get();
   }
+  // Slices of several are cut in multiples of this many rows (whole tiles for the FP8 GEMMs).
+  int64_t SliceGranule() const { return gemm_fp8_ || gemm_fp8_act_ ? kGemmTileRows : 16; }
   void ClearGraphs() {
     for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
     graphs_.clear();
@@ -163,6 +166,7 @@ class CudaBackend final : public Backend {
   bool fp8_ = true;         // FP8 weights (else BF16)
   bool split_ = true;       // FP8 activations as high + residual rows (cuBLASLt slices)
   bool gemm_fp8_ = false;   // slices above kGemvMaxRows rows run LaunchFp8Gemm instead of cuBLASLt
+  bool gemm_fp8_act_ = false;  // fp8 activations: those slices run LaunchFp8ActGemm instead
   int64_t gemv_max_rows_ = 0;  // slices up to this many rows run the FP8 GEMV
   ScaleMode scale_mode_ = ScaleMode::kPerRow;
   LogitTransform transform_;
@@ -180,9 +184,11 @@ class CudaBackend final : public Backend {
   // slice's rows (copy stream); rows_read_[k]: that slice's activation kernel has read them.
   DeviceBuffer<float> x_dev_[2];
   Event rows_up_[2], rows_read_[2];
-  DeviceBuffer<uint8_t> act_;         // [n_pad, hidden_pad] E4M3 or bf16
-  DeviceBuffer<float> act_scales_;    // [n_pad]
+  // cuBLASLt's and LaunchFp8ActGemm's activations: [max(n_pad, slice_rows_), hidden_pad] E4M3 or bf16.
+  DeviceBuffer<uint8_t> act_;
+  DeviceBuffer<float> act_scales_;
   GemvWeights gemv_weights_;          // weights_ as the GEMV reads them
+  Fp8ActGemmOperands act_gemm_;       // weights_ and act_ as LaunchFp8ActGemm reads them
   // The GEMV's and the FP8 GEMM's activations: [max(kGemvPlaneRows, slice_rows_),
   // GemvActivationStride] planes, and 1 / activation scale per row.
   DeviceBuffer<__half> gemv_act_;
@@ -316,23 +322,32 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
 
   if (fp8_) CUDA_RETURN_IF_ERROR(PrepareFp8Gemv());
   gemm_fp8_ = split_ && args.fp8_gemm && Fp8GemmAvailable();
+  gemm_fp8_act_ = fp8_ && !split_ && args.fp8_gemm && Fp8GemmAvailable();
+  if (gemm_fp8_act_) CUDA_RETURN_IF_ERROR(PrepareFp8ActGemm());
   // Rows per slice: as many as the output workspace holds (GEMM rows = 2 per row when split; the
-  // FP8 GEMM's slices are whole tiles of kGemmTileRows).
+  // FP8 GEMMs' slices are whole tiles of kGemmTileRows).
   const int64_t per_row = vocab_pad_ * sizeof(float) * (split_ && !gemm_fp8_ ? 2 : 1);
-  const int64_t granule = gemm_fp8_ ? kGemmTileRows : 16;
+  const int64_t granule = SliceGranule();
   slice_rows_ = std::clamp<int64_t>(args.output_workspace_bytes / per_row / granule * granule, granule, 4096);
   gemv_max_rows_ = std::min(gemv_max_rows_, slice_rows_);
   if (gemv_max_rows_ > 0) gemv_max_rows_ = std::min(gemv_max_rows_, GemvMaxRows());
   // Rows a cuBLASLt slice may have: those the GEMV and the FP8 GEMM do not take (with both at their
   // full range, none: no cuBLASLt GEMM, plans or workspace then), and its padded GEMM rows.
-  const int64_t lt_rows = !gemm_fp8_                         ? slice_rows_
+  const int64_t lt_rows = !gemm_fp8_ && !gemm_fp8_act_     ? slice_rows_
                           : gemv_max_rows_ < kGemvMaxRows ? std::min(slice_rows_, kGemvMaxRows)
                                                           : 0;
   const int64_t n_pad = lt_rows > 0 ? LtGemm::PadRows(split_ ? 2 * lt_rows : lt_rows) : 0;
   if (lt_rows > 0) {
     ASSIGN_OR_RETURN(gemm_, LtGemm::Create(fp8_ ? CUDA_R_8F_E4M3 : CUDA_R_16BF, vocab_pad_, hidden_pad_, 32u << 20));
-    RETURN_IF_ERROR(act_.Allocate(n_pad * hidden_pad_ * (fp8_ ? 1 : 2)));
-    RETURN_IF_ERROR(act_scales_.Allocate(n_pad));
+  }
+  const int64_t act_rows = std::max(n_pad, gemm_fp8_act_ ? slice_rows_ : 0);
+  if (act_rows > 0) {
+    RETURN_IF_ERROR(act_.Allocate(act_rows * hidden_pad_ * (fp8_ ? 1 : 2)));
+    RETURN_IF_ERROR(act_scales_.Allocate(act_rows));
+  }
+  if (gemm_fp8_act_) {  // rows past a slice's in its last tile are multiplied too: keep them finite
+    CUDA_RETURN_IF_ERROR(cudaMemset(act_.get(), 0, act_.bytes()));
+    CUDA_RETURN_IF_ERROR(DescribeFp8ActGemm(weights_.get(), vocab_pad_, hidden_pad_, act_.get(), act_rows, &act_gemm_));
   }
   const int64_t chunks = PartialChunks(vocab_);
   for (DeviceBuffer<float>& x : x_dev_) RETURN_IF_ERROR(x.Allocate(slice_rows_ * hidden_));
@@ -351,7 +366,7 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
   RETURN_IF_ERROR(raw_.Allocate(std::max(n_pad, slice_rows_) * vocab_pad_));
   // Partial statistics: the epilogue's first pass, or the GEMV's or the FP8 GEMM's per-block ones.
   const int64_t partials = std::max({slice_rows_ * chunks, gemv_max_rows_ * GemvMaxPartials(vocab_pad_),
-                                     gemm_fp8_ ? slice_rows_ * Fp8GemmPartials(vocab_pad_) : 0});
+                                     gemm_fp8_ || gemm_fp8_act_ ? slice_rows_ * Fp8GemmPartials(vocab_pad_) : 0});
   RETURN_IF_ERROR(part_max_.Allocate(partials));
   RETURN_IF_ERROR(part_sum_.Allocate(partials));
   RETURN_IF_ERROR(part_arg_.Allocate(partials));
@@ -563,7 +578,7 @@ absl::Status CudaBackend::ComputeLogits(const LogitsBatch& batch, std::vector<Ro
   // enqueued.
   const int64_t slices = (rows + slice_rows_ - 1) / slice_rows_;
   const int64_t per =
-      slices == 1 ? rows : std::min(slice_rows_, RoundUp((rows + slices - 1) / slices, gemm_fp8_ ? kGemmTileRows : 16));
+      slices == 1 ? rows : std::min(slice_rows_, RoundUp((rows + slices - 1) / slices, SliceGranule()));
   std::deque<int> in_flight;  // slots, oldest first
   absl::Status status;
   for (int64_t start = 0, i = 0; start < rows && status.ok(); start += per, ++i) {
@@ -598,7 +613,8 @@ absl::Status CudaBackend::Enqueue(const void* x_src, int64_t n, const CallShape&
   };
   const bool gemv = n <= gemv_max_rows_;  // x_src is pinned then (see Init)
   const bool fp8_gemm = gemm_fp8_ && n > kGemvMaxRows;
-  if (!gemv && !fp8_gemm && (gemm_ == nullptr || call.bf16_rows)) {
+  const bool fp8_act_gemm = gemm_fp8_act_ && n > kGemvMaxRows;
+  if (!gemv && !fp8_gemm && !fp8_act_gemm && (gemm_ == nullptr || call.bf16_rows)) {
     return absl::InternalError(absl::StrCat("no GEMM path for a slice of ", n, call.bf16_rows ? " bf16" : "", " rows"));
   }
   const ResultLayout layout(n, call.top_k, call.max_ids);
@@ -611,7 +627,7 @@ absl::Status CudaBackend::Enqueue(const void* x_src, int64_t n, const CallShape&
   p.rows = n;
   p.vocab = vocab_;
   p.split = split_ && !gemv && !fp8_gemm;
-  p.ready_partials = fp8_gemm ? Fp8GemmPartials(vocab_pad_) : gemv ? GemvPartials(n, vocab_pad_) : 0;
+  p.ready_partials = fp8_gemm || fp8_act_gemm ? Fp8GemmPartials(vocab_pad_) : gemv ? GemvPartials(n, vocab_pad_) : 0;
   p.partial_rows = p.ready_partials > 0 ? GemvPartialRows(n) : 0;
   p.logit_scale = transform_.scale;
   p.softcap = transform_.softcap;
@@ -660,6 +676,12 @@ absl::Status CudaBackend::Enqueue(const void* x_src, int64_t n, const CallShape&
     CUDA_RETURN_IF_ERROR(fp8_kernel_activations(x_src));
   } else if (fp8_gemm) {
     CUDA_RETURN_IF_ERROR(fp8_kernel_activations(x_dev));
+  } else if (fp8_act_gemm) {  // one E4M3 row per batch row, no padding rows (the kernel masks them)
+    auto* q = reinterpret_cast<__nv_fp8_e4m3*>(act_.get());
+    CUDA_RETURN_IF_ERROR(call.bf16_rows ? LaunchQuantizeActivations(reinterpret_cast<const uint16_t*>(x_dev), n, hidden_,
+                                                                    hidden_pad_, false, n, q, act_scales_.get(), s)
+                                        : LaunchQuantizeActivations(x_dev, n, hidden_, hidden_pad_, false, n, q,
+                                                                    act_scales_.get(), s));
   } else {
     CUDA_RETURN_IF_ERROR(LaunchGemmActivations(x_dev, n, n_pad, s));
   }
@@ -669,6 +691,8 @@ absl::Status CudaBackend::Enqueue(const void* x_src, int64_t n, const CallShape&
     CUDA_RETURN_IF_ERROR(LaunchFp8Gemv(gemv_weights_, gemv_act_.get(), p, s));
   } else if (fp8_gemm) {
     CUDA_RETURN_IF_ERROR(LaunchFp8Gemm(gemv_weights_, gemv_act_.get(), p, s));
+  } else if (fp8_act_gemm) {
+    CUDA_RETURN_IF_ERROR(LaunchFp8ActGemm(act_gemm_, p, s));
   } else {
     RETURN_IF_ERROR(gemm_->Run(weights_.get(), act_.get(), n_pad, raw_.get(), s));
   }

@@ -27,13 +27,13 @@ struct CudaModuleArgs {
   int abi = kCudaModuleAbi;
   int device = 0;
   LogitTransform transform;
-  // For cuBLASLt batches (above gemv_max_rows): true: activations as one E4M3 row each
-  // (per-token scale); false: an E4M3 "high" row plus an E4M3 residual row (bf16-level accuracy,
-  // the same weight bytes read once).
+  // Batches above gemv_max_rows: true: activations as one E4M3 row each (per-token scale);
+  // false: bf16-level accuracy (one fp16 each in the module's FP8 GEMM, or on cuBLASLt an E4M3
+  // "high" row plus an E4M3 residual row, the same weight bytes read once).
   bool fp8_activations = false;
-  // With bf16-level activations (fp8_activations false) on Hopper: batches above kCudaGemvMaxRows
-  // rows run the module's FP8 GEMM (fp16 activations on tensor cores, the epilogue's first pass
-  // fused) instead of cuBLASLt's high + residual rows; false = cuBLASLt (the benchmark compares).
+  // On Hopper: batches above kCudaGemvMaxRows rows run the module's FP8 GEMMs (FP8 x fp16, or FP8
+  // x FP8 with fp8_activations; the epilogue's first pass fused) instead of cuBLASLt; false =
+  // cuBLASLt (the benchmark compares).
   bool fp8_gemm = true;
   // FP8 heads: slices of up to this many rows (<= kCudaGemvMaxRows) use the GEMV; 0 = never
   // (cuBLASLt for every batch; the benchmark compares the two).

@@ -9,7 +9,9 @@
 
 #include "kernels/cuda/dependent_launch.h"
 #include "kernels/cuda/logit_stats.cuh"
+#include "kernels/cuda/row_element.cuh"
 #include "kernels/cuda/wgmma.cuh"
+#include "kernels/cuda/wgmma_tile.cuh"
 
 namespace lmhead::cuda {
 namespace {
@@ -48,10 +50,6 @@ __device__ __forceinline__ int64_t WgmmaPlanePosition(int64_t k) {
 __device__ __forceinline__ int64_t WgmmaActivationOffset(int64_t q, int64_t c, int n) {
   return (q / 16) * (int64_t{n} * 16) + ((c / 8) * 2 + (q % 16) / 8) * 64 + (c % 8) * 8 + q % 8;
 }
-
-// A row element: fp32, or bf16 bits (exact in fp32).
-__device__ __forceinline__ float LoadElement(const float* p) { return *p; }
-__device__ __forceinline__ float LoadElement(const uint16_t* p) { return __uint_as_float(uint32_t{*p} << 16); }
 
 // One block per row. x may be pinned host memory read over PCIe: every element the block needs is
 // requested up front (kActPerThread independent loads per thread), so a row costs about one
@@ -388,112 +386,6 @@ struct WgmmaGemvShape {
   static_assert(kSmemBytes <= 227 * 1024, "fits the H100's shared memory per block");
 };
 
-// The wgmma kernels' store, after the main loop (every warp's MMAs done: shared memory is free).
-// The block's 256 x kColumns logits (vocab rows x batch rows of token tile `token_tile`; with two
-// planes a row's hi and lo columns summed) are finished (FinishLogit; -inf past the head or the
-// batch) into shared memory, then written to e.raw when write_logits (one warp per batch row: 1 KB
-// runs) and reduced to one partial statistic per batch row (e.part_*[row, vocab block]) by
-// kThreadsPerColumn threads per row. (Reducing them in registers with warp shuffles -- three
-// rounds of Stat combines per batch row -- took as long as the MMAs: 2.1 of 4.1 ms at
-// 131072x5120, B = 1024, H100.)
-template <int N, int PLANES>
-struct TileStoreShape {
-  static constexpr int kRows = 256;                    // vocab rows per block (16 warps x 16)
-  static constexpr int kColumns = N / PLANES;          // batch rows per token tile
-  static constexpr int kThreadsPerColumn = 512 / kColumns < 32 ? 512 / kColumns : 32;
-  static constexpr int kStride = kRows + kThreadsPerColumn;  // floats per column: conflict-free reads
-  static constexpr int kBytes = (kColumns * kStride + kColumns) * 4;  // the logits, then 1 / scales
-};
-
-template <int N, int PLANES>
-__device__ __forceinline__ void StoreWgmmaTile(const float (&acc)[N / 8][4], int64_t token_tile, int64_t vocab_block,
-                                               int64_t partials, bool write_logits, const EpilogueParams& e,
-                                               float* smem) {
-  using T = TileStoreShape<N, PLANES>;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int g = lane >> 2, t = lane & 3;
-  float* logits = smem;                                  // [kColumns][kStride]
-  float* inv_scales = smem + T::kColumns * T::kStride;  // [kColumns]
-  const int64_t b0 = token_tile * T::kColumns, v0 = vocab_block * T::kRows;
-  __syncthreads();  // every warp's MMAs are done with the shared memory reused here
-  if (threadIdx.x < T::kColumns) {
-    inv_scales[threadIdx.x] = b0 + threadIdx.x < e.rows ? e.act_scales[b0 + threadIdx.x] : 0.0f;
-  }
-  __syncthreads();
-  // Accumulator d[nt][j] is vocab row 16 warp + g + 8 (j / 2), MMA column 8 nt + 2t + j % 2: with
-  // two planes the hi and lo of batch row 4 nt + t, with one batch row 8 nt + 2t + j % 2.
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int r = warp * 16 + g + 8 * half;
-    const int64_t v = v0 + r;
-    const bool in = v < e.vocab;
-    const float row_scale = in && e.row_scales != nullptr ? e.row_scales[v] : 1.0f;
-#pragma unroll
-    for (int nt = 0; nt < N / 8; ++nt) {
-#pragma unroll
-      for (int j = 0; j < 2 / PLANES; ++j) {
-        const int c = PLANES == 2 ? 4 * nt + t : 8 * nt + 2 * t + j;
-        const float product = PLANES == 2 ? acc[nt][2 * half] + acc[nt][2 * half + 1] : acc[nt][2 * half + j];
-        const bool live = in && b0 + c < e.rows;
-        logits[c * T::kStride + r] =
-            live ? FinishLogit(product * inv_scales[c], &row_scale, e.logit_scale, e.softcap) : -INFINITY;
-      }
-    }
-  }
-  __syncthreads();
-  if (write_logits) {  // warp w stores batch rows w, w + 16, ...: each a run of up to 256 floats
-    const int run = static_cast<int>(min(static_cast<int64_t>(T::kRows), e.vocab - v0));
-    for (int c = warp; c < T::kColumns && b0 + c < e.rows; c += 16) {
-      float* out = e.raw + (b0 + c) * e.ld + v0;
-      for (int r = lane; r < run; r += 32) out[r] = logits[c * T::kStride + r];
-    }
-  }
-  // kThreadsPerColumn threads per batch row, thread q taking vocab rows q, q + kThreadsPerColumn, ...
-  constexpr int kPer = T::kThreadsPerColumn;
-  const int c = threadIdx.x / kPer, q = threadIdx.x % kPer;
-  if (c >= T::kColumns) return;  // (8 columns: only 256 threads take part)
-  const float* column = logits + c * T::kStride;
-  float m = -INFINITY;
-  int arg = q;
-#pragma unroll 8
-  for (int r = q; r < T::kRows; r += kPer) {
-    const float l = column[r];
-    if (l > m) m = l, arg = r;  // ascending ids: ties keep the lowest
-  }
-  float sum = 0.0f;
-  if (m != -INFINITY) {
-#pragma unroll 8
-    for (int r = q; r < T::kRows; r += kPer) sum += expf(column[r] - m);
-  }
-  Stat st{m, static_cast<int32_t>(v0 + arg), sum};
-#pragma unroll
-  for (int offset = 1; offset < kPer; offset *= 2) {
-    const Stat other{__shfl_xor_sync(0xffffffffu, st.m, offset), __shfl_xor_sync(0xffffffffu, st.a, offset),
-                     __shfl_xor_sync(0xffffffffu, st.s, offset)};
-    st = Combine(st, other);
-  }
-  if (q == 0 && b0 + c < e.rows) {
-    const int64_t at = (b0 + c) * partials + vocab_block;
-    e.part_max[at] = st.m;
-    e.part_arg[at] = st.a;
-    e.part_sum[at] = st.s;
-  }
-}
-
-// Block `block` of a grid over token_tiles x vocab_blocks tiles -> its tiles, ordered so that the
-// blocks that run together share their operands in L2: groups of up to kGroup token tiles, and
-// within a group the group's token tiles of one vocab block one after another (each weight box is
-// fetched from memory once per group; the group's activations, 1.3 MB per tile at hidden 5120,
-// stay in L2 over the whole vocab).
-__device__ __forceinline__ void BlockTile(int64_t block, int64_t token_tiles, int64_t vocab_blocks, int64_t* token_tile,
-                                          int64_t* vocab_block) {
-  constexpr int64_t kGroup = 16;
-  const int64_t group = block / (kGroup * vocab_blocks), in_group = block % (kGroup * vocab_blocks);
-  const int64_t width = min(kGroup, token_tiles - group * kGroup);  // the last group may be narrower
-  *vocab_block = in_group / width;
-  *token_tile = group * kGroup + in_group % width;
-}
-
 template <int N, int PLANES>
 __global__ void __launch_bounds__(WgmmaGemvShape<N>::kThreads, 1)
     Fp8GemvWgmmaKernel(const __grid_constant__ CUtensorMap weights, int64_t tiles, int hidden_pad,
@@ -710,6 +602,25 @@ cudaError_t PrepareFp8Gemv() {
   return err;
 }
 
+cudaError_t DescribeByteMatrix(const void* base, int64_t cols, int64_t rows, int box_rows, CUtensorMap* out) {
+  if (cols % 16 != 0 || box_rows < 1 || box_rows > 256) return cudaErrorInvalidValue;
+  // The descriptor comes from the driver API, reached through the runtime (no libcuda link).
+  PFN_cuTensorMapEncodeTiled_v12000 encode = nullptr;
+  cudaDriverEntryPointQueryResult found;
+  cudaError_t err = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", reinterpret_cast<void**>(&encode),
+                                                     12000, cudaEnableDefault, &found);
+  if (err != cudaSuccess) return err;
+  if (found != cudaDriverEntryPointSuccess || encode == nullptr) return cudaErrorNotSupported;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t row_stride[1] = {static_cast<cuuint64_t>(cols)};  // bytes
+  const cuuint32_t box[2] = {kStep, static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t element_strides[2] = {1, 1};
+  const CUresult r = encode(out, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<void*>(base), dims, row_stride, box,
+                            element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
 cudaError_t DescribeGemvWeights(const uint8_t* codes, int64_t vocab_pad, int64_t hidden_pad, GemvWeights* out) {
   if (vocab_pad % 16 != 0 || hidden_pad % 16 != 0) return cudaErrorInvalidValue;
   *out = GemvWeights{};
@@ -717,21 +628,7 @@ cudaError_t DescribeGemvWeights(const uint8_t* codes, int64_t vocab_pad, int64_t
   out->vocab_pad = vocab_pad;
   out->hidden_pad = hidden_pad;
   if (!g_wgmma) return cudaSuccess;
-  // The TMA descriptor comes from the driver API, reached through the runtime (no libcuda link).
-  PFN_cuTensorMapEncodeTiled_v12000 encode = nullptr;
-  cudaDriverEntryPointQueryResult found;
-  cudaError_t err = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", reinterpret_cast<void**>(&encode),
-                                                     12000, cudaEnableDefault, &found);
-  if (err != cudaSuccess) return err;
-  if (found != cudaDriverEntryPointSuccess || encode == nullptr) return cudaErrorNotSupported;
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(hidden_pad), static_cast<cuuint64_t>(vocab_pad)};
-  const cuuint64_t row_stride[1] = {static_cast<cuuint64_t>(hidden_pad)};  // bytes
-  const cuuint32_t box[2] = {kStep, 16};  // one warp's step (Fp8GemvWgmmaKernel)
-  const cuuint32_t element_strides[2] = {1, 1};
-  const CUresult r = encode(&out->tensor_map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<uint8_t*>(codes), dims,
-                            row_stride, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+  return DescribeByteMatrix(codes, hidden_pad, vocab_pad, 16, &out->tensor_map);  // one warp's step (a box)
 }
 
 int64_t GemvMaxPartials(int64_t vocab_pad) { return (vocab_pad / 16 + kWarps - 1) / kWarps; }

@@ -97,6 +97,11 @@ struct GemvWeights {
   CUtensorMap tensor_map{};        // Hopper: the codes for the wgmma GEMV's TMA reads
 };
 
+// A 2-D tensor map (Hopper's copy engine) over a row-major byte matrix [rows, cols] in device
+// memory (cols a multiple of 16): boxes of box_rows (<= 256) rows x 128 bytes, written to shared
+// memory with the 128-byte swizzle; bytes outside the matrix read as zeros.
+cudaError_t DescribeByteMatrix(const void* base, int64_t cols, int64_t rows, int box_rows, CUtensorMap* out);
+
 // Describes `codes` for LaunchFp8Gemv (after PrepareFp8Gemv; the codes must outlive the result).
 cudaError_t DescribeGemvWeights(const uint8_t* codes, int64_t vocab_pad, int64_t hidden_pad, GemvWeights* out);
 

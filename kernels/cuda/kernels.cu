@@ -2,6 +2,7 @@
 
 #include "kernels/cuda/dependent_launch.h"
 #include "kernels/cuda/logit_stats.cuh"
+#include "kernels/cuda/row_element.cuh"
 
 #include <cfloat>
 #include <cub/block/block_reduce.cuh>
@@ -38,7 +39,8 @@ __device__ __forceinline__ float BlockMaxAbs(float v, float* shared) {
 __device__ __forceinline__ float DecodeE4m3(__nv_fp8_e4m3 q) { return static_cast<float>(q); }
 
 // Blocks [0, rows) quantize one row each; blocks past that zero one padding row each.
-__global__ void QuantizeActivationsKernel(const float* __restrict__ x, int64_t rows, int64_t hidden,
+template <typename In>
+__global__ void QuantizeActivationsKernel(const In* __restrict__ x, int64_t rows, int64_t hidden,
                                           int64_t ld, bool split, __nv_fp8_e4m3* __restrict__ out,
                                           float* __restrict__ scales) {
   __shared__ float shared;
@@ -49,15 +51,15 @@ __global__ void QuantizeActivationsKernel(const float* __restrict__ x, int64_t r
     if (threadIdx.x == 0) scales[pad] = 0.0f;
     return;
   }
-  const float* row = x + r * hidden;
+  const In* row = x + r * hidden;
   float amax = 0.0f;
-  for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) amax = fmaxf(amax, fabsf(row[i]));
+  for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) amax = fmaxf(amax, fabsf(LoadElement(row + i)));
   amax = BlockMaxAbs(amax, &shared);
   const float s_hi = amax > 0.0f ? amax / 448.0f : 1.0f;
   __nv_fp8_e4m3* hi = out + r * ld;
   float ramax = 0.0f;
   for (int64_t i = threadIdx.x; i < ld; i += blockDim.x) {
-    const float v = i < hidden ? row[i] : 0.0f;
+    const float v = i < hidden ? LoadElement(row + i) : 0.0f;
     const __nv_fp8_e4m3 q(v / s_hi);  // round to nearest even, saturating to finite
     hi[i] = q;
     // __fmul_rn/__fsub_rn: no FMA contraction, so the residual is reproducible on the CPU.
@@ -69,7 +71,7 @@ __global__ void QuantizeActivationsKernel(const float* __restrict__ x, int64_t r
   const float s_lo = ramax > 0.0f ? ramax / 448.0f : 1.0f;
   __nv_fp8_e4m3* lo = out + (rows + r) * ld;
   for (int64_t i = threadIdx.x; i < ld; i += blockDim.x) {
-    const float residual = i < hidden ? __fsub_rn(row[i], __fmul_rn(DecodeE4m3(hi[i]), s_hi)) : 0.0f;
+    const float residual = i < hidden ? __fsub_rn(LoadElement(row + i), __fmul_rn(DecodeE4m3(hi[i]), s_hi)) : 0.0f;
     lo[i] = __nv_fp8_e4m3(residual / s_lo);
   }
   if (threadIdx.x == 0) scales[rows + r] = ramax > 0.0f ? s_lo : 0.0f;
@@ -591,14 +593,26 @@ int Blocks(int64_t count, int threads) {
 
 int64_t PartialChunks(int64_t vocab) { return (vocab + kChunk - 1) / kChunk; }
 
-cudaError_t LaunchQuantizeActivations(const float* x, int64_t rows, int64_t hidden, int64_t ld, bool split,
-                                      int64_t n_pad, __nv_fp8_e4m3* out, float* scales,
-                                      cudaStream_t stream) {
+namespace {
+template <typename In>
+cudaError_t LaunchQuantize(const In* x, int64_t rows, int64_t hidden, int64_t ld, bool split, int64_t n_pad,
+                           __nv_fp8_e4m3* out, float* scales, cudaStream_t stream) {
   const int64_t used = split ? 2 * rows : rows;
   const int64_t blocks = rows + std::max<int64_t>(0, n_pad - used);
-  QuantizeActivationsKernel<<<static_cast<unsigned>(blocks), kQuantThreads, 0, stream>>>(x, rows, hidden, ld, split,
-                                                                                        out, scales);
+  QuantizeActivationsKernel<In><<<static_cast<unsigned>(blocks), kQuantThreads, 0, stream>>>(x, rows, hidden, ld,
+                                                                                            split, out, scales);
   return cudaGetLastError();
+}
+}  // namespace
+
+cudaError_t LaunchQuantizeActivations(const float* x, int64_t rows, int64_t hidden, int64_t ld, bool split,
+                                      int64_t n_pad, __nv_fp8_e4m3* out, float* scales, cudaStream_t stream) {
+  return LaunchQuantize(x, rows, hidden, ld, split, n_pad, out, scales, stream);
+}
+
+cudaError_t LaunchQuantizeActivations(const uint16_t* x_bf16, int64_t rows, int64_t hidden, int64_t ld, bool split,
+                                      int64_t n_pad, __nv_fp8_e4m3* out, float* scales, cudaStream_t stream) {
+  return LaunchQuantize(x_bf16, rows, hidden, ld, split, n_pad, out, scales, stream);
 }
 
 cudaError_t LaunchConvertActivationsBf16(const float* x, int64_t rows, int64_t hidden, int64_t ld,

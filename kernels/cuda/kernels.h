@@ -27,6 +27,9 @@ inline constexpr int kMaxCandidates = 4096;
 cudaError_t LaunchQuantizeActivations(const float* x, int64_t rows, int64_t hidden, int64_t ld, bool split,
                                       int64_t n_pad, __nv_fp8_e4m3* out, float* scales,
                                       cudaStream_t stream);
+// The same from rows of bf16 bits (each exact in fp32: the codes are those of the fp32 values).
+cudaError_t LaunchQuantizeActivations(const uint16_t* x_bf16, int64_t rows, int64_t hidden, int64_t ld, bool split,
+                                      int64_t n_pad, __nv_fp8_e4m3* out, float* scales, cudaStream_t stream);
 
 // x: [rows, hidden] fp32 -> out: [n_pad, ld] bf16 (padding zeroed), scales[n_pad] = 1.
 cudaError_t LaunchConvertActivationsBf16(const float* x, int64_t rows, int64_t hidden, int64_t ld,

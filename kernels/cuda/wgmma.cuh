@@ -1,5 +1,6 @@
 // Hopper warpgroup MMA (wgmma) primitives for the GEMV: f32 += f16 A (registers) x f16 B (shared
-// memory, K-major, no swizzle). sm_90a only; CUDA sources only.
+// memory, K-major, no swizzle), and for the FP8 x FP8 GEMM (both operands in shared memory, 128-byte
+// swizzle). sm_90a only; CUDA sources only.
 //
 // A warpgroup (4 consecutive warps) computes a 64 x N tile: warp w of the group holds rows
 // 16w .. 16w + 15 of A in the m16n8k16 register layout (lane (g, t): a[0] = row g, k {2t, 2t+1};
@@ -25,6 +26,14 @@ __device__ __forceinline__ uint64_t SmemDescriptor(const void* smem, uint32_t lb
   const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   return uint64_t{(addr >> 4) & 0x3fffu} | (uint64_t{(lbo >> 4) & 0x3fffu} << 16) |
          (uint64_t{(sbo >> 4) & 0x3fffu} << 32);
+}
+
+// Shared-memory matrix descriptor for a K-major tile written with the 128-byte swizzle (TMA's
+// CU_TENSOR_MAP_SWIZZLE_128B): rows of 128 bytes, 8-row atoms 1024 bytes apart, the tile 1024-byte
+// aligned; `smem` may point 32 k-bytes into it per k32 step (the swizzle is applied on addresses).
+__device__ __forceinline__ uint64_t SwizzledDescriptor(const void* smem) {
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  return uint64_t{(addr >> 4) & 0x3fffu} | (uint64_t{1} << 16) | (uint64_t{1024 >> 4} << 32) | (uint64_t{1} << 62);
 }
 
 // Orders register writes before the wgmma that reads them (and accumulator reads after a wait).
@@ -119,6 +128,24 @@ __device__ __forceinline__ void Wgmma<128>(float* d, const uint32_t (&a)[4], uin
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
 }
 
+// d[32] (+)= A (64 x 32 E4M3, descriptor a) x B (32 x 64 E4M3, descriptor b), both K-major in
+// shared memory; accumulate = false overwrites d. D layout as Wgmma<64>. The tensor cores add into
+// d with less than fp32 precision (~14 bits kept): sum a few MMAs at a time into a fresh d and add
+// that into fp32 registers.
+__device__ __forceinline__ void WgmmaE4m3(float* d, uint64_t a, uint64_t b, bool accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+      "%32, %33, p, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(a), "l"(b), "r"(accumulate ? 1 : 0));
+}
+
 // Shared-memory barrier (mbarrier) completed by the bulk copies of BulkCopyToShared.
 __device__ __forceinline__ uint32_t SharedAddress(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -153,6 +180,10 @@ __device__ __forceinline__ void BarrierExpectBytes(uint64_t* barrier, uint32_t b
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(SharedAddress(barrier)), "r"(bytes)
                : "memory");
 }
+// One arrival on the barrier (its phase completes after the count given to BarrierInit).
+__device__ __forceinline__ void BarrierArrive(uint64_t* barrier) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(SharedAddress(barrier)) : "memory");
+}
 // Waits until the barrier's phase of parity `parity` (0 for its first, 1 for its second, ...)
 // has completed.
 __device__ __forceinline__ void BarrierWait(uint64_t* barrier, uint32_t parity) {
@@ -170,6 +201,8 @@ __device__ __forceinline__ void BarrierInit(uint64_t*, int) { __trap(); }
 __device__ __forceinline__ void BulkCopyToShared(void*, const void*, uint32_t, uint64_t*) { __trap(); }
 __device__ __forceinline__ void TensorCopyToShared(void*, const void*, int, int, uint64_t*) { __trap(); }
 __device__ __forceinline__ void BarrierExpectBytes(uint64_t*, uint32_t) { __trap(); }
+__device__ __forceinline__ void BarrierArrive(uint64_t*) { __trap(); }
+__device__ __forceinline__ void WgmmaE4m3(float*, uint64_t, uint64_t, bool) { __trap(); }
 __device__ __forceinline__ void BarrierWait(uint64_t*, uint32_t) { __trap(); }
 template <int N>
 __device__ __forceinline__ void Wgmma(float*, const uint32_t (&)[4], uint64_t) {

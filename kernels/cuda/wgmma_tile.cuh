@@ -1,0 +1,125 @@
+// The wgmma kernels' tile epilogue and block order, shared by the FP8 x fp16 kernels
+// (fp8_gemv.cu) and the FP8 x FP8 GEMM (fp8_act_gemm.cu). CUDA sources only; internal to the module.
+//
+// A block is 16 warps over 256 vocab rows: warp w holds the accumulators of vocab rows
+// 16w .. 16w + 15 in the wgmma D layout (wgmma.cuh).
+#ifndef LMHEAD_KERNELS_CUDA_WGMMA_TILE_CUH_
+#define LMHEAD_KERNELS_CUDA_WGMMA_TILE_CUH_
+
+#include <cstdint>
+
+#include "kernels/cuda/kernels.h"
+#include "kernels/cuda/logit_stats.cuh"
+
+namespace lmhead::cuda {
+
+// The wgmma kernels' store, after the main loop (every warp's MMAs done: shared memory is free).
+// The block's 256 x kColumns logits (vocab rows x batch rows of token tile `token_tile`; with two
+// planes a row's hi and lo columns summed) are finished (FinishLogit; -inf past the head or the
+// batch) into shared memory, then written to e.raw when write_logits (one warp per batch row: 1 KB
+// runs) and reduced to one partial statistic per batch row (e.part_*[row, vocab block]) by
+// kThreadsPerColumn threads per row. (Reducing them in registers with warp shuffles -- three
+// rounds of Stat combines per batch row -- took as long as the MMAs: 2.1 of 4.1 ms at
+// 131072x5120, B = 1024, H100.)
+template <int N, int PLANES>
+struct TileStoreShape {
+  static constexpr int kRows = 256;                    // vocab rows per block (16 warps x 16)
+  static constexpr int kColumns = N / PLANES;          // batch rows per token tile
+  static constexpr int kThreadsPerColumn = 512 / kColumns < 32 ? 512 / kColumns : 32;
+  static constexpr int kStride = kRows + kThreadsPerColumn;  // floats per column: conflict-free reads
+  static constexpr int kBytes = (kColumns * kStride + kColumns) * 4;  // the logits, then 1 / scales
+};
+
+template <int N, int PLANES>
+__device__ __forceinline__ void StoreWgmmaTile(const float (&acc)[N / 8][4], int64_t token_tile, int64_t vocab_block,
+                                               int64_t partials, bool write_logits, const EpilogueParams& e,
+                                               float* smem) {
+  using T = TileStoreShape<N, PLANES>;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = lane >> 2, t = lane & 3;
+  float* logits = smem;                                  // [kColumns][kStride]
+  float* inv_scales = smem + T::kColumns * T::kStride;  // [kColumns]
+  const int64_t b0 = token_tile * T::kColumns, v0 = vocab_block * T::kRows;
+  __syncthreads();  // every warp's MMAs are done with the shared memory reused here
+  if (threadIdx.x < T::kColumns) {
+    inv_scales[threadIdx.x] = b0 + threadIdx.x < e.rows ? e.act_scales[b0 + threadIdx.x] : 0.0f;
+  }
+  __syncthreads();
+  // Accumulator d[nt][j] is vocab row 16 warp + g + 8 (j / 2), MMA column 8 nt + 2t + j % 2: with
+  // two planes the hi and lo of batch row 4 nt + t, with one batch row 8 nt + 2t + j % 2.
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = warp * 16 + g + 8 * half;
+    const int64_t v = v0 + r;
+    const bool in = v < e.vocab;
+    const float row_scale = in && e.row_scales != nullptr ? e.row_scales[v] : 1.0f;
+#pragma unroll
+    for (int nt = 0; nt < N / 8; ++nt) {
+#pragma unroll
+      for (int j = 0; j < 2 / PLANES; ++j) {
+        const int c = PLANES == 2 ? 4 * nt + t : 8 * nt + 2 * t + j;
+        const float product = PLANES == 2 ? acc[nt][2 * half] + acc[nt][2 * half + 1] : acc[nt][2 * half + j];
+        const bool live = in && b0 + c < e.rows;
+        logits[c * T::kStride + r] =
+            live ? FinishLogit(product * inv_scales[c], &row_scale, e.logit_scale, e.softcap) : -INFINITY;
+      }
+    }
+  }
+  __syncthreads();
+  if (write_logits) {  // warp w stores batch rows w, w + 16, ...: each a run of up to 256 floats
+    const int run = static_cast<int>(min(static_cast<int64_t>(T::kRows), e.vocab - v0));
+    for (int c = warp; c < T::kColumns && b0 + c < e.rows; c += 16) {
+      float* out = e.raw + (b0 + c) * e.ld + v0;
+      for (int r = lane; r < run; r += 32) out[r] = logits[c * T::kStride + r];
+    }
+  }
+  // kThreadsPerColumn threads per batch row, thread q taking vocab rows q, q + kThreadsPerColumn, ...
+  constexpr int kPer = T::kThreadsPerColumn;
+  const int c = threadIdx.x / kPer, q = threadIdx.x % kPer;
+  if (c >= T::kColumns) return;  // (8 columns: only 256 threads take part)
+  const float* column = logits + c * T::kStride;
+  float m = -INFINITY;
+  int arg = q;
+#pragma unroll 8
+  for (int r = q; r < T::kRows; r += kPer) {
+    const float l = column[r];
+    if (l > m) m = l, arg = r;  // ascending ids: ties keep the lowest
+  }
+  float sum = 0.0f;
+  if (m != -INFINITY) {
+#pragma unroll 8
+    for (int r = q; r < T::kRows; r += kPer) sum += expf(column[r] - m);
+  }
+  Stat st{m, static_cast<int32_t>(v0 + arg), sum};
+#pragma unroll
+  for (int offset = 1; offset < kPer; offset *= 2) {
+    const Stat other{__shfl_xor_sync(0xffffffffu, st.m, offset), __shfl_xor_sync(0xffffffffu, st.a, offset),
+                     __shfl_xor_sync(0xffffffffu, st.s, offset)};
+    st = Combine(st, other);
+  }
+  if (q == 0 && b0 + c < e.rows) {
+    const int64_t at = (b0 + c) * partials + vocab_block;
+    e.part_max[at] = st.m;
+    e.part_arg[at] = st.a;
+    e.part_sum[at] = st.s;
+  }
+}
+
+// Block `block` of a grid over token_tiles x vocab_blocks tiles -> its tiles, ordered so that the
+// blocks that run together share their operands in L2: groups of up to kGroup token tiles, and
+// within a group the group's token tiles of one vocab block one after another (each weight box is
+// fetched from memory once per group; the group's activations, 1.3 MB per tile at hidden 5120,
+// stay in L2 over the whole vocab).
+inline __device__ void BlockTile(int64_t block, int64_t token_tiles, int64_t vocab_blocks, int64_t* token_tile,
+                                 int64_t* vocab_block) {
+  constexpr int64_t kGroup = 16;
+  const int64_t group = block / (kGroup * vocab_blocks), in_group = block % (kGroup * vocab_blocks);
+  const int64_t width = min(kGroup, token_tiles - group * kGroup);  // the last group may be narrower
+  *vocab_block = in_group / width;
+  *token_tile = group * kGroup + in_group % width;
+}
+
+
+}  // namespace lmhead::cuda
+
+#endif  // LMHEAD_KERNELS_CUDA_WGMMA_TILE_CUH_
