@@ -21,5 +21,15 @@ nvidia-smi --query-compute-apps=pid,used_memory --format=csv | tee "$OUT/server_
 kill -TERM $SERVER; wait $SERVER; echo "server exit $?"
 grep -E "loaded|serving" "$OUT/server.log"; tail -2 "$OUT/server.log"
 
+echo "== the same server with --activation_precision=fp8 (memory)"
+$BIN/lmhead-server --checkpoint=/tmp/ckpt --backend=cuda --activation_precision=fp8 --listen=127.0.0.1:50051 \
+  --metrics_listen=127.0.0.1:9400 --threads=16 > "$OUT/server_fp8.log" 2>&1 &
+SERVER=$!
+for _ in $(seq 1 300); do $BIN/lmhead health > /dev/null 2>&1 && break; sleep 0.2; done
+$BIN/lmhead logits --rows=200 --top_k=3 | tail -1
+nvidia-smi --query-compute-apps=pid,used_memory --format=csv | tee "$OUT/server_fp8_memory.txt"
+kill -TERM $SERVER; wait $SERVER; echo "server exit $?"
+grep -E "loaded" "$OUT/server_fp8.log"
+
 echo "== benchmark"
 $BIN/lmhead-gpu-bench --out="$OUT/gpu_bench.md" "$@" 2>&1 | tee "$OUT/bench.log"
