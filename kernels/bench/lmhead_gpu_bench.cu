@@ -28,6 +28,7 @@
 
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_util.h"
+#include "kernels/cuda/fp8_gemm.h"
 #include "kernels/cuda/fp8_gemv.h"
 #include "kernels/cuda/lt_gemm.h"
 #include "kernels/fp8.h"
@@ -318,6 +319,11 @@ int main(int argc, char** argv) {
     CHECK_OK(part_arg.Allocate(partials));
     lmhead::cuda::GemvWeights gemv_weights;
     CHECK_CUDA(lmhead::cuda::DescribeGemvWeights(w8.get(), vocab, hidden, &gemv_weights));
+    lmhead::cuda::Fp8GemmOperands gemm_operands;  // the FP8 x fp16 GEMM's (above the GEMV's rows)
+    if (lmhead::cuda::Fp8GemmAvailable()) {
+      CHECK_CUDA(lmhead::cuda::PrepareFp8Gemms());
+      CHECK_CUDA(lmhead::cuda::DescribeFp8Gemm(w8.get(), vocab, hidden, nullptr, 0, &gemm_operands));
+    }
     lmhead::cuda::EpilogueParams gemv_epilogue;  // what the GEMV alone reads and writes (an argmax call)
     gemv_epilogue.keep_logits = false;
     gemv_epilogue.ld = vocab;
@@ -399,7 +405,7 @@ int main(int argc, char** argv) {
         gemv_epilogue.raw = d.get();
         gemv_epilogue.rows = b;
         t_gemv = TimeDevice(stream, reps, [&] {
-          CHECK_CUDA(gemm ? lmhead::cuda::LaunchFp8Gemm(gemv_weights, gemv_act.get(), gemv_epilogue, stream)
+          CHECK_CUDA(gemm ? lmhead::cuda::LaunchFp8Gemm(gemm_operands, gemv_act.get(), gemv_epilogue, stream)
                           : lmhead::cuda::LaunchFp8Gemv(gemv_weights, gemv_act.get(), gemv_epilogue, stream));
         });
       }

@@ -16,7 +16,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_util.h"
-#include "kernels/cuda/fp8_act_gemm.h"
+#include "kernels/cuda/fp8_gemm.h"
 #include "kernels/cuda/fp8_gemv.h"
 #include "kernels/cuda/host_copy.h"
 #include "kernels/cuda/kernels.h"
@@ -188,7 +188,7 @@ class CudaBackend final : public Backend {
   DeviceBuffer<uint8_t> act_;
   DeviceBuffer<float> act_scales_;
   GemvWeights gemv_weights_;          // weights_ as the GEMV reads them
-  Fp8ActGemmOperands act_gemm_;       // weights_ and act_ as LaunchFp8ActGemm reads them
+  Fp8GemmOperands gemm_ops_;          // weights_ (and act_ with fp8 activations) as the FP8 GEMMs read them
   // The GEMV's and the FP8 GEMM's activations: [max(kGemvPlaneRows, slice_rows_),
   // GemvActivationStride] planes, and 1 / activation scale per row.
   DeviceBuffer<__half> gemv_act_;
@@ -323,7 +323,7 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
   if (fp8_) CUDA_RETURN_IF_ERROR(PrepareFp8Gemv());
   gemm_fp8_ = split_ && args.fp8_gemm && Fp8GemmAvailable();
   gemm_fp8_act_ = fp8_ && !split_ && args.fp8_gemm && Fp8GemmAvailable();
-  if (gemm_fp8_act_) CUDA_RETURN_IF_ERROR(PrepareFp8ActGemm());
+  if (gemm_fp8_ || gemm_fp8_act_) CUDA_RETURN_IF_ERROR(PrepareFp8Gemms());
   // Rows per slice: as many as the output workspace holds (GEMM rows = 2 per row when split; the
   // FP8 GEMMs' slices are whole tiles of kGemmTileRows).
   const int64_t per_row = vocab_pad_ * sizeof(float) * (split_ && !gemm_fp8_ ? 2 : 1);
@@ -347,7 +347,10 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
   }
   if (gemm_fp8_act_) {  // rows past a slice's in its last tile are multiplied too: keep them finite
     CUDA_RETURN_IF_ERROR(cudaMemset(act_.get(), 0, act_.bytes()));
-    CUDA_RETURN_IF_ERROR(DescribeFp8ActGemm(weights_.get(), vocab_pad_, hidden_pad_, act_.get(), act_rows, &act_gemm_));
+  }
+  if (gemm_fp8_ || gemm_fp8_act_) {
+    CUDA_RETURN_IF_ERROR(DescribeFp8Gemm(weights_.get(), vocab_pad_, hidden_pad_, gemm_fp8_act_ ? act_.get() : nullptr,
+                                         act_rows, &gemm_ops_));
   }
   const int64_t chunks = PartialChunks(vocab_);
   for (DeviceBuffer<float>& x : x_dev_) RETURN_IF_ERROR(x.Allocate(slice_rows_ * hidden_));
@@ -690,9 +693,9 @@ absl::Status CudaBackend::Enqueue(const void* x_src, int64_t n, const CallShape&
   if (gemv) {
     CUDA_RETURN_IF_ERROR(LaunchFp8Gemv(gemv_weights_, gemv_act_.get(), p, s));
   } else if (fp8_gemm) {
-    CUDA_RETURN_IF_ERROR(LaunchFp8Gemm(gemv_weights_, gemv_act_.get(), p, s));
+    CUDA_RETURN_IF_ERROR(LaunchFp8Gemm(gemm_ops_, gemv_act_.get(), p, s));
   } else if (fp8_act_gemm) {
-    CUDA_RETURN_IF_ERROR(LaunchFp8ActGemm(act_gemm_, p, s));
+    CUDA_RETURN_IF_ERROR(LaunchFp8ActGemm(gemm_ops_, p, s));
   } else {
     RETURN_IF_ERROR(gemm_->Run(weights_.get(), act_.get(), n_pad, raw_.get(), s));
   }

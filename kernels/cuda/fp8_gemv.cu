@@ -126,12 +126,6 @@ __device__ __forceinline__ uint4 LoadStreaming(const uint8_t* p) {
   return v;
 }
 
-// Two E4M3 codes (low byte first) -> fp16x2 (low half first).
-__device__ __forceinline__ uint32_t Fp8x2ToHalf2(uint32_t two) {
-  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(two & 0xffffu), __NV_E4M3);
-  return static_cast<uint32_t>(h.x) | (static_cast<uint32_t>(h.y) << 16);
-}
-
 __device__ __forceinline__ void Mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
                                     uint32_t b1) {
   asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
@@ -361,16 +355,17 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
 // - Weights: each warp keeps a ring of kRing steps (16 rows x 128 bytes, one tensor-map box with
 //   the 128-byte swizzle), refilled by its lane 0 kRing - 1 steps ahead of the one it multiplies.
 // - Activations: chunks of kChunk columns, one bulk copy each (the activation kernel writes them
-//   in the MMAs' shared-memory layout), three buffers (see kRelease for when they are refilled).
+//   in the MMAs' shared-memory layout), three buffers, the next one staged after a block barrier
+//   per chunk.
 // - The epilogue's first pass is done on the accumulators (StoreWgmmaTile): per batch row one
 //   partial statistic per block, and the finished logits only when a later pass reads them.
-// With N = 128 the same kernel is the large-batch GEMM: batch rows come in tiles of 128 (one fp16
-// plane each), the blocks ordered by BlockTile.
+// The large-batch GEMM (fp8_gemm.cu) runs the same product over tiles of 128 batch rows.
 template <int N>
 struct WgmmaGemvShape {
+  static_assert(N <= kGemvMaxRows, "N MMA columns of one batch");
   static constexpr int kWarps = 16;
   static constexpr int kThreads = kWarps * 32;
-  static constexpr int kSteps = N <= 64 ? 2 : 1;      // 128-column steps per activation chunk
+  static constexpr int kSteps = 2;                    // 128-column steps per activation chunk
   static constexpr int kChunk = kSteps * kStep;       // activation columns per chunk
   static constexpr int kBuffers = 3;                  // activation chunk buffers
   static constexpr int kChunkBytes = N * kChunk * 2;  // fp16
@@ -389,8 +384,7 @@ struct WgmmaGemvShape {
 template <int N, int PLANES>
 __global__ void __launch_bounds__(WgmmaGemvShape<N>::kThreads, 1)
     Fp8GemvWgmmaKernel(const __grid_constant__ CUtensorMap weights, int64_t tiles, int hidden_pad,
-                       const __half* __restrict__ act, int64_t act_stride, int token_tiles, bool write_logits,
-                       EpilogueParams e) {
+                       const __half* __restrict__ act, bool write_logits, EpilogueParams e) {
   using Shape = WgmmaGemvShape<N>;
   static_assert(PLANES == 1 || N == 16, "two planes only for the smallest batches");
   constexpr int kRing = Shape::kRing;
@@ -403,12 +397,9 @@ __global__ void __launch_bounds__(WgmmaGemvShape<N>::kThreads, 1)
   uint64_t* full = reinterpret_cast<uint64_t*>(chunks_smem + Shape::kBuffers * Shape::kChunkBytes);
   uint64_t* landed = full + Shape::kBuffers + warp * kRing;  // this warp's ring slots
 
-  int64_t token_tile, vocab_block;
-  BlockTile(blockIdx.x, token_tiles, gridDim.x / token_tiles, &token_tile, &vocab_block);
-  const int64_t tile = vocab_block * Shape::kWarps + warp;
+  const int64_t tile = blockIdx.x * Shape::kWarps + warp;
   const bool active = tile < tiles;  // inactive warps still take part in the barriers and wgmma
   const int chunks = (hidden_pad + Shape::kChunk - 1) / Shape::kChunk;
-  act += token_tile * N * act_stride;
 
   auto fetch = [&](int step) {  // lane 0; columns past hidden_pad (and rows past the head) read as zeros
     if (active && step * kStep < hidden_pad) {
@@ -424,24 +415,17 @@ __global__ void __launch_bounds__(WgmmaGemvShape<N>::kThreads, 1)
                      Shape::kChunkBytes, &full[buffer]);
   };
 
-  // The large-batch GEMM refills each activation buffer as soon as the last warp is done with the
-  // chunk it held (no block-wide barrier: one per chunk measured 6-15% slower at B = 1024, H100);
-  // the GEMV sizes synchronize the block once per chunk and stage one chunk ahead (the release
-  // scheme measured 1-2% slower there).
-  constexpr bool kRelease = N == kGemmTileRows;
-  __shared__ int released[Shape::kBuffers];  // warps done with the chunks each buffer held (kWarps per chunk)
-  if (threadIdx.x < Shape::kBuffers) released[threadIdx.x] = 0;
+  // The block synchronizes once per chunk and stages one chunk ahead (refilling each buffer as soon
+  // as the last warp is done with it, as the large-batch GEMM does, measured 1-2% slower here).
   if (threadIdx.x == 0) {
     for (int i = 0; i < Shape::kBarriers; ++i) BarrierInit(&full[i], 1);
   }
-  __syncthreads();  // the barriers and counters are initialized
+  __syncthreads();  // the barriers are initialized
   if (lane == 0) {
     for (int s = 0; s < kRing - 1; ++s) fetch(s);
   }
   WaitForPrerequisites();  // the activations (written by the previous kernel)
-  if (threadIdx.x == 0) {
-    for (int c = 0; c < (kRelease ? Shape::kBuffers : 1) && c < chunks; ++c) stage(c);
-  }
+  if (threadIdx.x == 0) stage(0);
 
   float acc[N / 8][4];
 #pragma unroll
@@ -450,7 +434,7 @@ __global__ void __launch_bounds__(WgmmaGemvShape<N>::kThreads, 1)
   uint32_t a_sets[kSets][4] = {};
 
   for (int c = 0; c < chunks; ++c) {
-    if (!kRelease && threadIdx.x == 0 && c + 1 < chunks) stage(c + 1);  // its buffer's chunk c - 2 is done
+    if (threadIdx.x == 0 && c + 1 < chunks) stage(c + 1);  // its buffer's chunk c - 2 is done
     BarrierWait(&full[c % Shape::kBuffers], (c / Shape::kBuffers) & 1);
     const uint8_t* buffer = chunks_smem + (c % Shape::kBuffers) * Shape::kChunkBytes;
 #pragma unroll
@@ -489,20 +473,9 @@ __global__ void __launch_bounds__(WgmmaGemvShape<N>::kThreads, 1)
       }
     }
     // This warp has issued chunk c's MMAs (at most kSets - 1 of them still run), so its warpgroup's
-    // MMAs of chunk c - 1 are done: the last warp to get here refills that buffer with chunk
-    // c - 1 + kBuffers (kRelease), or the block waits for every warp and the next iteration stages
-    // chunk c + 2 into it.
-    if (!kRelease) {
-      __syncthreads();
-    } else if (c >= 1) {
-      __syncwarp();
-      const int buffer = (c - 1) % Shape::kBuffers;
-      const int round = (c - 1) / Shape::kBuffers;
-      if (lane == 0 && atomicAdd(&released[buffer], 1) == Shape::kWarps * (round + 1) - 1 &&
-          c - 1 + Shape::kBuffers < chunks) {
-        stage(c - 1 + Shape::kBuffers);
-      }
-    }
+    // MMAs of chunk c - 1 are done: once every warp is here, the next iteration stages chunk c + 2
+    // into that buffer.
+    __syncthreads();
   }
   WgmmaWait<0>();
 #pragma unroll
@@ -513,7 +486,7 @@ __global__ void __launch_bounds__(WgmmaGemvShape<N>::kThreads, 1)
   LaunchDependents();  // the epilogue may launch; it waits for this grid's partial statistics
   static_assert(TileStoreShape<N, PLANES>::kBytes <= Shape::kRingBytes + Shape::kBuffers * Shape::kChunkBytes,
                 "the finished tile fits the ring and the activation buffers");
-  StoreWgmmaTile<N, PLANES>(acc, token_tile, vocab_block, gridDim.x / token_tiles, write_logits, e,
+  StoreWgmmaTile<N, PLANES>(acc, /*token_tile=*/0, blockIdx.x, gridDim.x, write_logits, e,
                             reinterpret_cast<float*>(smem));
 }
 
@@ -532,19 +505,16 @@ cudaError_t Launch(const uint8_t* w, int64_t vocab_pad, int64_t hidden_pad, cons
                              Shape::kSmemBytes, stream, w, tiles, static_cast<int>(hidden_pad), act, stride, p);
 }
 
-// token_tiles tiles of N batch rows (more than one: the large-batch GEMM). The finished logits are
-// stored only when a later pass reads them.
+// The finished logits are stored only when a later pass reads them.
 template <int N, int PLANES>
-cudaError_t LaunchWgmma(const GemvWeights& w, const __half* act, const EpilogueParams& p, cudaStream_t stream,
-                        int64_t token_tiles = 1) {
+cudaError_t LaunchWgmma(const GemvWeights& w, const __half* act, const EpilogueParams& p, cudaStream_t stream) {
   using Shape = WgmmaGemvShape<N>;
   const int64_t tiles = w.vocab_pad / 16;
-  const int64_t blocks = (tiles + Shape::kWarps - 1) / Shape::kWarps * token_tiles;
+  const int64_t blocks = (tiles + Shape::kWarps - 1) / Shape::kWarps;
   const bool write_logits = p.keep_logits || p.max_token_ids > 0;
   return LaunchAfterPrevious(Fp8GemvWgmmaKernel<N, PLANES>, dim3(static_cast<unsigned>(blocks)),
                              dim3(Shape::kThreads), Shape::kSmemBytes, stream, w.tensor_map, tiles,
-                             static_cast<int>(w.hidden_pad), act, GemvActivationStride(w.hidden_pad),
-                             static_cast<int>(token_tiles), write_logits, p);
+                             static_cast<int>(w.hidden_pad), act, write_logits, p);
 }
 
 // Set by PrepareFp8Gemv: the device runs sm_90a code (wgmma, TMA).
@@ -598,7 +568,6 @@ cudaError_t PrepareFp8Gemv() {
   if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<16, 1>, WgmmaGemvShape<16>::kSmemBytes);
   if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<32, 1>, WgmmaGemvShape<32>::kSmemBytes);
   if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<64, 1>, WgmmaGemvShape<64>::kSmemBytes);
-  if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<128, 1>, WgmmaGemvShape<128>::kSmemBytes);
   return err;
 }
 
@@ -634,12 +603,12 @@ cudaError_t DescribeGemvWeights(const uint8_t* codes, int64_t vocab_pad, int64_t
 int64_t GemvMaxPartials(int64_t vocab_pad) { return (vocab_pad / 16 + kWarps - 1) / kWarps; }
 
 int64_t GemvPartialRows(int64_t rows) {
-  return rows <= kGemvFusedRows ? kWarps * 16 : WgmmaGemvShape<kGemmTileRows>::kWarps * 16;
+  return rows <= kGemvFusedRows ? kWarps * 16 : WgmmaGemvShape<16>::kWarps * 16;  // (as the FP8 GEMMs')
 }
 
 int64_t GemvPartials(int64_t rows, int64_t vocab_pad) {
   if (rows <= kGemvFusedRows) return GemvMaxPartials(vocab_pad);  // the mma.sync GEMV's blocks
-  return WgmmaColumns(rows) > 0 ? Fp8GemmPartials(vocab_pad) : 0;
+  return WgmmaColumns(rows) > 0 ? (vocab_pad / 16 + WgmmaGemvShape<16>::kWarps - 1) / WgmmaGemvShape<16>::kWarps : 0;
 }
 
 cudaError_t LaunchFp8Gemv(const GemvWeights& w, const __half* act, const EpilogueParams& p, cudaStream_t stream) {
@@ -664,16 +633,6 @@ cudaError_t LaunchFp8Gemv(const GemvWeights& w, const __half* act, const Epilogu
   return Launch<2, 1>(w.codes, w.vocab_pad, w.hidden_pad, act, stride, p, stream);
 }
 
-int64_t Fp8GemmPartials(int64_t vocab_pad) {
-  return (vocab_pad / 16 + WgmmaGemvShape<kGemmTileRows>::kWarps - 1) / WgmmaGemvShape<kGemmTileRows>::kWarps;
-}
-
 bool Fp8GemmAvailable() { return g_wgmma; }
-
-cudaError_t LaunchFp8Gemm(const GemvWeights& w, const __half* act, const EpilogueParams& p, cudaStream_t stream) {
-  if (!g_wgmma || p.rows <= kGemvMaxRows || w.codes == nullptr || p.act_scales == nullptr) return cudaErrorInvalidValue;
-  const int64_t token_tiles = (p.rows + kGemmTileRows - 1) / kGemmTileRows;
-  return LaunchWgmma<kGemmTileRows, 1>(w, act, p, stream, token_tiles);
-}
 
 }  // namespace lmhead::cuda

@@ -1,5 +1,5 @@
-// Head product with FP8 weights and fp16 activations on tensor cores: the small-batch GEMV and,
-// on Hopper, the same kernel as a GEMM for larger batches (LaunchFp8Gemm, at the end).
+// Head product with FP8 weights and fp16 activations on tensor cores: the small-batch GEMV, and
+// the activations of the large-batch FP8 x fp16 GEMM (LaunchFp8Gemm in fp8_gemm.h).
 //
 // For batches of up to kGemvMaxRows rows the head is a skinny GEMM bound by reading the weights.
 // This path reads every weight byte once, decodes E4M3 to fp16 in registers (exact: every E4M3
@@ -58,7 +58,7 @@ int64_t GemvActivationStride(int64_t hidden_pad);
 // k16 block, one run of k16 blocks per staged chunk). s_b is a power of two that puts
 // max|x_b| in [2^13, 2^14), and inv_scales[b] = 1 / s_b. Only the columns below `hidden`
 // are written: `act` must be zeroed once when allocated.
-// rows > kGemvMaxRows (Hopper, for LaunchFp8Gemm): one plane, tiles of kGemmTileRows rows in the
+// rows > kGemvMaxRows (Hopper, for LaunchFp8Gemm in fp8_gemm.h): one plane, tiles of kGemmTileRows rows in the
 // wgmma layout for N = kGemmTileRows, tile i at act + i * kGemmTileRows * GemvActivationStride;
 // act then holds RoundUp(rows, kGemmTileRows) plane rows (zeroed once: the last tile's rows past
 // the batch are multiplied too).
@@ -87,7 +87,7 @@ int64_t GemvMaxPartials(int64_t vocab_pad);
 // Vocab rows each of those partial statistics covers (as the FP8 GEMM's for rows > kGemvMaxRows).
 int64_t GemvPartialRows(int64_t rows);
 
-// Batch rows per tile of the large-batch GEMM (LaunchFp8Gemm).
+// Batch rows per tile of the large-batch FP8 GEMMs (fp8_gemm.h).
 inline constexpr int64_t kGemmTileRows = 128;
 // The head's FP8 codes as the GEMV reads them.
 struct GemvWeights {
@@ -118,19 +118,8 @@ cudaError_t DescribeGemvWeights(const uint8_t* codes, int64_t vocab_pad, int64_t
 // p.rows must be <= GemvMaxRows().
 cudaError_t LaunchFp8Gemv(const GemvWeights& w, const __half* act, const EpilogueParams& p, cudaStream_t stream);
 
-// Large batches (Hopper): the same FP8 x fp16 wgmma product as the GEMV for p.rows >
-// kGemvMaxRows rows in tiles of kGemmTileRows (act from LaunchGemvActivations, p.act_scales its
-// inv_scales), with the epilogue's first pass done on the accumulators: per batch row and block
-// of 256 vocab rows the partial statistic in p.part_* ([rows, Fp8GemmPartials(vocab_pad)]; run
-// the epilogue with ready_partials set to that), and the finished logits in p.raw ([rows, p.ld])
-// only when p.keep_logits or p.max_token_ids > 0 (a later pass reads them), as the wgmma GEMV. One fp16 per
-// activation is 3x more accurate than the FP8 high + residual pair of the cuBLASLt path and costs
-// the same tensor work as a BF16 GEMM over half the weight bytes, with no raw products written
-// and read back.
-int64_t Fp8GemmPartials(int64_t vocab_pad);
-// Whether LaunchFp8Gemm runs on the device PrepareFp8Gemv saw (Hopper).
+// Whether the large-batch FP8 GEMMs (fp8_gemm.h) run on the device PrepareFp8Gemv saw (Hopper).
 bool Fp8GemmAvailable();
-cudaError_t LaunchFp8Gemm(const GemvWeights& w, const __half* act, const EpilogueParams& p, cudaStream_t stream);
 
 }  // namespace lmhead::cuda
 

@@ -11,9 +11,18 @@
 #ifndef LMHEAD_KERNELS_CUDA_WGMMA_CUH_
 #define LMHEAD_KERNELS_CUDA_WGMMA_CUH_
 
+#include <cuda_fp8.h>
+
 #include <cstdint>
 
 namespace lmhead::cuda {
+
+// Two E4M3 codes (low byte first) -> fp16x2 (low half first), exact: the FP8 x fp16 kernels'
+// weight decode (any GPU).
+__device__ __forceinline__ uint32_t Fp8x2ToHalf2(uint32_t two) {
+  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(two & 0xffffu), __NV_E4M3);
+  return static_cast<uint32_t>(h.x) | (static_cast<uint32_t>(h.y) << 16);
+}
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define LMHEAD_HAS_WGMMA 1
@@ -156,11 +165,9 @@ __device__ __forceinline__ void BarrierInit(uint64_t* barrier, int arrivals) {
   asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
 }
 // Copies `bytes` (a multiple of 16; both addresses 16-byte aligned) from global to shared memory
-// on the copy engine and arrives on `barrier` (one arrival), whose phase completes when the bytes
-// have landed.
-__device__ __forceinline__ void BulkCopyToShared(void* dst, const void* src, uint32_t bytes, uint64_t* barrier) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(SharedAddress(barrier)), "r"(bytes)
-               : "memory");
+// on the copy engine, completing that many of `barrier`'s transaction bytes (expected by an
+// earlier BarrierExpectBytes).
+__device__ __forceinline__ void BulkCopyBytesToShared(void* dst, const void* src, uint32_t bytes, uint64_t* barrier) {
   asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
                    SharedAddress(dst)),
                "l"(src), "r"(bytes), "r"(SharedAddress(barrier))
@@ -179,6 +186,11 @@ __device__ __forceinline__ void TensorCopyToShared(void* dst, const void* map, i
 __device__ __forceinline__ void BarrierExpectBytes(uint64_t* barrier, uint32_t bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(SharedAddress(barrier)), "r"(bytes)
                : "memory");
+}
+// The same copy with its own arrival: the barrier's phase completes when the bytes have landed.
+__device__ __forceinline__ void BulkCopyToShared(void* dst, const void* src, uint32_t bytes, uint64_t* barrier) {
+  BarrierExpectBytes(barrier, bytes);
+  BulkCopyBytesToShared(dst, src, bytes, barrier);
 }
 // One arrival on the barrier (its phase completes after the count given to BarrierInit).
 __device__ __forceinline__ void BarrierArrive(uint64_t* barrier) {
@@ -199,6 +211,7 @@ __device__ __forceinline__ void BarrierWait(uint64_t* barrier, uint32_t parity) 
 #else
 __device__ __forceinline__ void BarrierInit(uint64_t*, int) { __trap(); }
 __device__ __forceinline__ void BulkCopyToShared(void*, const void*, uint32_t, uint64_t*) { __trap(); }
+__device__ __forceinline__ void BulkCopyBytesToShared(void*, const void*, uint32_t, uint64_t*) { __trap(); }
 __device__ __forceinline__ void TensorCopyToShared(void*, const void*, int, int, uint64_t*) { __trap(); }
 __device__ __forceinline__ void BarrierExpectBytes(uint64_t*, uint32_t) { __trap(); }
 __device__ __forceinline__ void BarrierArrive(uint64_t*) { __trap(); }
