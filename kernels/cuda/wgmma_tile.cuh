@@ -1,5 +1,5 @@
-// The wgmma kernels' tile epilogue and block order, shared by the FP8 x fp16 kernels
-// (fp8_gemv.cu) and the FP8 x FP8 GEMM (fp8_act_gemm.cu). CUDA sources only; internal to the module.
+// The wgmma kernels' tile epilogue, shared by the wgmma GEMV (fp8_gemv.cu) and the large-batch
+// FP8 GEMMs (fp8_gemm.cu). CUDA sources only; internal to the module.
 //
 // A block is 16 warps over 256 vocab rows: warp w holds the accumulators of vocab rows
 // 16w .. 16w + 15 in the wgmma D layout (wgmma.cuh).
@@ -104,21 +104,6 @@ __device__ __forceinline__ void StoreWgmmaTile(const float (&acc)[N / 8][4], int
     e.part_sum[at] = st.s;
   }
 }
-
-// Block `block` of a grid over token_tiles x vocab_blocks tiles -> its tiles, ordered so that the
-// blocks that run together share their operands in L2: groups of up to kGroup token tiles, and
-// within a group the group's token tiles of one vocab block one after another (each weight box is
-// fetched from memory once per group; the group's activations, 1.3 MB per tile at hidden 5120,
-// stay in L2 over the whole vocab).
-inline __device__ void BlockTile(int64_t block, int64_t token_tiles, int64_t vocab_blocks, int64_t* token_tile,
-                                 int64_t* vocab_block) {
-  constexpr int64_t kGroup = 16;
-  const int64_t group = block / (kGroup * vocab_blocks), in_group = block % (kGroup * vocab_blocks);
-  const int64_t width = min(kGroup, token_tiles - group * kGroup);  // the last group may be narrower
-  *vocab_block = in_group / width;
-  *token_tile = group * kGroup + in_group % width;
-}
-
 
 }  // namespace lmhead::cuda
 
