@@ -48,7 +48,7 @@ class CudaBackend final : public Backend {
   float* InputBuffer(int64_t rows) override { return rows <= slice_rows_ ? x_host_[0].get() : nullptr; }
   // bf16 rows are read by the kernels that convert rows themselves: the GEMV and the FP8 GEMMs'.
   uint16_t* Bf16InputBuffer(int64_t rows) override {
-    const bool kernels = rows <= gemv_max_rows_ || ((gemm_fp8_ || gemm_fp8_act_) && rows > kGemvMaxRows);
+    const bool kernels = rows <= gemv_max_rows_ || (fp8_gemms_ && rows > kGemvMaxRows);
     return rows <= slice_rows_ && kernels ? reinterpret_cast<uint16_t*>(x_host_[0].get()) : nullptr;
   }
   std::string TakeStageTimings() override;
@@ -122,15 +122,20 @@ class CudaBackend final : public Backend {
   // being captured (x_src is x_host_[0]; no events).
   absl::Status Enqueue(const void* x_src, int64_t n, const CallShape& call, bool graph, bool pipelined, int slot,
                        int rows_buffer);
-  // The cuBLASLt GEMM's activations for n rows of x (device memory) into act_ / act_scales_
-  // ([n_pad] rows): E4M3 (high + residual rows when split) for FP8 heads, bf16 otherwise.
-  cudaError_t LaunchGemmActivations(const float* x, int64_t n, int64_t n_pad, cudaStream_t s) {
+  // The activations of cuBLASLt and of LaunchFp8ActGemm for n rows of x (device memory; bf16 bits
+  // when bf16_rows, only for FP8 heads) into act_ / act_scales_ ([n_pad] rows): E4M3 (high +
+  // residual rows when split) for FP8 heads, bf16 otherwise.
+  cudaError_t LaunchGemmActivations(const void* x, bool bf16_rows, int64_t n, int64_t n_pad, cudaStream_t s) {
     if (fp8_) {
-      return LaunchQuantizeActivations(x, n, hidden_, hidden_pad_, split_, n_pad,
-                                       reinterpret_cast<__nv_fp8_e4m3*>(act_.get()), act_scales_.get(), s);
+      auto* q = reinterpret_cast<__nv_fp8_e4m3*>(act_.get());
+      return bf16_rows ? LaunchQuantizeActivations(static_cast<const uint16_t*>(x), n, hidden_, hidden_pad_, split_,
+                                                   n_pad, q, act_scales_.get(), s)
+                       : LaunchQuantizeActivations(static_cast<const float*>(x), n, hidden_, hidden_pad_, split_,
+                                                   n_pad, q, act_scales_.get(), s);
     }
-    return LaunchConvertActivationsBf16(x, n, hidden_, hidden_pad_, n_pad, reinterpret_cast<__nv_bfloat16*>(act_.get()),
-                                        act_scales_.get(), s);
+    if (bf16_rows) return cudaErrorInvalidValue;  // (Bf16InputBuffer hands out no buffer for these)
+    return LaunchConvertActivationsBf16(static_cast<const float*>(x), n, hidden_, hidden_pad_, n_pad,
+                                        reinterpret_cast<__nv_bfloat16*>(act_.get()), act_scales_.get(), s);
   }
   // Where a slice's epilogue leaves its results (ResultLayout): graph slices write them straight
   // into slot 0's pinned results (mapped: a few bytes per row and the top-k, no copy node); the
@@ -156,7 +161,7 @@ class CudaBackend final : public Backend {
     p->candidates = topk_candidates_.get();
   }
   // Slices of several are cut in multiples of this many rows (whole tiles for the FP8 GEMMs).
-  int64_t SliceGranule() const { return gemm_fp8_ || gemm_fp8_act_ ? kGemmTileRows : 16; }
+  int64_t SliceGranule() const { return fp8_gemms_ ? kGemmTileRows : 16; }
   void ClearGraphs() {
     for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
     graphs_.clear();
@@ -165,8 +170,9 @@ class CudaBackend final : public Backend {
   int device_ = 0;
   bool fp8_ = true;         // FP8 weights (else BF16)
   bool split_ = true;       // FP8 activations as high + residual rows (cuBLASLt slices)
-  bool gemm_fp8_ = false;   // slices above kGemvMaxRows rows run LaunchFp8Gemm instead of cuBLASLt
-  bool gemm_fp8_act_ = false;  // fp8 activations: those slices run LaunchFp8ActGemm instead
+  // Slices above kGemvMaxRows rows run lmhead's FP8 GEMMs instead of cuBLASLt: LaunchFp8Gemm
+  // (split_: bf16-level activations) or LaunchFp8ActGemm (fp8 activations).
+  bool fp8_gemms_ = false;
   int64_t gemv_max_rows_ = 0;  // slices up to this many rows run the FP8 GEMV
   ScaleMode scale_mode_ = ScaleMode::kPerRow;
   LogitTransform transform_;
@@ -321,35 +327,35 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
   RETURN_IF_ERROR(UploadWeights(src, args.quantize));
 
   if (fp8_) CUDA_RETURN_IF_ERROR(PrepareFp8Gemv());
-  gemm_fp8_ = split_ && args.fp8_gemm && Fp8GemmAvailable();
-  gemm_fp8_act_ = fp8_ && !split_ && args.fp8_gemm && Fp8GemmAvailable();
-  if (gemm_fp8_ || gemm_fp8_act_) CUDA_RETURN_IF_ERROR(PrepareFp8Gemms());
+  fp8_gemms_ = fp8_ && args.fp8_gemm && Fp8GemmAvailable();
+  if (fp8_gemms_) CUDA_RETURN_IF_ERROR(PrepareFp8Gemms());
   // Rows per slice: as many as the output workspace holds (GEMM rows = 2 per row when split; the
   // FP8 GEMMs' slices are whole tiles of kGemmTileRows).
-  const int64_t per_row = vocab_pad_ * sizeof(float) * (split_ && !gemm_fp8_ ? 2 : 1);
+  const int64_t per_row = vocab_pad_ * sizeof(float) * (split_ && !fp8_gemms_ ? 2 : 1);
   const int64_t granule = SliceGranule();
   slice_rows_ = std::clamp<int64_t>(args.output_workspace_bytes / per_row / granule * granule, granule, 4096);
   gemv_max_rows_ = std::min(gemv_max_rows_, slice_rows_);
   if (gemv_max_rows_ > 0) gemv_max_rows_ = std::min(gemv_max_rows_, GemvMaxRows());
   // Rows a cuBLASLt slice may have: those the GEMV and the FP8 GEMM do not take (with both at their
   // full range, none: no cuBLASLt GEMM, plans or workspace then), and its padded GEMM rows.
-  const int64_t lt_rows = !gemm_fp8_ && !gemm_fp8_act_     ? slice_rows_
+  const int64_t lt_rows = !fp8_gemms_                        ? slice_rows_
                           : gemv_max_rows_ < kGemvMaxRows ? std::min(slice_rows_, kGemvMaxRows)
                                                           : 0;
   const int64_t n_pad = lt_rows > 0 ? LtGemm::PadRows(split_ ? 2 * lt_rows : lt_rows) : 0;
   if (lt_rows > 0) {
     ASSIGN_OR_RETURN(gemm_, LtGemm::Create(fp8_ ? CUDA_R_8F_E4M3 : CUDA_R_16BF, vocab_pad_, hidden_pad_, 32u << 20));
   }
-  const int64_t act_rows = std::max(n_pad, gemm_fp8_act_ ? slice_rows_ : 0);
+  const bool fp8_rows_gemm = fp8_gemms_ && !split_;  // LaunchFp8ActGemm reads act_
+  const int64_t act_rows = std::max(n_pad, fp8_rows_gemm ? slice_rows_ : 0);
   if (act_rows > 0) {
     RETURN_IF_ERROR(act_.Allocate(act_rows * hidden_pad_ * (fp8_ ? 1 : 2)));
     RETURN_IF_ERROR(act_scales_.Allocate(act_rows));
   }
-  if (gemm_fp8_act_) {  // rows past a slice's in its last tile are multiplied too: keep them finite
+  if (fp8_rows_gemm) {  // rows past a slice's in its last tile are multiplied too: keep them finite
     CUDA_RETURN_IF_ERROR(cudaMemset(act_.get(), 0, act_.bytes()));
   }
-  if (gemm_fp8_ || gemm_fp8_act_) {
-    CUDA_RETURN_IF_ERROR(DescribeFp8Gemm(weights_.get(), vocab_pad_, hidden_pad_, gemm_fp8_act_ ? act_.get() : nullptr,
+  if (fp8_gemms_) {
+    CUDA_RETURN_IF_ERROR(DescribeFp8Gemm(weights_.get(), vocab_pad_, hidden_pad_, fp8_rows_gemm ? act_.get() : nullptr,
                                          act_rows, &gemm_ops_));
   }
   const int64_t chunks = PartialChunks(vocab_);
@@ -358,18 +364,19 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
   // The GEMV reads its rows from pinned memory: x_host_[0] in a graph (one-slice batches), or
   // the slot's staging buffer (several slices, which are always staged).
   static_assert(kGemvMaxRows <= kGraphRows, "one-slice GEMV batches are graph slices");
-  if (gemv_max_rows_ > 0 || gemm_fp8_) {
+  const int64_t gemm_plane_rows = fp8_gemms_ && split_ ? slice_rows_ : 0;  // LaunchFp8Gemm reads gemv_act_
+  if (gemv_max_rows_ > 0 || gemm_plane_rows > 0) {
     CUDA_RETURN_IF_ERROR(DescribeGemvWeights(weights_.get(), vocab_pad_, hidden_pad_, &gemv_weights_));
-    const int64_t plane_rows = std::max(kGemvPlaneRows, gemm_fp8_ ? slice_rows_ : 0);
+    const int64_t plane_rows = std::max(kGemvPlaneRows, gemm_plane_rows);
     RETURN_IF_ERROR(gemv_act_.Allocate(plane_rows * GemvActivationStride(hidden_pad_)));
     // Padding columns stay zero; rows past a batch's stay finite (the kernels read them all).
     CUDA_RETURN_IF_ERROR(cudaMemset(gemv_act_.get(), 0, gemv_act_.bytes()));
-    RETURN_IF_ERROR(gemv_scales_.Allocate(std::max(gemv_max_rows_, gemm_fp8_ ? slice_rows_ : 0)));
+    RETURN_IF_ERROR(gemv_scales_.Allocate(std::max(gemv_max_rows_, gemm_plane_rows)));
   }
   RETURN_IF_ERROR(raw_.Allocate(std::max(n_pad, slice_rows_) * vocab_pad_));
   // Partial statistics: the epilogue's first pass, or the GEMV's or the FP8 GEMM's per-block ones.
   const int64_t partials = std::max({slice_rows_ * chunks, gemv_max_rows_ * GemvMaxPartials(vocab_pad_),
-                                     gemm_fp8_ || gemm_fp8_act_ ? slice_rows_ * Fp8GemmPartials(vocab_pad_) : 0});
+                                     fp8_gemms_ ? slice_rows_ * Fp8GemmPartials(vocab_pad_) : 0});
   RETURN_IF_ERROR(part_max_.Allocate(partials));
   RETURN_IF_ERROR(part_sum_.Allocate(partials));
   RETURN_IF_ERROR(part_arg_.Allocate(partials));
@@ -391,7 +398,7 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
     std::vector<float> x(lt_rows * hidden_);
     for (float& v : x) v = normal(rng);
     CUDA_RETURN_IF_ERROR(cudaMemcpy(x_dev_[0].get(), x.data(), x.size() * sizeof(float), cudaMemcpyHostToDevice));
-    CUDA_RETURN_IF_ERROR(LaunchGemmActivations(x_dev_[0].get(), lt_rows, n_pad, stream_.get()));
+    CUDA_RETURN_IF_ERROR(LaunchGemmActivations(x_dev_[0].get(), false, lt_rows, n_pad, stream_.get()));
     for (int64_t size : LtGemm::PaddedSizes(n_pad)) {
       RETURN_IF_ERROR(gemm_->Prepare(weights_.get(), act_.get(), size, raw_.get(), stream_.get()));
     }
@@ -615,8 +622,8 @@ absl::Status CudaBackend::Enqueue(const void* x_src, int64_t n, const CallShape&
     if (!graph) Mark(i, on);  // never inside a capture
   };
   const bool gemv = n <= gemv_max_rows_;  // x_src is pinned then (see Init)
-  const bool fp8_gemm = gemm_fp8_ && n > kGemvMaxRows;
-  const bool fp8_act_gemm = gemm_fp8_act_ && n > kGemvMaxRows;
+  const bool fp8_gemm = fp8_gemms_ && split_ && n > kGemvMaxRows;
+  const bool fp8_act_gemm = fp8_gemms_ && !split_ && n > kGemvMaxRows;
   if (!gemv && !fp8_gemm && !fp8_act_gemm && (gemm_ == nullptr || call.bf16_rows)) {
     return absl::InternalError(absl::StrCat("no GEMM path for a slice of ", n, call.bf16_rows ? " bf16" : "", " rows"));
   }
@@ -679,14 +686,8 @@ absl::Status CudaBackend::Enqueue(const void* x_src, int64_t n, const CallShape&
     CUDA_RETURN_IF_ERROR(fp8_kernel_activations(x_src));
   } else if (fp8_gemm) {
     CUDA_RETURN_IF_ERROR(fp8_kernel_activations(x_dev));
-  } else if (fp8_act_gemm) {  // one E4M3 row per batch row, no padding rows (the kernel masks them)
-    auto* q = reinterpret_cast<__nv_fp8_e4m3*>(act_.get());
-    CUDA_RETURN_IF_ERROR(call.bf16_rows ? LaunchQuantizeActivations(reinterpret_cast<const uint16_t*>(x_dev), n, hidden_,
-                                                                    hidden_pad_, false, n, q, act_scales_.get(), s)
-                                        : LaunchQuantizeActivations(x_dev, n, hidden_, hidden_pad_, false, n, q,
-                                                                    act_scales_.get(), s));
-  } else {
-    CUDA_RETURN_IF_ERROR(LaunchGemmActivations(x_dev, n, n_pad, s));
+  } else {  // LaunchFp8ActGemm's E4M3 rows need no padding rows (the kernel masks them)
+    CUDA_RETURN_IF_ERROR(LaunchGemmActivations(x_dev, call.bf16_rows, n, fp8_act_gemm ? n : n_pad, s));
   }
   if (pipelined) CUDA_RETURN_IF_ERROR(cudaEventRecord(rows_read_[rows_buffer].get(), s));
   mark_stage(2, s);
