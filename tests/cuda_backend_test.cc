@@ -296,6 +296,47 @@ TEST_P(CudaConformanceTest, MatchesCpuBackendOnTheSameFp8Weights) {
   std::printf("\n");
 }
 
+// Top-k calls without token ids or full logits (the conformance test above always asks for ids):
+// the epilogue cuts at a threshold over the kernels' partial maxima (k <= 32, or slices of 128 rows
+// and more) or at a histogram bin. Each batch runs first with larger logits, whose values stay in the backend's buffers: a
+// range read but not written by the second call would surface them.
+TEST_P(CudaConformanceTest, TopKAloneMatchesCpuBackend) {
+  const Shape s = GetParam();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed_);
+  std::mt19937_64 rng(seed_);
+  const std::vector<int64_t> batches =
+      s.large ? std::vector<int64_t>{5, 48, 200} : std::vector<int64_t>{1, 5, 9, 16, 33, 64, 65, 300};
+  for (int64_t rows : batches) {
+    const bool gemv = RunsOnFp8Kernels(rows, s.precision, /*fp8_gemm=*/true);
+    auto Tol = [gemv](double a, double b = 0) {
+      return gemv ? kGemvTolerance : kAbsTolerance + kRelTolerance * (std::fabs(a) + std::fabs(b));
+    };
+    for (int run = 0; run < 3; ++run) {
+      std::normal_distribution<float> normal(0.0f, run == 0 ? 4.0f : 1.0f);
+      std::vector<float> x(rows * s.hidden);
+      for (float& v : x) v = normal(rng);
+      const uint32_t big_k = run == 2 ? 40 : 32;
+      std::vector<RowSpec> specs(rows);
+      for (int64_t r = 0; r < rows; ++r) {
+        specs[r] = RowSpec{std::min<uint32_t>(r % 3 == 0 ? 20 : r % 3 == 1 ? 5 : big_k, s.vocab), {}, false};
+      }
+      std::vector<RowSpec> ref_specs = specs;
+      for (RowSpec& spec : ref_specs) spec.top_k = std::min<uint32_t>(spec.top_k + 2, s.vocab);
+      std::vector<RowOutput> want, got(rows);
+      for (auto& o : got) o.argmax_id = 0xdeadbeef, o.logsumexp = NAN;  // poisoned
+      const std::vector<float> x_gpu = GpuEffectiveActivations(x, rows, s.hidden, s.precision);
+      ASSERT_TRUE(cpu_->ComputeLogits({x_gpu.data(), rows, ref_specs}, &want).ok());
+      const absl::Status st = gpu_->ComputeLogits({x.data(), rows, specs}, &got);
+      ASSERT_TRUE(st.ok()) << st;
+      ASSERT_EQ(got.size(), want.size());
+      for (int64_t r = 0; r < rows; ++r) {
+        SCOPED_TRACE(::testing::Message() << "rows " << rows << " row " << r << " run " << run);
+        ASSERT_NO_FATAL_FAILURE(ExpectMatchesReference(want[r], got[r], specs[r], s.vocab, Tol));
+      }
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Shapes, CudaConformanceTest,
     ::testing::Values(Shape{4096, 256, {}, ActivationPrecision::kBf16},
@@ -433,12 +474,20 @@ TEST(CudaBackendTest, EqualLogitsRankLowerIdFirstAndOverflowIsReported) {
   std::vector<RowOutput> out;
   // top_k 20 cuts at a threshold (the GEMV partials' maxima), 1024 at a histogram bin; both let
   // in every logit here and fall back to the exact selection.
-  for (uint32_t top_k : {20u, 1024u}) {
-    const RowSpec spec{top_k, {}, false};
-    ASSERT_TRUE(gpu->ComputeLogits({x.data(), 1, {&spec, 1}}, &out).ok());
-    EXPECT_EQ(out[0].argmax_id, 0u);
-    for (uint32_t k = 0; k < top_k; ++k) ASSERT_EQ(out[0].top_ids[k], k);
-    EXPECT_NEAR(out[0].logsumexp, 8.0 + std::log(40000.0), 1e-4);
+  // One row (the mma.sync GEMV), several (the wgmma GEMV) and more than the GEMV takes (the FP8
+  // GEMM): every row must rank the same way.
+  for (int64_t rows : {1, 8, 40, 200}) {
+    const std::vector<float> xs(rows * 32, 0.25f);
+    for (uint32_t top_k : {20u, 1024u}) {
+      const std::vector<RowSpec> specs(rows, RowSpec{top_k, {}, false});
+      ASSERT_TRUE(gpu->ComputeLogits({xs.data(), rows, specs}, &out).ok());
+      for (int64_t r = 0; r < rows; ++r) {
+        SCOPED_TRACE(::testing::Message() << "rows " << rows << " row " << r << " top_k " << top_k);
+        EXPECT_EQ(out[r].argmax_id, 0u);
+        for (uint32_t k = 0; k < top_k; ++k) ASSERT_EQ(out[r].top_ids[k], k);
+        EXPECT_NEAR(out[r].logsumexp, 8.0 + std::log(40000.0), 1e-4);
+      }
+    }
   }
   const RowSpec spec{1024, {}, false};
   std::fill(x.begin(), x.end(), 3e38f);

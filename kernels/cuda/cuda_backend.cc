@@ -65,7 +65,7 @@ class CudaBackend final : public Backend {
                                 gemv_act_.bytes() + gemv_scales_.bytes() + raw_.bytes() +
                                 part_max_.bytes() + part_sum_.bytes() + part_arg_.bytes() + topk_hist_.bytes() +
                                 topk_cut_.bytes() + topk_candidates_.bytes() + d_results_.bytes() +
-                                d_token_ids_.bytes() + processed_.bytes() + select_scratch_.bytes() + d_sampling_arena_.bytes() +
+                                processed_.bytes() + select_scratch_.bytes() + d_sampling_arena_.bytes() +
                                 d_sample_results_.bytes() + (gemm_ != nullptr ? gemm_->workspace_bytes() : 0));
   }
 
@@ -90,7 +90,7 @@ class CudaBackend final : public Backend {
   static constexpr int kSlots = 3;
   struct Slot {
     PinnedBuffer<uint8_t> results;      // ResultLayout; mapped: graph slices' epilogue writes it
-    PinnedBuffer<int32_t> token_ids;    // [slice_rows, token_capacity_], copied up by the slice
+    PinnedBuffer<int32_t> token_ids;    // [slice_rows, token_capacity_]; the epilogue reads them in place
     PinnedBuffer<uint8_t> sampling_arena, sample_results;  // see EnqueueSampling
     Event done;                         // recorded after the slice's last work
     int64_t start = 0, n = 0;           // the batch rows it holds
@@ -117,9 +117,9 @@ class CudaBackend final : public Backend {
   absl::Status FinishSlice(const LogitsBatch& batch, const CallShape& call, Slot& slot,
                            std::vector<RowOutput>* out);
   // Enqueues one slice's device work: rows from x_src (host) into x_dev_[rows_buffer] (on the copy
-  // stream when the batch has several slices), then activations, GEMM, token ids (from the slot),
-  // epilogue and the packed results' copy back into the slot. Capturable. graph: the slice is
-  // being captured (x_src is x_host_[0]; no events).
+  // stream when the batch has several slices), then activations, GEMM, epilogue (reading the
+  // slot's token ids in place) and the packed results' copy back into the slot. Capturable.
+  // graph: the slice is being captured (x_src is x_host_[0]; no events).
   absl::Status Enqueue(const void* x_src, int64_t n, const CallShape& call, bool graph, bool pipelined, int slot,
                        int rows_buffer);
   // The activations of cuBLASLt and of LaunchFp8ActGemm for n rows of x (device memory; bf16 bits
@@ -205,10 +205,9 @@ class CudaBackend final : public Backend {
   DeviceBuffer<float> row_max_;
   DeviceBuffer<int32_t> topk_hist_, topk_cut_;
   DeviceBuffer<uint64_t> topk_candidates_;
-  // Per-slice results, packed so that one copy brings them back (see ResultLayout), and the
-  // slices' token ids. Device buffers are used in stream order; the host side is per slot.
+  // Per-slice results, packed so that one copy brings them back (see ResultLayout). Device buffers
+  // are used in stream order; the host side is per slot.
   DeviceBuffer<uint8_t> d_results_;
-  DeviceBuffer<int32_t> d_token_ids_;
   int64_t token_capacity_ = 0;  // ids per row the token buffers hold
   Slot slots_[kSlots];
 
@@ -540,7 +539,6 @@ absl::Status CudaBackend::EnsureTokenCapacity(int64_t max_ids) {
   if (max_ids <= token_capacity_) return absl::OkStatus();
   const int64_t cap = std::max<int64_t>(max_ids, 2 * token_capacity_);
   const size_t bytes = ResultLayout(slice_rows_, kMaxTopK, cap).end;
-  RETURN_IF_ERROR(d_token_ids_.Allocate(slice_rows_ * cap));
   RETURN_IF_ERROR(d_results_.Allocate(bytes));
   for (Slot& slot : slots_) {
     RETURN_IF_ERROR(slot.token_ids.Allocate(slice_rows_ * cap));
@@ -648,7 +646,9 @@ absl::Status CudaBackend::Enqueue(const void* x_src, int64_t n, const CallShape&
   p.top_k = call.top_k;
   p.top_ids = reinterpret_cast<int32_t*>(d + layout.top_ids);
   p.top_logits = reinterpret_cast<float*>(d + layout.top_logits);
-  p.token_ids = d_token_ids_.get();
+  // Read in place over PCIe (a few ids per row): a copy node between the GEMV and the epilogue
+  // would also end the epilogue's early launch.
+  p.token_ids = slots_[slot].token_ids.get();
   p.max_token_ids = static_cast<int>(call.max_ids);
   p.token_logits = reinterpret_cast<float*>(d + layout.token_logits);
   AttachScratch(&p);
@@ -701,10 +701,6 @@ absl::Status CudaBackend::Enqueue(const void* x_src, int64_t n, const CallShape&
     RETURN_IF_ERROR(gemm_->Run(weights_.get(), act_.get(), n_pad, raw_.get(), s));
   }
   mark_stage(3, s);
-  if (call.max_ids > 0) {
-    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d_token_ids_.get(), slots_[slot].token_ids.get(),
-                                         n * call.max_ids * sizeof(int32_t), cudaMemcpyHostToDevice, s));
-  }
   CUDA_RETURN_IF_ERROR(LaunchEpilogue(p, s));
   mark_stage(4, s);
   if (!graph) {
