@@ -581,16 +581,17 @@ absl::Status CudaBackend::ComputeLogits(const LogitsBatch& batch, std::vector<Ro
   CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
   RETURN_IF_ERROR(EnsureTokenCapacity(call.max_ids));
   out->assign(rows, RowOutput{});
-  // Equal slices of at most slice_rows_ rows. Each is finished (waited for, results read) while
-  // the GPU computes the next ones (see Slot); with stage profiling, before the next one is
-  // enqueued.
+  // Slices of `per` <= slice_rows_ rows, the remainder first: the GPU starts once the first slice's
+  // rows are up (host copy and PCIe), so a short first slice starts it sooner while the next ones
+  // are staged. Each is finished (waited for, results read) while the GPU computes the next ones
+  // (see Slot); with stage profiling, before the next one is enqueued.
   const int64_t slices = (rows + slice_rows_ - 1) / slice_rows_;
   const int64_t per =
       slices == 1 ? rows : std::min(slice_rows_, RoundUp((rows + slices - 1) / slices, SliceGranule()));
+  const int64_t first = rows - (rows - 1) / per * per;
   std::deque<int> in_flight;  // slots, oldest first
   absl::Status status;
-  for (int64_t start = 0, i = 0; start < rows && status.ok(); start += per, ++i) {
-    const int64_t n = std::min(per, rows - start);
+  for (int64_t start = 0, i = 0, n = first; start < rows && status.ok(); start += n, n = per, ++i) {
     const bool graph = slices == 1 && UseGraph(n, call.bf16_rows ? static_cast<const void*>(batch.hidden_bf16)
                                                                   : static_cast<const void*>(batch.hidden));
     const int slot = graph ? 0 : static_cast<int>(i % kSlots);
