@@ -296,42 +296,79 @@ TEST_P(CudaConformanceTest, MatchesCpuBackendOnTheSameFp8Weights) {
   std::printf("\n");
 }
 
+// The batches of the tests below: each kernel path (mma.sync and wgmma GEMV, FP8 GEMM, several
+// slices) on the small heads, fewer on the real-size vocab.
+std::vector<int64_t> PathBatches(const Shape& s) {
+  return s.large ? std::vector<int64_t>{5, 48, 200} : std::vector<int64_t>{1, 5, 9, 16, 33, 64, 65, 300};
+}
+
+// One call on both backends over fresh normal rows (standard deviation `scale`): every row's
+// results must match the CPU reference, which ranks two more tokens than asked (at least two).
+void ExpectCallMatches(Backend* cpu, Backend* gpu, const Shape& s, int64_t rows, float scale,
+                       const std::vector<RowSpec>& specs, std::mt19937_64& rng) {
+  const bool gemv = RunsOnFp8Kernels(rows, s.precision, /*fp8_gemm=*/true);
+  auto tol = [gemv](double a, double b = 0) {
+    return gemv ? kGemvTolerance : kAbsTolerance + kRelTolerance * (std::fabs(a) + std::fabs(b));
+  };
+  std::normal_distribution<float> normal(0.0f, scale);
+  std::vector<float> x(rows * s.hidden);
+  for (float& v : x) v = normal(rng);
+  std::vector<RowSpec> ref_specs = specs;
+  for (RowSpec& spec : ref_specs) spec.top_k = std::min<uint32_t>(std::max<uint32_t>(spec.top_k + 2, 2), s.vocab);
+  std::vector<RowOutput> want, got(rows);
+  for (auto& o : got) o.argmax_id = 0xdeadbeef, o.logsumexp = NAN;  // poisoned
+  const std::vector<float> x_gpu = GpuEffectiveActivations(x, rows, s.hidden, s.precision);
+  ASSERT_TRUE(cpu->ComputeLogits({x_gpu.data(), rows, ref_specs}, &want).ok());
+  const absl::Status st = gpu->ComputeLogits({x.data(), rows, specs}, &got);
+  ASSERT_TRUE(st.ok()) << st;
+  ASSERT_EQ(got.size(), want.size());
+  for (int64_t r = 0; r < rows; ++r) {
+    SCOPED_TRACE(::testing::Message() << "rows " << rows << " row " << r);
+    ASSERT_NO_FATAL_FAILURE(ExpectMatchesReference(want[r], got[r], specs[r], s.vocab, tol));
+  }
+}
+
 // Top-k calls without token ids or full logits (the conformance test above always asks for ids):
 // the epilogue cuts at a threshold over the kernels' partial maxima (k <= 32, or slices of 128 rows
-// and more) or at a histogram bin. Each batch runs first with larger logits, whose values stay in the backend's buffers: a
-// range read but not written by the second call would surface them.
+// and more) or at a histogram bin. Each batch runs first with larger logits, whose values stay in
+// the backend's buffers: a range read but not written by the later calls would surface them.
 TEST_P(CudaConformanceTest, TopKAloneMatchesCpuBackend) {
   const Shape s = GetParam();
   SCOPED_TRACE(::testing::Message() << "seed " << seed_);
   std::mt19937_64 rng(seed_);
-  const std::vector<int64_t> batches =
-      s.large ? std::vector<int64_t>{5, 48, 200} : std::vector<int64_t>{1, 5, 9, 16, 33, 64, 65, 300};
-  for (int64_t rows : batches) {
-    const bool gemv = RunsOnFp8Kernels(rows, s.precision, /*fp8_gemm=*/true);
-    auto Tol = [gemv](double a, double b = 0) {
-      return gemv ? kGemvTolerance : kAbsTolerance + kRelTolerance * (std::fabs(a) + std::fabs(b));
-    };
+  for (int64_t rows : PathBatches(s)) {
     for (int run = 0; run < 3; ++run) {
-      std::normal_distribution<float> normal(0.0f, run == 0 ? 4.0f : 1.0f);
-      std::vector<float> x(rows * s.hidden);
-      for (float& v : x) v = normal(rng);
+      SCOPED_TRACE(::testing::Message() << "run " << run);
       const uint32_t big_k = run == 2 ? 40 : 32;
       std::vector<RowSpec> specs(rows);
       for (int64_t r = 0; r < rows; ++r) {
         specs[r] = RowSpec{std::min<uint32_t>(r % 3 == 0 ? 20 : r % 3 == 1 ? 5 : big_k, s.vocab), {}, false};
       }
-      std::vector<RowSpec> ref_specs = specs;
-      for (RowSpec& spec : ref_specs) spec.top_k = std::min<uint32_t>(spec.top_k + 2, s.vocab);
-      std::vector<RowOutput> want, got(rows);
-      for (auto& o : got) o.argmax_id = 0xdeadbeef, o.logsumexp = NAN;  // poisoned
-      const std::vector<float> x_gpu = GpuEffectiveActivations(x, rows, s.hidden, s.precision);
-      ASSERT_TRUE(cpu_->ComputeLogits({x_gpu.data(), rows, ref_specs}, &want).ok());
-      const absl::Status st = gpu_->ComputeLogits({x.data(), rows, specs}, &got);
-      ASSERT_TRUE(st.ok()) << st;
-      ASSERT_EQ(got.size(), want.size());
+      ASSERT_NO_FATAL_FAILURE(ExpectCallMatches(cpu_.get(), gpu_.get(), s, rows, run == 0 ? 4.0f : 1.0f, specs, rng));
+    }
+  }
+}
+
+// Token logits without a top-k or full logits: lmhead's FP8 kernels finish them in their tile
+// store and store no logits (KernelsFinishTokenLogits), up to one id per thread of a tile; with
+// more ids per row the logits are stored and the epilogue reads them. Each call follows one with
+// larger logits and the same ids, whose results stay in the backend's buffers.
+TEST_P(CudaConformanceTest, TokenLogitsAloneMatchCpuBackend) {
+  const Shape s = GetParam();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed_);
+  std::mt19937_64 rng(seed_);
+  for (int64_t rows : PathBatches(s)) {
+    for (size_t id_count : {size_t{3}, size_t{40}}) {
+      std::vector<uint32_t> ids = {0, static_cast<uint32_t>(s.vocab - 1)};
+      while (ids.size() < id_count) ids.push_back(static_cast<uint32_t>(rng() % s.vocab));
+      // Rows ask for the first 1..id_count ids, so the id slots past a row's own stay unused.
+      std::vector<RowSpec> specs(rows);
       for (int64_t r = 0; r < rows; ++r) {
-        SCOPED_TRACE(::testing::Message() << "rows " << rows << " row " << r << " run " << run);
-        ASSERT_NO_FATAL_FAILURE(ExpectMatchesReference(want[r], got[r], specs[r], s.vocab, Tol));
+        specs[r] = RowSpec{0, absl::Span<const uint32_t>(ids).first(1 + r % id_count), false};
+      }
+      for (int run = 0; run < 2; ++run) {
+        SCOPED_TRACE(::testing::Message() << "ids " << id_count << " run " << run);
+        ASSERT_NO_FATAL_FAILURE(ExpectCallMatches(cpu_.get(), gpu_.get(), s, rows, run == 0 ? 4.0f : 1.0f, specs, rng));
       }
     }
   }
@@ -616,11 +653,11 @@ TEST_P(CudaConformanceTest, SamplingMatchesTheCpuReference) {
 
 // A batch larger than the output workspace runs in slices, each enqueued while the host reads the
 // previous one's results (slots, rows staged through pinned memory, copies on a second stream).
-// 400 rows in 5 slices of 80 (cuBLASLt), 7 of at most 64 (the GEMV, which reads the staged rows
-// over PCIe) or 3 of 128 and one of 16 (the FP8 GEMM -- FP8 x fp16 with bf16 activations, FP8 x
-// FP8 with fp8 activations --, then the GEMV) must give what the CPU backend
-// gives: argmax-only calls (no logits are stored; the token logits come from the raw products or
-// the kernels' own store), mixed top-k / full-logit rows, and sampled rows; an overflowing row
+// 400 rows in 5 slices of 80 (cuBLASLt), one of 16 and 6 of 64 (the GEMV, which reads the staged
+// rows over PCIe) or one of 16 (the GEMV) and 3 of 128 (the FP8 GEMM -- FP8 x fp16 with bf16
+// activations, FP8 x FP8 with fp8 activations) must give what the CPU backend gives: argmax-only
+// calls with token logprobs (no logits are stored: the token logits come from the raw products or
+// the kernels' tile store), mixed top-k / full-logit rows, and sampled rows; an overflowing row
 // fails the call without harming the next one.
 struct Slicing {
   int64_t rows;
@@ -656,13 +693,12 @@ TEST_P(SlicedBatchTest, MatchesTheCpuBackend) {
     std::vector<float> x(rows * hidden);
     for (float& v : x) v = normal(rng);
     // The activations each slice's path multiplies. The backend cuts `rows` into equal slices of
-    // whole tiles (128 rows) for the FP8 GEMMs, else of multiples of 16 rows.
+    // whole tiles (128 rows) for the FP8 GEMMs, else of multiples of 16 rows, the remainder first.
     const int64_t granule = fp8_gemm ? 128 : 16;
     const int64_t slices = (rows + slice_rows - 1) / slice_rows;
     const int64_t per = std::min(slice_rows, ((rows + slices - 1) / slices + granule - 1) / granule * granule);
     std::vector<float> x_gpu;
-    for (int64_t start = 0; start < rows; start += per) {
-      const int64_t n = std::min(per, rows - start);
+    for (int64_t start = 0, n = rows - (rows - 1) / per * per; start < rows; start += n, n = per) {
       const std::vector<float> part(x.begin() + start * hidden, x.begin() + (start + n) * hidden);
       const std::vector<float> effective = GpuEffectiveActivations(part, n, hidden, precision, n, fp8_gemm);
       x_gpu.insert(x_gpu.end(), effective.begin(), effective.end());

@@ -652,6 +652,8 @@ absl::Status CudaBackend::Enqueue(const void* x_src, int64_t n, const CallShape&
   p.token_ids = slots_[slot].token_ids.get();
   p.max_token_ids = static_cast<int>(call.max_ids);
   p.token_logits = reinterpret_cast<float*>(d + layout.token_logits);
+  // lmhead's FP8 kernels finish the token logits in their tile store: no logits stored for them.
+  p.kernel_token_logits = (gemv || fp8_gemm || fp8_act_gemm) && KernelsFinishTokenLogits(n, call.max_ids);
   AttachScratch(&p);
 
   float* x_dev = x_dev_[rows_buffer].get();

@@ -255,7 +255,7 @@ cudaError_t LaunchFp8Gemm(const Fp8GemmOperands& ops, const __half* act, const E
     return cudaErrorInvalidValue;
   }
   const int64_t token_tiles = (p.rows + kGemmTileRows - 1) / kGemmTileRows;
-  const bool write_logits = p.keep_logits || p.max_token_ids > 0;
+  const bool write_logits = p.keep_logits || (p.max_token_ids > 0 && !p.kernel_token_logits);
   return LaunchAfterPrevious(Fp8GemmKernel, dim3(static_cast<unsigned>(Fp8GemmPartials(ops.vocab_pad) * token_tiles)),
                              dim3(kThreads), HalfStages::kSmemBytes, stream, ops.weights, Steps(ops), act,
                              GemvActivationStride(ops.hidden_pad), static_cast<int>(token_tiles), write_logits, p);
@@ -266,7 +266,7 @@ cudaError_t LaunchFp8ActGemm(const Fp8GemmOperands& ops, const EpilogueParams& p
     return cudaErrorInvalidValue;
   }
   const int64_t token_tiles = (p.rows + kGemmTileRows - 1) / kGemmTileRows;
-  const bool write_logits = p.keep_logits || p.max_token_ids > 0;
+  const bool write_logits = p.keep_logits || (p.max_token_ids > 0 && !p.kernel_token_logits);
   return LaunchAfterPrevious(Fp8ActGemmKernel,
                              dim3(static_cast<unsigned>(Fp8GemmPartials(ops.vocab_pad) * token_tiles)), dim3(kThreads),
                              Fp8Stages::kSmemBytes, stream, ops.weights, ops.fp8_rows, Steps(ops),

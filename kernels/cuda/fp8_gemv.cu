@@ -511,7 +511,7 @@ cudaError_t LaunchWgmma(const GemvWeights& w, const __half* act, const EpilogueP
   using Shape = WgmmaGemvShape<N>;
   const int64_t tiles = w.vocab_pad / 16;
   const int64_t blocks = (tiles + Shape::kWarps - 1) / Shape::kWarps;
-  const bool write_logits = p.keep_logits || p.max_token_ids > 0;
+  const bool write_logits = p.keep_logits || (p.max_token_ids > 0 && !p.kernel_token_logits);
   return LaunchAfterPrevious(Fp8GemvWgmmaKernel<N, PLANES>, dim3(static_cast<unsigned>(blocks)),
                              dim3(Shape::kThreads), Shape::kSmemBytes, stream, w.tensor_map, tiles,
                              static_cast<int>(w.hidden_pad), act, write_logits, p);
@@ -634,5 +634,12 @@ cudaError_t LaunchFp8Gemv(const GemvWeights& w, const __half* act, const Epilogu
 }
 
 bool Fp8GemmAvailable() { return g_wgmma; }
+
+bool KernelsFinishTokenLogits(int64_t rows, int64_t max_ids) {
+  const int columns = WgmmaColumns(rows);  // 0: the mma.sync GEMV
+  const int64_t tile_rows = rows > kGemvMaxRows ? columns : columns / GemvPlanes(rows);
+  static_assert(WgmmaGemvShape<16>::kThreads == 512, "one id per thread of the wgmma kernels' blocks");
+  return columns > 0 && max_ids > 0 && tile_rows * max_ids <= 512;
+}
 
 }  // namespace lmhead::cuda

@@ -121,6 +121,13 @@ cudaError_t LaunchFp8Gemv(const GemvWeights& w, const __half* act, const Epilogu
 // Whether the large-batch FP8 GEMMs (fp8_gemm.h) run on the device PrepareFp8Gemv saw (Hopper).
 bool Fp8GemmAvailable();
 
+// Whether the wgmma GEMV (rows <= kGemvMaxRows) or the FP8 GEMMs (above) finish max_ids requested
+// token logits per row in their tile store for a batch of `rows` rows (EpilogueParams::
+// kernel_token_logits), so that a call asking for token logits but no top-k or full logits
+// stores no logits: on Hopper, for at most one id per thread (512) per tile. The mma.sync GEMV
+// (up to kGemvFusedRows rows) stores its logits and leaves the token logits to the epilogue.
+bool KernelsFinishTokenLogits(int64_t rows, int64_t max_ids);
+
 }  // namespace lmhead::cuda
 
 #endif  // LMHEAD_KERNELS_CUDA_FP8_GEMV_H_

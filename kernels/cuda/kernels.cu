@@ -324,7 +324,7 @@ __global__ void RowStatsKernel(EpilogueParams p, int chunks) {
   }
   // Finished logits are in raw after the GEMV (ready_partials) or a first pass that kept them.
   const bool finished = p.ready_partials > 0 || p.keep_logits;
-  for (int i = threadIdx.x; i < p.max_token_ids; i += kPartThreads) {
+  for (int i = threadIdx.x; i < (p.kernel_token_logits ? 0 : p.max_token_ids); i += kPartThreads) {
     const int32_t id = p.token_ids[b * p.max_token_ids + i];
     p.token_logits[b * p.max_token_ids + i] =
         id < 0 ? 0.0f : finished ? p.raw[b * p.ld + id] : LogitOf(p, b, id);
@@ -533,7 +533,7 @@ __global__ void __launch_bounds__(kFinalThreads) RowSelectKernel(EpilogueParams 
     sh.count = 0;
   }
   const float* logits = p.raw + b * p.ld;  // finished (the kernels store them for a top-k)
-  for (int i = threadIdx.x; i < p.max_token_ids; i += kFinalThreads) {
+  for (int i = threadIdx.x; i < (p.kernel_token_logits ? 0 : p.max_token_ids); i += kFinalThreads) {
     const int32_t id = p.token_ids[b * p.max_token_ids + i];
     p.token_logits[b * p.max_token_ids + i] = id < 0 ? 0.0f : logits[id];
   }

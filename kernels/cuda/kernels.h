@@ -71,6 +71,9 @@ struct EpilogueParams {
   const int32_t* token_ids = nullptr;  // [rows, max_token_ids]; -1 = unused slot
   int max_token_ids = 0;
   float* token_logits = nullptr;  // [rows, max_token_ids]
+  // The GEMV / FP8 GEMM kernel finishes token_logits itself (KernelsFinishTokenLogits in
+  // fp8_gemv.h), so it stores the logits only for keep_logits and the epilogue leaves them.
+  bool kernel_token_logits = false;
   // Scratch (device memory): [rows, PartialChunks(vocab)] each; top-k: [rows] (a device copy of
   // max_logit, which may live in host memory), [rows, kEpilogueBins], [rows, kCutSlots],
   // [rows, kMaxCandidates].

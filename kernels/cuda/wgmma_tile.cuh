@@ -18,7 +18,8 @@ namespace lmhead::cuda {
 // planes a row's hi and lo columns summed) are finished (FinishLogit; -inf past the head or the
 // batch) into shared memory, then written to e.raw when write_logits (one warp per batch row: 1 KB
 // runs) and reduced to one partial statistic per batch row (e.part_*[row, vocab block]) by
-// kThreadsPerColumn threads per row. (Reducing them in registers with warp shuffles -- three
+// kThreadsPerColumn threads per row; with e.kernel_token_logits the requested ids in the block's
+// range get their logits in e.token_logits. (Reducing them in registers with warp shuffles -- three
 // rounds of Stat combines per batch row -- took as long as the MMAs: 2.1 of 4.1 ms at
 // 131072x5120, B = 1024, H100.)
 template <int N, int PLANES>
@@ -40,6 +41,13 @@ __device__ __forceinline__ void StoreWgmmaTile(const float (&acc)[N / 8][4], int
   float* logits = smem;                                  // [kColumns][kStride]
   float* inv_scales = smem + T::kColumns * T::kStride;  // [kColumns]
   const int64_t b0 = token_tile * T::kColumns, v0 = vocab_block * T::kRows;
+  // e.kernel_token_logits: thread i takes requested id i of the tile's rows (at most one each, see
+  // KernelsFinishTokenLogits); read first (the ids may be in mapped host memory), used below.
+  const int id_slot = static_cast<int>(threadIdx.x), id_row = e.max_token_ids > 0 ? id_slot / e.max_token_ids : 0;
+  int32_t id = -1;
+  if (e.kernel_token_logits && id_slot < T::kColumns * e.max_token_ids && b0 + id_row < e.rows) {
+    id = e.token_ids[b0 * e.max_token_ids + id_slot];
+  }
   __syncthreads();  // every warp's MMAs are done with the shared memory reused here
   if (threadIdx.x < T::kColumns) {
     inv_scales[threadIdx.x] = b0 + threadIdx.x < e.rows ? e.act_scales[b0 + threadIdx.x] : 0.0f;
@@ -66,6 +74,7 @@ __device__ __forceinline__ void StoreWgmmaTile(const float (&acc)[N / 8][4], int
     }
   }
   __syncthreads();
+  if (id >= v0 && id < v0 + T::kRows) e.token_logits[b0 * e.max_token_ids + id_slot] = logits[id_row * T::kStride + (id - v0)];
   if (write_logits) {  // warp w stores batch rows w, w + 16, ...: each a run of up to 256 floats
     const int run = static_cast<int>(min(static_cast<int64_t>(T::kRows), e.vocab - v0));
     for (int c = warp; c < T::kColumns && b0 + c < e.rows; c += 16) {
