@@ -22,8 +22,10 @@ kill -TERM $SERVER; wait $SERVER; echo "server exit $?"
 grep -E "loaded|serving" "$OUT/server.log"; tail -2 "$OUT/server.log"
 
 echo "== the same server with --activation_precision=fp8 (memory)"
+# 200-row requests and batches: the call below runs the FP8 x FP8 GEMM (above the GEMV's 64 rows).
 $BIN/lmhead-server --checkpoint=/tmp/ckpt --backend=cuda --activation_precision=fp8 --listen=127.0.0.1:50051 \
-  --metrics_listen=127.0.0.1:9400 --threads=16 > "$OUT/server_fp8.log" 2>&1 &
+  --metrics_listen=127.0.0.1:9400 --threads=16 --max_rows_per_request=256 --max_batch_rows=256 \
+  > "$OUT/server_fp8.log" 2>&1 &
 SERVER=$!
 for _ in $(seq 1 300); do $BIN/lmhead health > /dev/null 2>&1 && break; sleep 0.2; done
 $BIN/lmhead logits --rows=200 --top_k=3 | tail -1
