@@ -51,9 +51,20 @@ __device__ __forceinline__ int64_t WgmmaActivationOffset(int64_t q, int64_t c, i
   return (q / 16) * (int64_t{n} * 16) + ((c / 8) * 2 + (q % 16) / 8) * 64 + (c % 8) * 8 + q % 8;
 }
 
-// One block per row. x may be pinned host memory read over PCIe: every element the block needs is
-// requested up front (kActPerThread independent loads per thread), so a row costs about one
-// round trip, and is read once.
+// The exponent e of a row's scale s = 2^(14 - e): amax = m * 2^e with m in [0.5, 1), so that
+// amax * s is in [2^13, 2^14).
+__device__ __forceinline__ int PlaneExponent(float amax) {
+  int e = 14;
+  if (amax > 0.0f && isfinite(amax)) {
+    frexpf(amax, &e);
+    e = max(e, -100);  // keeps s finite for denormal-sized rows
+  }
+  return e;
+}
+
+// The GEMV's planes (batches of up to kGemvMaxRows rows): one block per row. x may be pinned host
+// memory read over PCIe: every element the block needs is requested up front (kActPerThread
+// independent loads per thread), so a row costs about one round trip, and is read once.
 template <typename In>
 __global__ void __launch_bounds__(kActThreads) GemvActivationsKernel(const In* __restrict__ x, int64_t hidden,
                                                                      int64_t stride, int planes,
@@ -81,25 +92,16 @@ __global__ void __launch_bounds__(kActThreads) GemvActivationsKernel(const In* _
   amax = Reduce(temp).Reduce(amax, [](float a, float c) { return fmaxf(a, c); });
   if (threadIdx.x == 0) shared_amax = amax;
   __syncthreads();
-  amax = shared_amax;
-  // amax = m * 2^e with m in [0.5, 1): s = 2^(14 - e) puts amax * s in [2^13, 2^14).
-  int e = 14;
-  if (amax > 0.0f && isfinite(amax)) {
-    frexpf(amax, &e);
-    e = max(e, -100);  // keeps s finite for denormal-sized rows
-  }
+  const int e = PlaneExponent(shared_amax);
   const float s = ldexpf(1.0f, 14 - e);
-  // wgmma: batch rows come in tiles of N = wgmma_columns MMA columns, each tile N * stride
-  // elements (two planes only when the whole batch is one tile).
-  const int64_t tile_base = wgmma_columns > 0 ? planes * b / wgmma_columns * wgmma_columns * stride : 0;
   __half* hi = act + planes * b * stride;
   __half* lo = hi + stride;  // planes == 2 only
   auto put = [&](int64_t i, float value) {
     const float scaled = value * s;  // exact: s is a power of two
     const __half h = __float2half_rn(scaled);
-    if (wgmma_columns > 0) {  // plane p of batch row b is MMA column planes * b + p (of its tile of N)
+    if (wgmma_columns > 0) {  // plane p of batch row b is MMA column planes * b + p
       const int64_t q = WgmmaPlanePosition(i);
-      act[tile_base + WgmmaActivationOffset(q, planes * b % wgmma_columns, wgmma_columns)] = h;
+      act[WgmmaActivationOffset(q, planes * b, wgmma_columns)] = h;
       if (planes == 2) act[WgmmaActivationOffset(q, 2 * b + 1, wgmma_columns)] = __float2half_rn(scaled - __half2float(h));
       return;
     }
@@ -116,6 +118,83 @@ __global__ void __launch_bounds__(kActThreads) GemvActivationsKernel(const In* _
     put(i, LoadElement(row + i));
   }
   if (threadIdx.x == 0) inv_scales[b] = ldexpf(1.0f, e - 14);
+}
+
+// The FP8 GEMM's tiles (batches above kGemvMaxRows rows, rows in device memory): kGemmActRows rows
+// per block, first each row's maximum, then each thread writes whole 16-byte rows of the MMAs'
+// core matrices (8 plane positions of one batch row), so that a warp's stores fill whole 32-byte
+// sectors. (One block per row, as the GEMV's kernel, wrote 2 of every 4 16-byte pieces of a sector
+// from different blocks: 27 against 14 us for 384 x 5120 rows on an H100, the same values.)
+constexpr int kGemmActRows = 4;
+constexpr int kGemmActThreads = 1024;
+
+template <typename In>
+__global__ void __launch_bounds__(kGemmActThreads) GemmActivationsKernel(const In* __restrict__ x, int64_t rows,
+                                                                         int64_t hidden, int64_t stride,
+                                                                         __half* __restrict__ act,
+                                                                         float* __restrict__ inv_scales) {
+  LaunchDependents();  // the GEMM may start streaming weights now; it waits for these tiles
+  constexpr int kPerRow = kGemmActThreads / kGemmActRows;  // threads per row for its maximum
+  __shared__ float warp_amax[kGemmActThreads / 32];
+  __shared__ float scales[kGemmActRows];
+  const int64_t b0 = blockIdx.x * int64_t{kGemmActRows};
+  {
+    const int r = threadIdx.x / kPerRow;
+    float amax = 0.0f;
+    if (b0 + r < rows) {
+      const In* row = x + (b0 + r) * hidden;
+      int64_t i = threadIdx.x % kPerRow;
+      for (; i + 7 * kPerRow < hidden; i += 8 * kPerRow) {  // 8 loads in flight
+        float v[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[j] = LoadElement(row + i + j * kPerRow);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) amax = fmaxf(amax, fabsf(v[j]));
+      }
+      for (; i < hidden; i += kPerRow) amax = fmaxf(amax, fabsf(LoadElement(row + i)));
+    }
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
+    if (threadIdx.x % 32 == 0) warp_amax[threadIdx.x / 32] = amax;
+    __syncthreads();
+    if (threadIdx.x < kGemmActRows) {
+      constexpr int kWarpsPerRow = kPerRow / 32;
+      float m = 0.0f;
+      for (int w = 0; w < kWarpsPerRow; ++w) m = fmaxf(m, warp_amax[threadIdx.x * kWarpsPerRow + w]);
+      const int e = PlaneExponent(m);
+      scales[threadIdx.x] = ldexpf(1.0f, 14 - e);
+      if (b0 + threadIdx.x < rows) inv_scales[b0 + threadIdx.x] = ldexpf(1.0f, e - 14);
+    }
+    __syncthreads();
+  }
+  // Piece p: batch row b0 + p % kGemmActRows, k half (p / kGemmActRows) % 2 of k16 block
+  // p / (2 kGemmActRows) -- every k16 block of the steps that hold real columns (the others, and
+  // positions past `hidden`, get zeros).
+  static_assert(8 % kGemmActRows == 0 && kGemmTileRows % 8 == 0, "a block's rows share their core matrices");
+  const int64_t tile_base = b0 / kGemmTileRows * kGemmTileRows * stride;
+  const int c0 = static_cast<int>(b0 % kGemmTileRows);  // MMA column of row b0
+  const int64_t pieces = (hidden + kStep - 1) / kStep * (kStep / 16) * 2 * kGemmActRows;
+  for (int64_t p = threadIdx.x; p < pieces; p += kGemmActThreads) {
+    const int r = static_cast<int>(p % kGemmActRows), half = static_cast<int>(p / kGemmActRows % 2);
+    const int64_t block = p / (2 * kGemmActRows);
+    if (b0 + r >= rows) continue;
+    const In* row = x + (b0 + r) * hidden;
+    // Plane position 16 block + 8 half + 2t + e holds real column 128 (block / 8) + 32t + 8pp +
+    // 4jj + 2 half + e, where block % 8 = 2pp + jj (WgmmaPlanePosition inverted).
+    const int64_t base = block / 8 * kStep + block % 8 / 2 * 8 + block % 2 * 4 + 2 * half;
+    const float s = scales[r];
+    uint32_t words[4];
+#pragma unroll
+    for (int t = 0; t < 4; ++t) {
+      const int64_t i = base + 32 * t;
+      const float v0 = i < hidden ? LoadElement(row + i) : 0.0f;
+      const float v1 = i + 1 < hidden ? LoadElement(row + i + 1) : 0.0f;
+      words[t] = uint32_t{__half_as_ushort(__float2half_rn(v0 * s))} |
+                 (uint32_t{__half_as_ushort(__float2half_rn(v1 * s))} << 16);
+    }
+    __half* to = act + tile_base + WgmmaActivationOffset(16 * block + 8 * half, c0 + r, kGemmTileRows);
+    *reinterpret_cast<uint4*>(to) = make_uint4(words[0], words[1], words[2], words[3]);
+  }
 }
 
 __device__ __forceinline__ uint4 LoadStreaming(const uint8_t* p) {
@@ -536,6 +615,12 @@ template <typename In>
 cudaError_t LaunchActivations(const In* x, int64_t rows, int64_t hidden, int64_t hidden_pad, __half* act,
                               float* inv_scales, cudaStream_t stream) {
   if (rows <= 0) return cudaSuccess;
+  if (WgmmaColumns(rows) == kGemmTileRows) {
+    const int64_t blocks = (rows + kGemmActRows - 1) / kGemmActRows;
+    GemmActivationsKernel<In><<<static_cast<unsigned>(blocks), kGemmActThreads, 0, stream>>>(
+        x, rows, hidden, GemvActivationStride(hidden_pad), act, inv_scales);
+    return cudaGetLastError();
+  }
   GemvActivationsKernel<In><<<static_cast<unsigned>(rows), kActThreads, 0, stream>>>(
       x, hidden, GemvActivationStride(hidden_pad), static_cast<int>(GemvPlanes(rows)), WgmmaColumns(rows), act,
       inv_scales);
