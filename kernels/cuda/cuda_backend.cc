@@ -91,6 +91,7 @@ class CudaBackend final : public Backend {
   struct Slot {
     PinnedBuffer<uint8_t> results;      // ResultLayout; mapped: graph slices' epilogue writes it
     PinnedBuffer<int32_t> token_ids;    // [slice_rows, token_capacity_]; the epilogue reads them in place
+    PinnedBuffer<uint8_t> logit_rows;   // [slice_rows]: EpilogueParams::store_rows, read in place
     PinnedBuffer<uint8_t> sampling_arena, sample_results;  // see EnqueueSampling
     Event done;                         // recorded after the slice's last work
     int64_t start = 0, n = 0;           // the batch rows it holds
@@ -103,6 +104,7 @@ class CudaBackend final : public Backend {
     int64_t max_ids = 0;
     bool keep_logits = false;  // a later step reads the finished logits (EpilogueParams)
     bool bf16_rows = false;    // the rows are bf16 bits in x_host_[0] (Bf16InputBuffer; one slice)
+    bool rows_without_logits = false;  // some rows read no logits (their logits need no store)
   };
 
   absl::Status EnsureTokenCapacity(int64_t max_ids);
@@ -232,7 +234,7 @@ class CudaBackend final : public Backend {
     return n <= gemv_max_rows_ || (n <= kGraphRows && x_src == x_host_[0].get());
   }
   static constexpr size_t kMaxGraphs = 256;
-  std::map<std::tuple<int64_t, int, int64_t, bool, bool>, cudaGraphExec_t> graphs_;
+  std::map<std::tuple<int64_t, int, int64_t, bool, bool, bool>, cudaGraphExec_t> graphs_;
 
   // Batches of several slices are staged slice by slice in pinned memory (x_host_[slot],
   // CopyPool) and go up on the copy stream while the GPU computes the slices before (an async
@@ -384,6 +386,7 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
   RETURN_IF_ERROR(topk_cut_.Allocate(slice_rows_ * kCutSlots));
   RETURN_IF_ERROR(topk_candidates_.Allocate(slice_rows_ * kMaxCandidates));
   RETURN_IF_ERROR(EnsureTokenCapacity(16));
+  for (Slot& slot : slots_) RETURN_IF_ERROR(slot.logit_rows.Allocate(slice_rows_));
   RETURN_IF_ERROR(processed_.Allocate(kSampleGroupRows * vocab_pad_));
   RETURN_IF_ERROR(select_scratch_.Allocate(SelectScratchBytes(kSampleGroupRows, vocab_)));
 
@@ -576,7 +579,9 @@ absl::Status CudaBackend::ComputeLogits(const LogitsBatch& batch, std::vector<Ro
     }
     call.top_k = std::max<int>(call.top_k, static_cast<int>(spec.top_k));
     call.max_ids = std::max<int64_t>(call.max_ids, static_cast<int64_t>(spec.token_ids.size()));
-    call.keep_logits |= spec.top_k > 0 || spec.want_logits || spec.sampling != nullptr;
+    const bool reads_logits = spec.top_k > 0 || spec.want_logits || spec.sampling != nullptr;
+    call.keep_logits |= reads_logits;
+    call.rows_without_logits |= !reads_logits;
   }
   CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
   RETURN_IF_ERROR(EnsureTokenCapacity(call.max_ids));
@@ -652,8 +657,14 @@ absl::Status CudaBackend::Enqueue(const void* x_src, int64_t n, const CallShape&
   p.token_ids = slots_[slot].token_ids.get();
   p.max_token_ids = static_cast<int>(call.max_ids);
   p.token_logits = reinterpret_cast<float*>(d + layout.token_logits);
-  // lmhead's FP8 kernels finish the token logits in their tile store: no logits stored for them.
+  // lmhead's FP8 kernels finish the token logits in their tile store: no logits stored for them;
+  // in a batch that mixes rows that read their logits with rows that do not, only the former's are
+  // stored (unless the epilogue reads every row's token logits from them). The flags cost a read
+  // over PCIe in every block, so uniform batches go without.
   p.kernel_token_logits = (gemv || fp8_gemm || fp8_act_gemm) && KernelsFinishTokenLogits(n, call.max_ids);
+  if (call.keep_logits && call.rows_without_logits && (call.max_ids == 0 || p.kernel_token_logits)) {
+    p.store_rows = slots_[slot].logit_rows.get();
+  }
   AttachScratch(&p);
 
   float* x_dev = x_dev_[rows_buffer].get();
@@ -720,6 +731,10 @@ absl::Status CudaBackend::EnqueueSlice(const LogitsBatch& batch, int64_t start, 
   slot.start = start;
   slot.n = n;
   slot.graph = graph;
+  for (int64_t r = 0; r < n; ++r) {
+    const RowSpec& spec = batch.specs[start + r];
+    slot.logit_rows.get()[r] = spec.top_k > 0 || spec.want_logits || spec.sampling != nullptr;
+  }
   if (call.max_ids > 0) {
     int32_t* ids = slot.token_ids.get();
     for (int64_t r = 0; r < n; ++r) {
@@ -735,7 +750,8 @@ absl::Status CudaBackend::EnqueueSlice(const LogitsBatch& batch, int64_t start, 
   const size_t x_bytes = n * hidden_ * (call.bf16_rows ? sizeof(uint16_t) : sizeof(float));
   if (graph) {
     if (x_src != x_host_[0].get()) copy_pool_->Copy(x_host_[0].get(), x_src, x_bytes);
-    const auto key = std::make_tuple(n, call.top_k, call.max_ids, call.keep_logits, call.bf16_rows);
+    const auto key =
+        std::make_tuple(n, call.top_k, call.max_ids, call.keep_logits, call.bf16_rows, call.rows_without_logits);
     auto it = graphs_.find(key);
     if (it == graphs_.end()) {
       if (graphs_.size() >= kMaxGraphs) ClearGraphs();

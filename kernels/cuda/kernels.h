@@ -61,6 +61,10 @@ struct EpilogueParams {
   // A top_k > 0 needs keep_logits. The arrays below may be in mapped host memory: the kernels
   // only write them (and read token_ids).
   bool keep_logits = true;
+  // [rows] or null: with keep_logits, lmhead's wgmma kernels store the logits only of the rows
+  // whose flag is set (those a later step reads: top-k, full logits, sampling); the epilogue still
+  // runs every row, and its results for the others are not used. May be in mapped host memory.
+  const uint8_t* store_rows = nullptr;
   float* max_logit = nullptr;   // [rows]
   int32_t* argmax = nullptr;    // [rows]
   float* logsumexp = nullptr;   // [rows]

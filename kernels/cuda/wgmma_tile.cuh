@@ -16,10 +16,10 @@ namespace lmhead::cuda {
 // The wgmma kernels' store, after the main loop (every warp's MMAs done: shared memory is free).
 // The block's 256 x kColumns logits (vocab rows x batch rows of token tile `token_tile`; with two
 // planes a row's hi and lo columns summed) are finished (FinishLogit; -inf past the head or the
-// batch) into shared memory, then written to e.raw when write_logits (one warp per batch row: 1 KB
-// runs) and reduced to one partial statistic per batch row (e.part_*[row, vocab block]) by
-// kThreadsPerColumn threads per row; with e.kernel_token_logits the requested ids in the block's
-// range get their logits in e.token_logits. (Reducing them in registers with warp shuffles -- three
+// batch) into shared memory, then written to e.raw when write_logits (the rows e.store_rows flags;
+// one warp per batch row: 1 KB runs) and reduced to one partial statistic per batch row
+// (e.part_*[row, vocab block]) by kThreadsPerColumn threads per row; with e.kernel_token_logits
+// the requested ids in the block's range get their logits in e.token_logits. (Reducing them in registers with warp shuffles -- three
 // rounds of Stat combines per batch row -- took as long as the MMAs: 2.1 of 4.1 ms at
 // 131072x5120, B = 1024, H100.)
 template <int N, int PLANES>
@@ -28,7 +28,8 @@ struct TileStoreShape {
   static constexpr int kColumns = N / PLANES;          // batch rows per token tile
   static constexpr int kThreadsPerColumn = 512 / kColumns < 32 ? 512 / kColumns : 32;
   static constexpr int kStride = kRows + kThreadsPerColumn;  // floats per column: conflict-free reads
-  static constexpr int kBytes = (kColumns * kStride + kColumns) * 4;  // the logits, then 1 / scales
+  // The logits, then 1 / scales and whether each batch row's logits are stored.
+  static constexpr int kBytes = (kColumns * kStride + 2 * kColumns) * 4;
 };
 
 template <int N, int PLANES>
@@ -40,6 +41,7 @@ __device__ __forceinline__ void StoreWgmmaTile(const float (&acc)[N / 8][4], int
   const int g = lane >> 2, t = lane & 3;
   float* logits = smem;                                  // [kColumns][kStride]
   float* inv_scales = smem + T::kColumns * T::kStride;  // [kColumns]
+  int* stored = reinterpret_cast<int*>(inv_scales + T::kColumns);  // [kColumns]: store_row
   const int64_t b0 = token_tile * T::kColumns, v0 = vocab_block * T::kRows;
   // e.kernel_token_logits: thread i takes requested id i of the tile's rows (at most one each, see
   // KernelsFinishTokenLogits); read first (the ids may be in mapped host memory), used below.
@@ -48,6 +50,9 @@ __device__ __forceinline__ void StoreWgmmaTile(const float (&acc)[N / 8][4], int
   if (e.kernel_token_logits && id_slot < T::kColumns * e.max_token_ids && b0 + id_row < e.rows) {
     id = e.token_ids[b0 * e.max_token_ids + id_slot];
   }
+  // Whether batch row b0 + threadIdx.x's logits are stored (read now, used after the finishing).
+  bool store_row = write_logits && threadIdx.x < T::kColumns && b0 + threadIdx.x < e.rows;
+  if (store_row && e.store_rows != nullptr) store_row = e.store_rows[b0 + threadIdx.x] != 0;
   __syncthreads();  // every warp's MMAs are done with the shared memory reused here
   if (threadIdx.x < T::kColumns) {
     inv_scales[threadIdx.x] = b0 + threadIdx.x < e.rows ? e.act_scales[b0 + threadIdx.x] : 0.0f;
@@ -76,8 +81,11 @@ __device__ __forceinline__ void StoreWgmmaTile(const float (&acc)[N / 8][4], int
   __syncthreads();
   if (id >= v0 && id < v0 + T::kRows) e.token_logits[b0 * e.max_token_ids + id_slot] = logits[id_row * T::kStride + (id - v0)];
   if (write_logits) {  // warp w stores batch rows w, w + 16, ...: each a run of up to 256 floats
+    if (threadIdx.x < T::kColumns) stored[threadIdx.x] = store_row;
+    __syncthreads();
     const int run = static_cast<int>(min(static_cast<int64_t>(T::kRows), e.vocab - v0));
-    for (int c = warp; c < T::kColumns && b0 + c < e.rows; c += 16) {
+    for (int c = warp; c < T::kColumns; c += 16) {
+      if (!stored[c]) continue;
       float* out = e.raw + (b0 + c) * e.ld + v0;
       for (int r = lane; r < run; r += 32) out[r] = logits[c * T::kStride + r];
     }
