@@ -299,6 +299,26 @@ __device__ __forceinline__ int GroupRank(const float* group_max, int me) {
   return rank;
 }
 
+// Thread t < kPartThreads of a row's block: the statistic of the row's partials t, t +
+// kPartThreads, ... (p.part_*, [rows, partials]); its maximum goes to group_max[t], the group a
+// threshold cut ranks (-inf when empty: all masked, or no partials).
+__device__ __forceinline__ Stat GroupStat(const EpilogueParams& p, int64_t b, int64_t partials, float* group_max) {
+  Stat st{-FLT_MAX, 0, 0.0f};
+  for (int64_t c = threadIdx.x; c < partials; c += kPartThreads) {
+    const int64_t i = b * partials + c;
+    st = Combine(st, Stat{p.part_max[i], p.part_arg[i], p.part_sum[i]});
+  }
+  group_max[threadIdx.x] = st.s > 0.0f ? st.m : -INFINITY;
+  return st;
+}
+
+// One thread: row b's max, argmax and logsumexp from its total statistic.
+__device__ __forceinline__ void WriteRowStats(const EpilogueParams& p, int64_t b, const Stat& total) {
+  p.max_logit[b] = total.m;
+  p.argmax[b] = total.a;
+  p.logsumexp[b] = total.m + logf(total.s);
+}
+
 // Row statistics from the first pass's partials: max, argmax, logsumexp; the requested token
 // logits; and, when a top-k is wanted, the cut for the passes below: a cleared histogram, or the
 // threshold (CutAtThreshold).
@@ -309,17 +329,9 @@ __global__ void RowStatsKernel(EpilogueParams p, int chunks) {
   __shared__ typename Reduce::TempStorage temp;
   __shared__ __align__(16) float group_max[kPartThreads];
   const int64_t b = blockIdx.x;
-  Stat st{-FLT_MAX, 0, 0.0f};
-  for (int c = threadIdx.x; c < chunks; c += kPartThreads) {
-    const int64_t i = b * chunks + c;
-    st = Combine(st, Stat{p.part_max[i], p.part_arg[i], p.part_sum[i]});
-  }
-  group_max[threadIdx.x] = st.s > 0.0f ? st.m : -INFINITY;  // empty: all masked, or no partials
-  const Stat total = Reduce(temp).Reduce(st, CombineOp());
+  const Stat total = Reduce(temp).Reduce(GroupStat(p, b, chunks, group_max), CombineOp());
   if (threadIdx.x == 0) {
-    p.max_logit[b] = total.m;
-    p.argmax[b] = total.a;
-    p.logsumexp[b] = total.m + logf(total.s);
+    WriteRowStats(p, b, total);
     if (p.top_k > 0) p.row_max[b] = total.m;
   }
   // Finished logits are in raw after the GEMV (ready_partials) or a first pass that kept them.
@@ -516,20 +528,11 @@ __global__ void __launch_bounds__(kFinalThreads) RowSelectKernel(EpilogueParams 
   const int64_t b = blockIdx.x;
   const int64_t partials = p.ready_partials;
   const float* part_max = p.part_max + b * partials;
-  // The first kPartThreads threads reduce the same disjoint sets of partials as RowStatsKernel:
-  // their maxima are the groups the threshold is cut from.
-  Stat st{-FLT_MAX, 0, 0.0f};
-  if (threadIdx.x < kPartThreads) {
-    for (int64_t c = threadIdx.x; c < partials; c += kPartThreads) {
-      st = Combine(st, Stat{part_max[c], p.part_arg[b * partials + c], p.part_sum[b * partials + c]});
-    }
-    group_max[threadIdx.x] = st.s > 0.0f ? st.m : -INFINITY;
-  }
+  // The first kPartThreads threads reduce the same groups of partials as RowStatsKernel.
+  const Stat st = threadIdx.x < kPartThreads ? GroupStat(p, b, partials, group_max) : Stat{-FLT_MAX, 0, 0.0f};
   const Stat total = Reduce(temp).Reduce(st, CombineOp());
   if (threadIdx.x == 0) {
-    p.max_logit[b] = total.m;
-    p.argmax[b] = total.a;
-    p.logsumexp[b] = total.m + logf(total.s);
+    WriteRowStats(p, b, total);
     sh.count = 0;
   }
   const float* logits = p.raw + b * p.ld;  // finished (the kernels store them for a top-k)
