@@ -107,6 +107,11 @@ class CudaBackend final : public Backend {
     bool rows_without_logits = false;  // some rows read no logits (their logits need no store)
   };
 
+  // Whether a later step reads the row's finished logits (its top-k, full logits or sampling).
+  static bool ReadsLogits(const RowSpec& spec) {
+    return spec.top_k > 0 || spec.want_logits || spec.sampling != nullptr;
+  }
+
   absl::Status EnsureTokenCapacity(int64_t max_ids);
   // Quantizes (or copies) the source into the device weights, chunk by chunk.
   absl::Status UploadWeights(const HeadSource& src, const QuantizeOptions& q);
@@ -579,9 +584,8 @@ absl::Status CudaBackend::ComputeLogits(const LogitsBatch& batch, std::vector<Ro
     }
     call.top_k = std::max<int>(call.top_k, static_cast<int>(spec.top_k));
     call.max_ids = std::max<int64_t>(call.max_ids, static_cast<int64_t>(spec.token_ids.size()));
-    const bool reads_logits = spec.top_k > 0 || spec.want_logits || spec.sampling != nullptr;
-    call.keep_logits |= reads_logits;
-    call.rows_without_logits |= !reads_logits;
+    call.keep_logits |= ReadsLogits(spec);
+    call.rows_without_logits |= !ReadsLogits(spec);
   }
   CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
   RETURN_IF_ERROR(EnsureTokenCapacity(call.max_ids));
@@ -731,9 +735,8 @@ absl::Status CudaBackend::EnqueueSlice(const LogitsBatch& batch, int64_t start, 
   slot.start = start;
   slot.n = n;
   slot.graph = graph;
-  for (int64_t r = 0; r < n; ++r) {
-    const RowSpec& spec = batch.specs[start + r];
-    slot.logit_rows.get()[r] = spec.top_k > 0 || spec.want_logits || spec.sampling != nullptr;
+  if (call.keep_logits && call.rows_without_logits) {  // EpilogueParams::store_rows (see Enqueue)
+    for (int64_t r = 0; r < n; ++r) slot.logit_rows.get()[r] = ReadsLogits(batch.specs[start + r]);
   }
   if (call.max_ids > 0) {
     int32_t* ids = slot.token_ids.get();
