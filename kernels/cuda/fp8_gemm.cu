@@ -154,12 +154,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     __syncwarp();
     if (step >= 1 && lane == 0) stages.Release(step - 1, &weights, vocab_row, load_acts);
   }
-  WgmmaWait<0>();
-#pragma unroll
-  for (int nt = 0; nt < kTileRows / 8; ++nt) {
-#pragma unroll
-    for (int r = 0; r < 4; ++r) PinRegister(acc[nt][r]);
-  }
+  WaitForAccumulators(acc);
   LaunchDependents();  // the epilogue may launch; it waits for this grid's partial statistics
   StoreWgmmaTile<kGemmTileRows, 1>(acc, token_tile, vocab_block, gridDim.x / token_tiles, write_logits, e,
                                    reinterpret_cast<float*>(stages.base));

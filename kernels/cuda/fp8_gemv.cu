@@ -556,12 +556,7 @@ __global__ void __launch_bounds__(WgmmaGemvShape<N>::kThreads, 1)
     // into that buffer.
     __syncthreads();
   }
-  WgmmaWait<0>();
-#pragma unroll
-  for (int nt = 0; nt < N / 8; ++nt) {
-#pragma unroll
-    for (int r = 0; r < 4; ++r) PinRegister(acc[nt][r]);
-  }
+  WaitForAccumulators(acc);
   LaunchDependents();  // the epilogue may launch; it waits for this grid's partial statistics
   static_assert(TileStoreShape<N, PLANES>::kBytes <= Shape::kRingBytes + Shape::kBuffers * Shape::kChunkBytes,
                 "the finished tile fits the ring and the activation buffers");

@@ -74,6 +74,17 @@ __device__ __forceinline__ void FenceSharedForAsyncProxy() {
 // registers asynchronously, which the compiler does not see).
 __device__ __forceinline__ void PinRegister(float& r) { asm volatile("" : "+f"(r)::"memory"); }
 __device__ __forceinline__ void PinRegister(uint32_t& r) { asm volatile("" : "+r"(r)::"memory"); }
+// After a main loop: waits for all of this warp's MMAs, so that the accumulators (the wgmma D
+// fragments, acc[i][0..3]) hold their final sums when read next.
+template <int kFragments>
+__device__ __forceinline__ void WaitForAccumulators(float (&acc)[kFragments][4]) {
+  WgmmaWait<0>();
+#pragma unroll
+  for (int i = 0; i < kFragments; ++i) {
+#pragma unroll
+    for (int r = 0; r < 4; ++r) PinRegister(acc[i][r]);
+  }
+}
 
 // d[N / 2] += A (64 x 16, registers) x B (16 x N, descriptor b). Defined for N = 16, 32, 64 and 128.
 template <int N>
