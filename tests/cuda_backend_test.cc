@@ -533,6 +533,66 @@ TEST(CudaBackendTest, EqualLogitsRankLowerIdFirstAndOverflowIsReported) {
   EXPECT_EQ(gpu->ComputeLogits({x.data(), 1, {&spec, 1}}, &out).code(), absl::StatusCode::kInvalidArgument);
 }
 
+// Calls whose logits only the top-k reads store a vocab block's logits only where the block's
+// second-largest logit can reach the row's top k (EpilogueParams::topk_bound); the others' maxima
+// are taken from the partial statistics. Here the 65536 logits take two values: high for one id
+// in each of the blocks 0-99 (256 ids each) and every id of the blocks 200-219, low elsewhere --
+// more ties at the top than the candidate buffer holds, so the selection falls back to the exact
+// one over the stored blocks and the maxima of the others. The call before each swaps high and
+// low, which leaves high logits where the next call stores none: a block read as stored would
+// rank them first. Last, the same call with full logits on one row must store all of them (its
+// own CUDA graph).
+TEST(CudaBackendTest, SparseTopKStoreKeepsEveryTopLogit) {
+  constexpr int64_t kVocab = 65536, kHidden = 32, kBlock = 256;
+  std::vector<bool> high(kVocab, false);
+  for (int64_t i = 0; i < 100; ++i) high[i * kBlock + 7] = true;
+  for (int64_t v = 200 * kBlock; v < 220 * kBlock; ++v) high[v] = true;
+  const int64_t high_count = std::count(high.begin(), high.end(), true);
+  HeadWeights h;
+  h.vocab = kVocab;
+  h.hidden = kHidden;
+  h.data.resize(kVocab * kHidden);
+  for (int64_t v = 0; v < kVocab; ++v) {
+    std::fill_n(h.data.begin() + v * kHidden, kHidden, Fp8E4m3Encode(high[v] ? 1.0f : -1.0f));
+  }
+  h.row_scales.assign(kVocab, 1.0f);
+  std::string skip;
+  auto gpu = CudaOrSkip(h, {}, ActivationPrecision::kBf16, &skip);
+  if (gpu == nullptr) GTEST_SKIP() << "no CUDA backend here: " << skip;
+  constexpr uint32_t kTopK = 20;
+  // One row (the mma.sync GEMV, which stores every logit), several (the wgmma GEMV) and more than
+  // the GEMV takes (the FP8 GEMM).
+  for (int64_t rows : {1, 8, 40, 200}) {
+    for (float sign : {-1.0f, 1.0f, -1.0f, 1.0f}) {
+      SCOPED_TRACE(::testing::Message() << "rows " << rows << " sign " << sign);
+      const std::vector<float> xs(rows * kHidden, 0.25f * sign);  // logits +-8
+      std::vector<uint32_t> want;
+      for (int64_t v = 0; v < kVocab && want.size() < kTopK; ++v) {
+        if (high[v] == (sign > 0)) want.push_back(static_cast<uint32_t>(v));
+      }
+      const int64_t top_count = sign > 0 ? high_count : kVocab - high_count;
+      const double logsumexp = std::log(top_count * std::exp(8.0) + (kVocab - top_count) * std::exp(-8.0));
+      std::vector<RowOutput> out;
+      const std::vector<RowSpec> specs(rows, RowSpec{kTopK, {}, false});
+      ASSERT_TRUE(gpu->ComputeLogits({xs.data(), rows, specs}, &out).ok());
+      for (int64_t r = 0; r < rows; ++r) {
+        SCOPED_TRACE(::testing::Message() << "row " << r);
+        EXPECT_EQ(out[r].argmax_id, want[0]);
+        ASSERT_EQ(out[r].top_ids, want);
+        for (float l : out[r].top_logits) ASSERT_EQ(l, 8.0f);
+        EXPECT_NEAR(out[r].logsumexp, logsumexp, 1e-4);
+      }
+    }
+    std::vector<RowSpec> specs(rows, RowSpec{kTopK, {}, false});
+    specs[0].want_logits = true;
+    const std::vector<float> xs(rows * kHidden, 0.25f);
+    std::vector<RowOutput> out;
+    ASSERT_TRUE(gpu->ComputeLogits({xs.data(), rows, specs}, &out).ok());
+    ASSERT_EQ(out[0].logits.size(), static_cast<size_t>(kVocab));
+    for (int64_t v = 0; v < kVocab; ++v) ASSERT_EQ(out[0].logits[v], high[v] ? 8.0f : -8.0f) << "rows " << rows << " id " << v;
+  }
+}
+
 }  // namespace
 }  // namespace lmhead
 

@@ -64,6 +64,7 @@ class CudaBackend final : public Backend {
     return static_cast<int64_t>(x_dev_[0].bytes() + x_dev_[1].bytes() + act_.bytes() + act_scales_.bytes() +
                                 gemv_act_.bytes() + gemv_scales_.bytes() + raw_.bytes() +
                                 part_max_.bytes() + part_sum_.bytes() + part_arg_.bytes() + topk_hist_.bytes() +
+                                topk_bound_.bytes() + range_stored_.bytes() +
                                 topk_cut_.bytes() + topk_candidates_.bytes() + d_results_.bytes() +
                                 processed_.bytes() + select_scratch_.bytes() + d_sampling_arena_.bytes() +
                                 d_sample_results_.bytes() + (gemm_ != nullptr ? gemm_->workspace_bytes() : 0));
@@ -105,6 +106,7 @@ class CudaBackend final : public Backend {
     bool keep_logits = false;  // a later step reads the finished logits (EpilogueParams)
     bool bf16_rows = false;    // the rows are bf16 bits in x_host_[0] (Bf16InputBuffer; one slice)
     bool rows_without_logits = false;  // some rows read no logits (their logits need no store)
+    bool full_or_sampled = false;      // some rows want their full logits or sample a token
   };
 
   // Whether a later step reads the row's finished logits (its top-k, full logits or sampling).
@@ -211,6 +213,8 @@ class CudaBackend final : public Backend {
   DeviceBuffer<int32_t> part_arg_;
   DeviceBuffer<float> row_max_;
   DeviceBuffer<int32_t> topk_hist_, topk_cut_;
+  DeviceBuffer<uint32_t> topk_bound_;   // EpilogueParams::topk_bound
+  DeviceBuffer<uint8_t> range_stored_;  // EpilogueParams::range_stored
   DeviceBuffer<uint64_t> topk_candidates_;
   // Per-slice results, packed so that one copy brings them back (see ResultLayout). Device buffers
   // are used in stream order; the host side is per slot.
@@ -226,8 +230,8 @@ class CudaBackend final : public Backend {
   DeviceBuffer<uint8_t> d_sampling_arena_;
   DeviceBuffer<uint8_t> d_sample_results_;  // SampleLayout
 
-  // Single-slice batches of few rows run as CUDA graphs, one per (n, top_k, max_ids,
-  // keep_logits), captured on first use; their input rows are read from x_host_[0] (pinned; copied
+  // Single-slice batches of few rows run as CUDA graphs, one per call shape (n and CallShape),
+  // captured on first use; their input rows are read from x_host_[0] (pinned; copied
   // there unless the caller assembled them there through InputBuffer). Launch gaps between the
   // short kernels are what a graph removes (~8 us at B = 1, measured on an H100). GEMV batches
   // always run so; others of up to kGraphRows rows only when their rows are already in
@@ -239,7 +243,7 @@ class CudaBackend final : public Backend {
     return n <= gemv_max_rows_ || (n <= kGraphRows && x_src == x_host_[0].get());
   }
   static constexpr size_t kMaxGraphs = 256;
-  std::map<std::tuple<int64_t, int, int64_t, bool, bool, bool>, cudaGraphExec_t> graphs_;
+  std::map<std::tuple<int64_t, int, int64_t, bool, bool, bool, bool>, cudaGraphExec_t> graphs_;
 
   // Batches of several slices are staged slice by slice in pinned memory (x_host_[slot],
   // CopyPool) and go up on the copy stream while the GPU computes the slices before (an async
@@ -386,6 +390,9 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
   RETURN_IF_ERROR(part_max_.Allocate(partials));
   RETURN_IF_ERROR(part_sum_.Allocate(partials));
   RETURN_IF_ERROR(part_arg_.Allocate(partials));
+  // [rows, top_k + 1]: a sparse top-k's k is at most its partials.
+  RETURN_IF_ERROR(topk_bound_.Allocate(partials + slice_rows_));
+  RETURN_IF_ERROR(range_stored_.Allocate(partials));
   RETURN_IF_ERROR(topk_hist_.Allocate(slice_rows_ * kEpilogueBins));
   RETURN_IF_ERROR(row_max_.Allocate(slice_rows_));
   RETURN_IF_ERROR(topk_cut_.Allocate(slice_rows_ * kCutSlots));
@@ -586,6 +593,7 @@ absl::Status CudaBackend::ComputeLogits(const LogitsBatch& batch, std::vector<Ro
     call.max_ids = std::max<int64_t>(call.max_ids, static_cast<int64_t>(spec.token_ids.size()));
     call.keep_logits |= ReadsLogits(spec);
     call.rows_without_logits |= !ReadsLogits(spec);
+    call.full_or_sampled |= spec.want_logits || spec.sampling != nullptr;
   }
   CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
   RETURN_IF_ERROR(EnsureTokenCapacity(call.max_ids));
@@ -670,6 +678,14 @@ absl::Status CudaBackend::Enqueue(const void* x_src, int64_t n, const CallShape&
     p.store_rows = slots_[slot].logit_rows.get();
   }
   AttachScratch(&p);
+  // Where only the top-k reads the stored logits, the kernels store those of few vocab blocks (the
+  // activation kernel clears the bound they keep).
+  const bool sparse_topk = (gemv || fp8_gemm) && KernelsStoreSparseTopK(n) && !call.full_or_sampled &&
+                           (call.max_ids == 0 || p.kernel_token_logits) && TopKFromPartials(p);
+  if (sparse_topk) {
+    p.topk_bound = topk_bound_.get();
+    p.range_stored = range_stored_.get();
+  }
 
   float* x_dev = x_dev_[rows_buffer].get();
   if (!gemv) {  // the GEMV's activation kernel reads the pinned rows straight over PCIe instead
@@ -693,10 +709,11 @@ absl::Status CudaBackend::Enqueue(const void* x_src, int64_t n, const CallShape&
   const int64_t n_pad = LtGemm::PadRows(split_ ? 2 * n : n);
   // The GEMV's and the FP8 GEMM's activations from rows (fp32 or bf16 bits, as call.bf16_rows says).
   auto fp8_kernel_activations = [&](const void* rows) {
+    const int zero_per_row = p.topk_bound != nullptr ? p.top_k + 1 : 0;
     return call.bf16_rows ? LaunchGemvActivations(static_cast<const uint16_t*>(rows), n, hidden_, hidden_pad_,
-                                                  gemv_act_.get(), gemv_scales_.get(), s)
+                                                  gemv_act_.get(), gemv_scales_.get(), s, p.topk_bound, zero_per_row)
                           : LaunchGemvActivations(static_cast<const float*>(rows), n, hidden_, hidden_pad_,
-                                                  gemv_act_.get(), gemv_scales_.get(), s);
+                                                  gemv_act_.get(), gemv_scales_.get(), s, p.topk_bound, zero_per_row);
   };
   if (gemv) {
     mark_stage(0, s);  // no copy: the activation kernel reads the pinned rows
@@ -753,8 +770,8 @@ absl::Status CudaBackend::EnqueueSlice(const LogitsBatch& batch, int64_t start, 
   const size_t x_bytes = n * hidden_ * (call.bf16_rows ? sizeof(uint16_t) : sizeof(float));
   if (graph) {
     if (x_src != x_host_[0].get()) copy_pool_->Copy(x_host_[0].get(), x_src, x_bytes);
-    const auto key =
-        std::make_tuple(n, call.top_k, call.max_ids, call.keep_logits, call.bf16_rows, call.rows_without_logits);
+    const auto key = std::make_tuple(n, call.top_k, call.max_ids, call.keep_logits, call.bf16_rows,
+                                     call.rows_without_logits, call.full_or_sampled);
     auto it = graphs_.find(key);
     if (it == graphs_.end()) {
       if (graphs_.size() >= kMaxGraphs) ClearGraphs();

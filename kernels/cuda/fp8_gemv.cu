@@ -70,8 +70,10 @@ __global__ void __launch_bounds__(kActThreads) GemvActivationsKernel(const In* _
                                                                      int64_t stride, int planes,
                                                                      int wgmma_columns,
                                                                      __half* __restrict__ act,
-                                                                     float* __restrict__ inv_scales) {
+                                                                     float* __restrict__ inv_scales,
+                                                                     uint32_t* zero_words, int zero_per_row) {
   LaunchDependents();  // the GEMV may start streaming weights now; it waits for these planes
+  for (int i = threadIdx.x; i < zero_per_row; i += kActThreads) zero_words[blockIdx.x * int64_t{zero_per_row} + i] = 0;
   using Reduce = cub::BlockReduce<float, kActThreads>;
   __shared__ typename Reduce::TempStorage temp;
   __shared__ float shared_amax;
@@ -132,12 +134,16 @@ template <typename In>
 __global__ void __launch_bounds__(kGemmActThreads) GemmActivationsKernel(const In* __restrict__ x, int64_t rows,
                                                                          int64_t hidden, int64_t stride,
                                                                          __half* __restrict__ act,
-                                                                         float* __restrict__ inv_scales) {
+                                                                         float* __restrict__ inv_scales,
+                                                                         uint32_t* zero_words, int zero_per_row) {
   LaunchDependents();  // the GEMM may start streaming weights now; it waits for these tiles
   constexpr int kPerRow = kGemmActThreads / kGemmActRows;  // threads per row for its maximum
   __shared__ float warp_amax[kGemmActThreads / 32];
   __shared__ float scales[kGemmActRows];
   const int64_t b0 = blockIdx.x * int64_t{kGemmActRows};
+  for (int64_t i = threadIdx.x; i < min(int64_t{kGemmActRows}, rows - b0) * zero_per_row; i += kGemmActThreads) {
+    zero_words[b0 * zero_per_row + i] = 0;
+  }
   {
     const int r = threadIdx.x / kPerRow;
     float amax = 0.0f;
@@ -608,28 +614,30 @@ int64_t GemvActivationStride(int64_t hidden_pad) { return (hidden_pad + kMaxChun
 
 template <typename In>
 cudaError_t LaunchActivations(const In* x, int64_t rows, int64_t hidden, int64_t hidden_pad, __half* act,
-                              float* inv_scales, cudaStream_t stream) {
+                              float* inv_scales, cudaStream_t stream, uint32_t* zero_words, int zero_per_row) {
   if (rows <= 0) return cudaSuccess;
+  if (zero_per_row < 0 || (zero_per_row > 0 && zero_words == nullptr)) return cudaErrorInvalidValue;
   if (WgmmaColumns(rows) == kGemmTileRows) {
     const int64_t blocks = (rows + kGemmActRows - 1) / kGemmActRows;
     GemmActivationsKernel<In><<<static_cast<unsigned>(blocks), kGemmActThreads, 0, stream>>>(
-        x, rows, hidden, GemvActivationStride(hidden_pad), act, inv_scales);
+        x, rows, hidden, GemvActivationStride(hidden_pad), act, inv_scales, zero_words, zero_per_row);
     return cudaGetLastError();
   }
   GemvActivationsKernel<In><<<static_cast<unsigned>(rows), kActThreads, 0, stream>>>(
       x, hidden, GemvActivationStride(hidden_pad), static_cast<int>(GemvPlanes(rows)), WgmmaColumns(rows), act,
-      inv_scales);
+      inv_scales, zero_words, zero_per_row);
   return cudaGetLastError();
 }
 
 cudaError_t LaunchGemvActivations(const float* x, int64_t rows, int64_t hidden, int64_t hidden_pad, __half* act,
-                                  float* inv_scales, cudaStream_t stream) {
-  return LaunchActivations(x, rows, hidden, hidden_pad, act, inv_scales, stream);
+                                  float* inv_scales, cudaStream_t stream, uint32_t* zero_words, int zero_per_row) {
+  return LaunchActivations(x, rows, hidden, hidden_pad, act, inv_scales, stream, zero_words, zero_per_row);
 }
 
 cudaError_t LaunchGemvActivations(const uint16_t* x_bf16, int64_t rows, int64_t hidden, int64_t hidden_pad,
-                                  __half* act, float* inv_scales, cudaStream_t stream) {
-  return LaunchActivations(x_bf16, rows, hidden, hidden_pad, act, inv_scales, stream);
+                                  __half* act, float* inv_scales, cudaStream_t stream, uint32_t* zero_words,
+                                  int zero_per_row) {
+  return LaunchActivations(x_bf16, rows, hidden, hidden_pad, act, inv_scales, stream, zero_words, zero_per_row);
 }
 
 int64_t GemvMaxRows() { return g_wgmma ? kGemvMaxRows : kGemvMmaRows; }
@@ -714,6 +722,8 @@ cudaError_t LaunchFp8Gemv(const GemvWeights& w, const __half* act, const Epilogu
 }
 
 bool Fp8GemmAvailable() { return g_wgmma; }
+
+bool KernelsStoreSparseTopK(int64_t rows) { return WgmmaColumns(rows) > 0; }
 
 bool KernelsFinishTokenLogits(int64_t rows, int64_t max_ids) {
   const int columns = WgmmaColumns(rows);  // 0: the mma.sync GEMV

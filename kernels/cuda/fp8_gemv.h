@@ -57,16 +57,19 @@ int64_t GemvActivationStride(int64_t hidden_pad);
 // GemvPlanes(rows) * b + p, in the shared-memory layout of its MMAs (N = 16, 32 or 64 columns per
 // k16 block, one run of k16 blocks per staged chunk). s_b is a power of two that puts
 // max|x_b| in [2^13, 2^14), and inv_scales[b] = 1 / s_b. Only the columns below `hidden`
-// are written: `act` must be zeroed once when allocated.
+// are written: `act` must be zeroed once when allocated. zero_words: null, or [rows,
+// zero_per_row] words the kernel sets to 0 for the kernel that follows (EpilogueParams::topk_bound).
 // rows > kGemvMaxRows (Hopper, for LaunchFp8Gemm in fp8_gemm.h): one plane, tiles of kGemmTileRows rows in the
 // wgmma layout for N = kGemmTileRows, tile i at act + i * kGemmTileRows * GemvActivationStride;
 // act then holds RoundUp(rows, kGemmTileRows) plane rows (zeroed once: the last tile's rows past
 // the batch are multiplied too).
 cudaError_t LaunchGemvActivations(const float* x, int64_t rows, int64_t hidden, int64_t hidden_pad, __half* act,
-                                  float* inv_scales, cudaStream_t stream);
+                                  float* inv_scales, cudaStream_t stream, uint32_t* zero_words = nullptr,
+                                  int zero_per_row = 0);
 // The same from rows of bf16 bits (each exact in fp32: the planes are those of the fp32 values).
 cudaError_t LaunchGemvActivations(const uint16_t* x_bf16, int64_t rows, int64_t hidden, int64_t hidden_pad,
-                                  __half* act, float* inv_scales, cudaStream_t stream);
+                                  __half* act, float* inv_scales, cudaStream_t stream, uint32_t* zero_words = nullptr,
+                                  int zero_per_row = 0);
 
 // Allows the GEMV variants their shared memory on the current device. Call once per process
 // before LaunchFp8Gemv (and before capturing it in a graph).
@@ -120,6 +123,10 @@ cudaError_t LaunchFp8Gemv(const GemvWeights& w, const __half* act, const Epilogu
 
 // Whether the large-batch FP8 GEMMs (fp8_gemm.h) run on the device PrepareFp8Gemv saw (Hopper).
 bool Fp8GemmAvailable();
+
+// Whether a batch of `rows` rows runs the wgmma GEMV or the FP8 GEMMs (their tile store can store a
+// top-k call's logits sparsely: EpilogueParams::topk_bound) on the device PrepareFp8Gemv saw.
+bool KernelsStoreSparseTopK(int64_t rows);
 
 // Whether the wgmma GEMV (rows <= kGemvMaxRows) or the FP8 GEMMs (above) finish max_ids requested
 // token logits per row in their tile store for a batch of `rows` rows (EpilogueParams::

@@ -155,16 +155,6 @@ __global__ void PartialsKernel(EpilogueParams p) {
   }
 }
 
-// Order-preserving map of floats onto uint32 (larger float -> larger key).
-__device__ __forceinline__ uint32_t FloatKey(float f) {
-  const uint32_t u = __float_as_uint(f);
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-
-__device__ __forceinline__ float KeyFloat(uint32_t k) {
-  return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
-}
-
 struct FinalShared {
   union {
     typename cub::BlockScan<int, kFinalThreads>::TempStorage scan;
@@ -179,8 +169,9 @@ struct FinalShared {
 };
 
 // Exact fallback: radix-selects the k-th largest key, then collects the k best candidates
-// (ties: lowest ids) into sh.candidates[0, k).
-__device__ void SelectExact(const EpilogueParams& p, const float* logits, FinalShared& sh) {
+// (ties: lowest ids) into sh.candidates[0, k). logit_at(v): the row's logit of id v.
+template <typename LogitAt>
+__device__ void SelectExact(const EpilogueParams& p, LogitAt logit_at, FinalShared& sh) {
   // Radix-select the k-th largest key: digits of 11, 11 and 10 bits.
   if (threadIdx.x == 0) {
     sh.prefix = 0;
@@ -197,7 +188,7 @@ __device__ void SelectExact(const EpilogueParams& p, const float* logits, FinalS
     __syncthreads();
     const uint32_t prefix = sh.prefix;
     for (int64_t v = threadIdx.x; v < p.vocab; v += kFinalThreads) {
-      const uint32_t key = FloatKey(logits[v]);
+      const uint32_t key = FloatKey(logit_at(v));
       if ((key & mask_so_far) == prefix) atomicAdd(&sh.hist[(key >> shift) & digit_mask], 1);
     }
     __syncthreads();
@@ -235,7 +226,7 @@ __device__ void SelectExact(const EpilogueParams& p, const float* logits, FinalS
   __syncthreads();
   // Candidate = (key << 32) | ~id: sorting descending puts higher logits first, then lower ids.
   for (int64_t v = threadIdx.x; v < p.vocab; v += kFinalThreads) {
-    const uint32_t key = FloatKey(logits[v]);
+    const uint32_t key = FloatKey(logit_at(v));
     if (key > kth || (all_equal_fit && key == kth)) {
       const int slot = atomicAdd(&sh.count, 1);
       sh.candidates[slot] = (uint64_t{key} << 32) | (0xffffffffu - static_cast<uint32_t>(v));
@@ -247,7 +238,7 @@ __device__ void SelectExact(const EpilogueParams& p, const float* logits, FinalS
     const int base = sh.count;
     for (int64_t start = 0; start < p.vocab; start += kFinalThreads) {
       const int64_t v = start + threadIdx.x;
-      const int flag = v < p.vocab && FloatKey(logits[v]) == kth;
+      const int flag = v < p.vocab && FloatKey(logit_at(v)) == kth;
       int pos, tile_total;
       cub::BlockScan<int, kFinalThreads>(sh.scan).ExclusiveSum(flag, pos, tile_total);
       const int taken = sh.taken;
@@ -369,9 +360,12 @@ __device__ __forceinline__ bool LastBlockOfRow(int32_t* done) {
   return last;
 }
 
-// Non-decreasing in max_logit - l (a logit at or above a bin's logits is in that bin or a lower one).
+// Non-decreasing in max_logit - l (a logit at or above a bin's logits is in that bin or a lower one),
+// in [0, kBins): a value above the max -- or NaN -- is in bin 0. (The rows whose logits a kernel
+// did not store, EpilogueParams::store_rows, hold whatever the buffer held: their results are not
+// used, but their bins index shared memory.)
 __device__ __forceinline__ int BinOf(float max_logit, float l) {
-  const float d = max_logit - l;
+  const float d = fmaxf(max_logit - l, 0.0f);
   const float fine = kFineBins / kFinePerUnit;  // units covered by the fine bins
   const float bin = d < fine ? d * kFinePerUnit : kFineBins + (d - fine) * kCoarsePerUnit;
   return static_cast<int>(fminf(bin, kBins - 1));
@@ -504,7 +498,8 @@ __global__ void __launch_bounds__(kFinalThreads) CollectSelectKernel(EpiloguePar
     }
     __syncthreads();
   } else {
-    SelectExact(p, p.raw + b * p.ld, sh);
+    const float* logits = p.raw + b * p.ld;
+    SelectExact(p, [logits](int64_t v) { return logits[v]; }, sh);
     candidate_count = p.top_k;
   }
   WriteTopK(p, b, sh, candidate_count);
@@ -528,6 +523,9 @@ __global__ void __launch_bounds__(kFinalThreads) RowSelectKernel(EpilogueParams 
   const int64_t b = blockIdx.x;
   const int64_t partials = p.ready_partials;
   const float* part_max = p.part_max + b * partials;
+  const int32_t* part_arg = p.part_arg + b * partials;
+  // Which blocks' logits the kernel stored (sparse top-k store; null: all of them).
+  const uint8_t* stored = p.range_stored != nullptr ? p.range_stored + b * partials : nullptr;
   // The first kPartThreads threads reduce the same groups of partials as RowStatsKernel.
   const Stat st = threadIdx.x < kPartThreads ? GroupStat(p, b, partials, group_max) : Stat{-FLT_MAX, 0, 0.0f};
   const Stat total = Reduce(temp).Reduce(st, CombineOp());
@@ -548,12 +546,25 @@ __global__ void __launch_bounds__(kFinalThreads) RowSelectKernel(EpilogueParams 
   __syncthreads();
   const float cut = threshold;
   // Warp w takes ranges w + 16 i: lane i checks range w + 16 i's maximum, then the warp reads the
-  // ranges that reach the cut (they hold every candidate), each in one round of loads.
+  // stored ranges that reach the cut (they hold every candidate), each in one round of loads; a
+  // range reaching it but not stored adds its maximum (its only possible candidate, see
+  // EpilogueParams::topk_bound). The lanes load their range's maximum, id and flag together.
   constexpr int kWarpsPerBlock = kFinalThreads / 32;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int64_t first = warp; first < partials; first += 32 * kWarpsPerBlock) {
     const int64_t mine = first + int64_t{lane} * kWarpsPerBlock;
-    uint32_t reach = __ballot_sync(0xffffffffu, mine < partials && part_max[mine] >= cut);
+    const bool in = mine < partials;
+    const float mine_max = in ? part_max[mine] : -INFINITY;
+    const int32_t mine_arg = in ? part_arg[mine] : 0;
+    const bool mine_stored = stored == nullptr || (in && stored[mine] != 0);
+    const bool mine_reaches = in && mine_max >= cut;
+    if (mine_reaches && !mine_stored) {
+      const int slot = atomicAdd(&sh.count, 1);
+      if (slot < kMaxCandidates) {
+        sh.candidates[slot] = (uint64_t{FloatKey(mine_max)} << 32) | (0xffffffffu - static_cast<uint32_t>(mine_arg));
+      }
+    }
+    uint32_t reach = __ballot_sync(0xffffffffu, mine_reaches && mine_stored);
     while (reach != 0) {
       const int i = __ffs(reach) - 1;
       reach &= reach - 1;
@@ -582,7 +593,14 @@ __global__ void __launch_bounds__(kFinalThreads) RowSelectKernel(EpilogueParams 
   int candidate_count = sh.count;
   if (candidate_count > kMaxCandidates) {
     __syncthreads();  // every thread has read the count SelectExact resets
-    SelectExact(p, logits, sh);
+    // The logits as stored; in a block not stored, its maximum and -inf (the top k is the same).
+    SelectExact(
+        p,
+        [&](int64_t v) {
+          const int64_t r = v / p.partial_rows;
+          return stored == nullptr || stored[r] ? logits[v] : v == part_arg[r] ? part_max[r] : -INFINITY;
+        },
+        sh);
     candidate_count = p.top_k;
   }
   WriteTopK(p, b, sh, candidate_count);
@@ -638,8 +656,16 @@ cudaError_t PrepareEpilogue() {
                               static_cast<int>(sizeof(FinalShared)));
 }
 
+bool TopKFromPartials(const EpilogueParams& p) {
+  return p.top_k > 0 && p.ready_partials > 0 && p.partial_rows > 0 && CutAtThreshold(p.top_k, p.ready_partials, p.rows);
+}
+
 cudaError_t LaunchEpilogue(const EpilogueParams& p, cudaStream_t stream) {
   if (p.top_k < 0 || p.top_k > kMaxTopK || (p.top_k > 0 && !p.keep_logits)) return cudaErrorInvalidValue;
+  if ((p.topk_bound != nullptr || p.range_stored != nullptr) &&
+      (p.topk_bound == nullptr || p.range_stored == nullptr || !TopKFromPartials(p))) {
+    return cudaErrorInvalidValue;
+  }
   auto aligned = [](const void* q) { return reinterpret_cast<uintptr_t>(q) % 16 == 0; };
   if (p.ld % 4 != 0 || !aligned(p.raw) || !aligned(p.row_scales)) return cudaErrorInvalidValue;
   const int chunks = static_cast<int>(PartialChunks(p.vocab));
@@ -649,7 +675,7 @@ cudaError_t LaunchEpilogue(const EpilogueParams& p, cudaStream_t stream) {
     if (e != cudaSuccess) return e;
   }
   const unsigned rows = static_cast<unsigned>(p.rows);
-  if (p.top_k > 0 && p.ready_partials > 0 && p.partial_rows > 0 && CutAtThreshold(p.top_k, p.ready_partials, p.rows)) {
+  if (TopKFromPartials(p)) {
     e = LaunchAfterPrevious(RowSelectKernel, dim3(rows), dim3(kFinalThreads), sizeof(FinalShared), stream, p);
     return e != cudaSuccess ? e : cudaGetLastError();
   }

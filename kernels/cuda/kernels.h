@@ -78,6 +78,15 @@ struct EpilogueParams {
   // The GEMV / FP8 GEMM kernel finishes token_logits itself (KernelsFinishTokenLogits in
   // fp8_gemv.h), so it stores the logits only for keep_logits and the epilogue leaves them.
   bool kernel_token_logits = false;
+  // Sparse top-k store, for calls whose stored logits only the top-k reads (TopKFromPartials, no
+  // full logits, no sampling, token logits finished by the kernel): the wgmma kernels then store a
+  // row's logits of one vocab block (one partial statistic) only when the block's second-largest
+  // logit reaches topk_bound's running lower bound of the row's k-th largest logit, and say so in
+  // range_stored; a block not stored can hold no top-k logit but its maximum (part_max, part_arg),
+  // which the selection takes from there. topk_bound: [rows, top_k] FloatKeys, zeroed before the
+  // kernel (LaunchGemvActivations does it); range_stored: [rows, ready_partials]. Device memory.
+  uint32_t* topk_bound = nullptr;
+  uint8_t* range_stored = nullptr;
   // Scratch (device memory): [rows, PartialChunks(vocab)] each; top-k: [rows] (a device copy of
   // max_logit, which may live in host memory), [rows, kEpilogueBins], [rows, kCutSlots],
   // [rows, kMaxCandidates].
@@ -96,6 +105,11 @@ int64_t PartialChunks(int64_t vocab);
 // Allows the selection pass its shared memory on the current device. Call once per process before
 // LaunchEpilogue.
 cudaError_t PrepareEpilogue();
+
+// Whether LaunchEpilogue takes p's top-k from the kernels' partial statistics (ready_partials with
+// partial_rows, and a top_k small against them): reading only the vocab blocks whose maximum
+// reaches a cut. Only then may the kernels store sparsely (EpilogueParams::topk_bound).
+bool TopKFromPartials(const EpilogueParams& p);
 
 // Logits (in place), argmax, logsumexp, top-k (ties: lower id first) and token logits.
 cudaError_t LaunchEpilogue(const EpilogueParams& p, cudaStream_t stream);

@@ -38,6 +38,16 @@ __device__ __forceinline__ Stat Combine(Stat x, Stat y) {
   return r;
 }
 
+// Order-preserving map of floats onto uint32 (larger float -> larger key; only a NaN maps to 0).
+__device__ __forceinline__ uint32_t FloatKey(float f) {
+  const uint32_t u = __float_as_uint(f);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+__device__ __forceinline__ float KeyFloat(uint32_t k) {
+  return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
 struct CombineOp {
   __device__ __forceinline__ Stat operator()(const Stat& x, const Stat& y) const { return Combine(x, y); }
 };

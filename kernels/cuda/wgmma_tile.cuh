@@ -16,12 +16,14 @@ namespace lmhead::cuda {
 // The wgmma kernels' store, after the main loop (every warp's MMAs done: shared memory is free).
 // The block's 256 x kColumns logits (vocab rows x batch rows of token tile `token_tile`; with two
 // planes a row's hi and lo columns summed) are finished (FinishLogit; -inf past the head or the
-// batch) into shared memory, then written to e.raw when write_logits (the rows e.store_rows flags;
-// one warp per batch row: 1 KB runs) and reduced to one partial statistic per batch row
-// (e.part_*[row, vocab block]) by kThreadsPerColumn threads per row; with e.kernel_token_logits
-// the requested ids in the block's range get their logits in e.token_logits. (Reducing them in registers with warp shuffles -- three
-// rounds of Stat combines per batch row -- took as long as the MMAs: 2.1 of 4.1 ms at
-// 131072x5120, B = 1024, H100.)
+// batch) into shared memory and reduced to one partial statistic per batch row (e.part_*[row,
+// vocab block]) by kThreadsPerColumn threads per row, then written to e.raw when write_logits (the
+// rows e.store_rows flags; with e.topk_bound only where the block's second-largest logit reaches
+// the row's bound, see EpilogueParams; one warp per batch row: 1 KB runs); with
+// e.kernel_token_logits the requested ids in the block's range get their logits in
+// e.token_logits. (Reducing the logits in registers with warp shuffles -- three rounds of Stat
+// combines per batch row -- took as long as the MMAs: 2.1 of 4.1 ms at 131072x5120, B = 1024,
+// H100.)
 template <int N, int PLANES>
 struct TileStoreShape {
   static constexpr int kRows = 256;                    // vocab rows per block (16 warps x 16)
@@ -50,12 +52,21 @@ __device__ __forceinline__ void StoreWgmmaTile(const float (&acc)[N / 8][4], int
   if (e.kernel_token_logits && id_slot < T::kColumns * e.max_token_ids && b0 + id_row < e.rows) {
     id = e.token_ids[b0 * e.max_token_ids + id_slot];
   }
+  // Sparse store: thread (c, q) reads batch row b0 + c's published bound now (see below), so
+  // that the finishing hides the load's latency.
+  constexpr int kPer = T::kThreadsPerColumn;
+  const int c = threadIdx.x / kPer, q = threadIdx.x % kPer;
+  const bool sparse = write_logits && e.topk_bound != nullptr;
+  const bool live = c < T::kColumns && b0 + c < e.rows;
+  uint32_t* bound_words = sparse && live ? e.topk_bound + (b0 + c) * (e.top_k + 1) : nullptr;
+  const uint32_t published = bound_words != nullptr ? __ldcg(bound_words) : 0;
   // Whether batch row b0 + threadIdx.x's logits are stored (read now, used after the finishing).
   bool store_row = write_logits && threadIdx.x < T::kColumns && b0 + threadIdx.x < e.rows;
   if (store_row && e.store_rows != nullptr) store_row = e.store_rows[b0 + threadIdx.x] != 0;
   __syncthreads();  // every warp's MMAs are done with the shared memory reused here
   if (threadIdx.x < T::kColumns) {
     inv_scales[threadIdx.x] = b0 + threadIdx.x < e.rows ? e.act_scales[b0 + threadIdx.x] : 0.0f;
+    stored[threadIdx.x] = store_row;
   }
   __syncthreads();
   // Accumulator d[nt][j] is vocab row 16 warp + g + 8 (j / 2), MMA column 8 nt + 2t + j % 2: with
@@ -80,45 +91,71 @@ __device__ __forceinline__ void StoreWgmmaTile(const float (&acc)[N / 8][4], int
   }
   __syncthreads();
   if (id >= v0 && id < v0 + T::kRows) e.token_logits[b0 * e.max_token_ids + id_slot] = logits[id_row * T::kStride + (id - v0)];
-  if (write_logits) {  // warp w stores batch rows w, w + 16, ...: each a run of up to 256 floats
-    if (threadIdx.x < T::kColumns) stored[threadIdx.x] = store_row;
-    __syncthreads();
-    const int run = static_cast<int>(min(static_cast<int64_t>(T::kRows), e.vocab - v0));
-    for (int c = warp; c < T::kColumns; c += 16) {
-      if (!stored[c]) continue;
-      float* out = e.raw + (b0 + c) * e.ld + v0;
-      for (int r = lane; r < run; r += 32) out[r] = logits[c * T::kStride + r];
+  // kThreadsPerColumn threads per batch row (a whole warp's lanes, or a group of them), thread q
+  // taking vocab rows q, q + kThreadsPerColumn, ...: the row's statistic and its second-largest
+  // logit (ties: the maximum's value again).
+  if (c < T::kColumns) {  // (8 columns: only 256 threads take part)
+    const float* column = logits + c * T::kStride;
+    float m = -INFINITY, second = -INFINITY;
+    int arg = q;
+#pragma unroll 8
+    for (int r = q; r < T::kRows; r += kPer) {
+      const float l = column[r];
+      second = fmaxf(second, fminf(l, m));
+      if (l > m) m = l, arg = r;  // ascending ids: ties keep the lowest
+    }
+    float sum = 0.0f;
+    if (m != -INFINITY) {
+#pragma unroll 8
+      for (int r = q; r < T::kRows; r += kPer) sum += expf(column[r] - m);
+    }
+    Stat st{m, static_cast<int32_t>(v0 + arg), sum};
+#pragma unroll
+    for (int offset = 1; offset < kPer; offset *= 2) {
+      const Stat other{__shfl_xor_sync(0xffffffffu, st.m, offset), __shfl_xor_sync(0xffffffffu, st.a, offset),
+                       __shfl_xor_sync(0xffffffffu, st.s, offset)};
+      second = fmaxf(fmaxf(second, __shfl_xor_sync(0xffffffffu, second, offset)), fminf(st.m, other.m));
+      st = Combine(st, other);
+    }
+    const int64_t at = (b0 + c) * partials + vocab_block;
+    if (q == 0 && live) {
+      e.part_max[at] = st.m;
+      e.part_arg[at] = st.a;
+      e.part_sum[at] = st.s;
+    }
+    if (sparse) {
+      // Per batch row: word 0 a published bound, then k slots holding distinct logits (block i's
+      // maximum goes into slot i % k, its second largest into slot (i + 1) % k), so that once all
+      // k are set their minimum is at most the row's k-th largest logit (an unset slot, 0, makes it
+      // 0: everything is stored). Reading the k slots takes a round trip on the block's way out, so
+      // blocks take the published bound (the largest of such minima seen) unless it is unset (the
+      // first wave) or they are the ones that refresh it.
+      if (q == 0 && live) {
+        atomicMax(&bound_words[1 + vocab_block % e.top_k], FloatKey(st.m));
+        atomicMax(&bound_words[1 + (vocab_block + 1) % e.top_k], FloatKey(second));
+      }
+      constexpr int kRefreshEvery = 8;  // (every block, every 8th, every 32nd, never: 8th and 32nd best)
+      const bool refresh = live && (published == 0 || vocab_block % kRefreshEvery == 0);
+      uint32_t bound = refresh ? 0xffffffffu : published;
+      for (int i = q; refresh && i < e.top_k; i += kPer) bound = min(bound, __ldcg(&bound_words[1 + i]));
+#pragma unroll
+      for (int offset = 1; offset < kPer; offset *= 2) bound = min(bound, __shfl_xor_sync(0xffffffffu, bound, offset));
+      if (q == 0 && live) {
+        if (refresh && bound > published) atomicMax(bound_words, bound);
+        const bool keep = stored[c] && FloatKey(second) >= bound;
+        stored[c] = keep;
+        e.range_stored[at] = keep;
+      }
     }
   }
-  // kThreadsPerColumn threads per batch row, thread q taking vocab rows q, q + kThreadsPerColumn, ...
-  constexpr int kPer = T::kThreadsPerColumn;
-  const int c = threadIdx.x / kPer, q = threadIdx.x % kPer;
-  if (c >= T::kColumns) return;  // (8 columns: only 256 threads take part)
-  const float* column = logits + c * T::kStride;
-  float m = -INFINITY;
-  int arg = q;
-#pragma unroll 8
-  for (int r = q; r < T::kRows; r += kPer) {
-    const float l = column[r];
-    if (l > m) m = l, arg = r;  // ascending ids: ties keep the lowest
-  }
-  float sum = 0.0f;
-  if (m != -INFINITY) {
-#pragma unroll 8
-    for (int r = q; r < T::kRows; r += kPer) sum += expf(column[r] - m);
-  }
-  Stat st{m, static_cast<int32_t>(v0 + arg), sum};
-#pragma unroll
-  for (int offset = 1; offset < kPer; offset *= 2) {
-    const Stat other{__shfl_xor_sync(0xffffffffu, st.m, offset), __shfl_xor_sync(0xffffffffu, st.a, offset),
-                     __shfl_xor_sync(0xffffffffu, st.s, offset)};
-    st = Combine(st, other);
-  }
-  if (q == 0 && b0 + c < e.rows) {
-    const int64_t at = (b0 + c) * partials + vocab_block;
-    e.part_max[at] = st.m;
-    e.part_arg[at] = st.a;
-    e.part_sum[at] = st.s;
+  if (write_logits) {  // warp w stores batch rows w, w + 16, ...: each a run of up to 256 floats
+    __syncthreads();
+    const int run = static_cast<int>(min(static_cast<int64_t>(T::kRows), e.vocab - v0));
+    for (int col = warp; col < T::kColumns; col += 16) {
+      if (!stored[col]) continue;
+      float* out = e.raw + (b0 + col) * e.ld + v0;
+      for (int r = lane; r < run; r += 32) out[r] = logits[col * T::kStride + r];
+    }
   }
 }
 
