@@ -83,8 +83,9 @@ struct EpilogueParams {
   // row's logits of one vocab block (one partial statistic) only when the block's second-largest
   // logit reaches topk_bound's running lower bound of the row's k-th largest logit, and say so in
   // range_stored; a block not stored can hold no top-k logit but its maximum (part_max, part_arg),
-  // which the selection takes from there. topk_bound: [rows, top_k] FloatKeys, zeroed before the
-  // kernel (LaunchGemvActivations does it); range_stored: [rows, ready_partials]. Device memory.
+  // which the selection takes from there. topk_bound: [rows, top_k + 1] FloatKeys (a published
+  // bound, then k slots; see StoreWgmmaTile), zeroed before the kernel (LaunchGemvActivations does
+  // it); range_stored: [rows, ready_partials]. Device memory.
   uint32_t* topk_bound = nullptr;
   uint8_t* range_stored = nullptr;
   // Scratch (device memory): [rows, PartialChunks(vocab)] each; top-k: [rows] (a device copy of
