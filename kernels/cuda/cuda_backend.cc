@@ -674,14 +674,15 @@ absl::Status CudaBackend::Enqueue(const void* x_src, int64_t n, const CallShape&
   // stored (unless the epilogue reads every row's token logits from them). The flags cost a read
   // over PCIe in every block, so uniform batches go without.
   p.kernel_token_logits = (gemv || fp8_gemm || fp8_act_gemm) && KernelsFinishTokenLogits(n, call.max_ids);
-  if (call.keep_logits && call.rows_without_logits && (call.max_ids == 0 || p.kernel_token_logits)) {
+  const bool token_logits_need_no_store = call.max_ids == 0 || p.kernel_token_logits;
+  if (call.keep_logits && call.rows_without_logits && token_logits_need_no_store) {
     p.store_rows = slots_[slot].logit_rows.get();
   }
   AttachScratch(&p);
   // Where only the top-k reads the stored logits, the kernels store those of few vocab blocks (the
   // activation kernel clears the bound they keep).
   const bool sparse_topk = (gemv || fp8_gemm) && KernelsStoreSparseTopK(n) && !call.full_or_sampled &&
-                           (call.max_ids == 0 || p.kernel_token_logits) && TopKFromPartials(p);
+                           token_logits_need_no_store && TopKFromPartials(p);
   if (sparse_topk) {
     p.topk_bound = topk_bound_.get();
     p.range_stored = range_stored_.get();
