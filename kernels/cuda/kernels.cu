@@ -275,31 +275,45 @@ __host__ __device__ __forceinline__ bool CutAtThreshold(int top_k, int64_t parti
   return top_k > 0 && top_k <= groups && (8 * int64_t{top_k} <= groups || rows >= 128);
 }
 
-// Rank of group_max[me] among the kPartThreads group maxima (in shared memory), ties to the lower
-// index first, so each rank belongs to exactly one thread. Four maxima per 16-byte shared load,
-// many loads in flight (the callers are on the call's critical path).
-__device__ __forceinline__ int GroupRank(const float* group_max, int me) {
-  const float mine = group_max[me];
-  int rank = 0;
+// A group maximum as a rank key: its FloatKey with the low 8 bits replaced by the group's index
+// (the lower index the larger key), so that the kPartThreads keys all differ and one unsigned
+// comparison orders them. Maxima within ~2^-15 of each other rank by index; GroupCut rounds down.
+__device__ __forceinline__ uint32_t GroupKey(float group_max, int group) {
+  static_assert(kPartThreads <= 256, "a group index fits the low 8 bits");
+  return (FloatKey(group_max) & ~0xffu) | (0xffu - static_cast<uint32_t>(group));
+}
+
+// The threshold cut from the key of rank top_k - 1: the float of that key with its index bits
+// cleared, at most the group's maximum -- so at most the row's k-th largest logit, as at least k
+// groups' keys (hence maxima) reach it. -inf for a -inf maximum (whose cleared key is a NaN).
+__device__ __forceinline__ float GroupCut(uint32_t key) {
+  const float cut = KeyFloat(key & ~0xffu);
+  return isnan(cut) ? -INFINITY : cut;
+}
+
+// How many of keys[first, first + count) (in shared memory; count a multiple of 4) exceed
+// `mine`. Four keys per 16-byte shared load, many loads in flight (the callers are on the call's
+// critical path, and this loop is most of their instructions).
+__device__ __forceinline__ int KeysAbove(const uint32_t* keys, uint32_t mine, int first, int count) {
+  int above = 0;
 #pragma unroll 16
-  for (int j = 0; j < kPartThreads; j += 4) {
-    const float4 o = *reinterpret_cast<const float4*>(&group_max[j]);
-    rank += (o.x > mine || (o.x == mine && j < me)) + (o.y > mine || (o.y == mine && j + 1 < me)) +
-            (o.z > mine || (o.z == mine && j + 2 < me)) + (o.w > mine || (o.w == mine && j + 3 < me));
+  for (int j = first; j < first + count; j += 4) {
+    const uint4 o = *reinterpret_cast<const uint4*>(&keys[j]);
+    above += (o.x > mine) + (o.y > mine) + (o.z > mine) + (o.w > mine);
   }
-  return rank;
+  return above;
 }
 
 // Thread t < kPartThreads of a row's block: the statistic of the row's partials t, t +
-// kPartThreads, ... (p.part_*, [rows, partials]); its maximum goes to group_max[t], the group a
-// threshold cut ranks (-inf when empty: all masked, or no partials).
-__device__ __forceinline__ Stat GroupStat(const EpilogueParams& p, int64_t b, int64_t partials, float* group_max) {
+// kPartThreads, ... (p.part_*, [rows, partials]); its maximum's GroupKey goes to group_key[t], the
+// groups a threshold cut ranks (the maximum -inf when empty: all masked, or no partials).
+__device__ __forceinline__ Stat GroupStat(const EpilogueParams& p, int64_t b, int64_t partials, uint32_t* group_key) {
   Stat st{-FLT_MAX, 0, 0.0f};
   for (int64_t c = threadIdx.x; c < partials; c += kPartThreads) {
     const int64_t i = b * partials + c;
     st = Combine(st, Stat{p.part_max[i], p.part_arg[i], p.part_sum[i]});
   }
-  group_max[threadIdx.x] = st.s > 0.0f ? st.m : -INFINITY;
+  group_key[threadIdx.x] = GroupKey(st.s > 0.0f ? st.m : -INFINITY, static_cast<int>(threadIdx.x));
   return st;
 }
 
@@ -318,9 +332,9 @@ __global__ void RowStatsKernel(EpilogueParams p, int chunks) {
   LaunchDependents();
   using Reduce = cub::BlockReduce<Stat, kPartThreads>;
   __shared__ typename Reduce::TempStorage temp;
-  __shared__ __align__(16) float group_max[kPartThreads];
+  __shared__ __align__(16) uint32_t group_key[kPartThreads];
   const int64_t b = blockIdx.x;
-  const Stat total = Reduce(temp).Reduce(GroupStat(p, b, chunks, group_max), CombineOp());
+  const Stat total = Reduce(temp).Reduce(GroupStat(p, b, chunks, group_key), CombineOp());
   if (threadIdx.x == 0) {
     WriteRowStats(p, b, total);
     if (p.top_k > 0) p.row_max[b] = total.m;
@@ -340,10 +354,11 @@ __global__ void RowStatsKernel(EpilogueParams p, int chunks) {
     return;
   }
   __syncthreads();  // the group maxima are in shared memory; the slots are cleared
-  // The group max of rank top_k - 1 is the threshold.
-  if (GroupRank(group_max, static_cast<int>(threadIdx.x)) == p.top_k - 1) {
+  // The group maximum of rank top_k - 1 gives the threshold.
+  const uint32_t mine = group_key[threadIdx.x];
+  if (KeysAbove(group_key, mine, 0, kPartThreads) == p.top_k - 1) {
     cut[kCutBin] = kCutAtThreshold;
-    cut[kCutThreshold] = __float_as_int(group_max[threadIdx.x]);
+    cut[kCutThreshold] = __float_as_int(GroupCut(mine));
   }
 }
 
@@ -426,16 +441,31 @@ __global__ void HistogramKernel(EpilogueParams p) {
 
 // Orders sh.candidates[0, count) (packed key and id: higher logit first, then lower id) and writes
 // the first top_k as row b's top ids and logits. A candidate's rank is the number of better ones,
-// O(count^2 / threads). Call from all threads after the candidates are in shared memory.
+// O(count^2 / threads): up to kFinalThreads / 8 candidates get 8 threads each (a few dozen is the
+// usual count, and this is on the call's critical path), more one thread each. Call from all
+// threads after the candidates are in shared memory.
 __device__ __forceinline__ void WriteTopK(const EpilogueParams& p, int64_t b, const FinalShared& sh, int count) {
+  auto write = [&](uint64_t candidate, int rank) {
+    if (rank >= p.top_k) return;
+    p.top_ids[b * p.top_k + rank] = static_cast<int32_t>(0xffffffffu - static_cast<uint32_t>(candidate));
+    p.top_logits[b * p.top_k + rank] = KeyFloat(static_cast<uint32_t>(candidate >> 32));
+  };
+  constexpr int kSplit = 8;  // threads per candidate, adjacent lanes
+  if (count * kSplit <= kFinalThreads) {
+    const int i = static_cast<int>(threadIdx.x) / kSplit, part = static_cast<int>(threadIdx.x) % kSplit;
+    const uint64_t mine = i < count ? sh.candidates[i] : 0;
+    int rank = 0;
+    for (int j = part; j < count; j += kSplit) rank += sh.candidates[j] > mine;
+#pragma unroll
+    for (int offset = 1; offset < kSplit; offset *= 2) rank += __shfl_xor_sync(0xffffffffu, rank, offset);
+    if (part == 0 && i < count) write(mine, rank);
+    return;
+  }
   for (int i = threadIdx.x; i < count; i += kFinalThreads) {
     const uint64_t mine = sh.candidates[i];
     int rank = 0;
     for (int j = 0; j < count; ++j) rank += sh.candidates[j] > mine;
-    if (rank < p.top_k) {
-      p.top_ids[b * p.top_k + rank] = static_cast<int32_t>(0xffffffffu - static_cast<uint32_t>(mine));
-      p.top_logits[b * p.top_k + rank] = KeyFloat(static_cast<uint32_t>(mine >> 32));
-    }
+    write(mine, rank);
   }
 }
 
@@ -518,7 +548,7 @@ __global__ void __launch_bounds__(kFinalThreads) RowSelectKernel(EpilogueParams 
   FinalShared& sh = *reinterpret_cast<FinalShared*>(smem_raw);
   using Reduce = cub::BlockReduce<Stat, kFinalThreads>;
   __shared__ typename Reduce::TempStorage temp;
-  __shared__ __align__(16) float group_max[kPartThreads];
+  __shared__ __align__(16) uint32_t group_key[kPartThreads];
   __shared__ float threshold;
   const int64_t b = blockIdx.x;
   const int64_t partials = p.ready_partials;
@@ -527,7 +557,7 @@ __global__ void __launch_bounds__(kFinalThreads) RowSelectKernel(EpilogueParams 
   // Which blocks' logits the kernel stored (sparse top-k store; null: all of them).
   const uint8_t* stored = p.range_stored != nullptr ? p.range_stored + b * partials : nullptr;
   // The first kPartThreads threads reduce the same groups of partials as RowStatsKernel.
-  const Stat st = threadIdx.x < kPartThreads ? GroupStat(p, b, partials, group_max) : Stat{-FLT_MAX, 0, 0.0f};
+  const Stat st = threadIdx.x < kPartThreads ? GroupStat(p, b, partials, group_key) : Stat{-FLT_MAX, 0, 0.0f};
   const Stat total = Reduce(temp).Reduce(st, CombineOp());
   if (threadIdx.x == 0) {
     WriteRowStats(p, b, total);
@@ -538,10 +568,15 @@ __global__ void __launch_bounds__(kFinalThreads) RowSelectKernel(EpilogueParams 
     const int32_t id = p.token_ids[b * p.max_token_ids + i];
     p.token_logits[b * p.max_token_ids + i] = id < 0 ? 0.0f : logits[id];
   }
-  __syncthreads();  // the group maxima are in shared memory
-  if (threadIdx.x < kPartThreads) {
-    const int rank = GroupRank(group_max, static_cast<int>(threadIdx.x));
-    if (rank == p.top_k - 1) threshold = group_max[threadIdx.x];
+  __syncthreads();  // the group keys are in shared memory
+  {
+    // Two threads per group (adjacent lanes), each counting the larger keys in half of them.
+    static_assert(kFinalThreads == 2 * kPartThreads, "two threads per group");
+    const int me = static_cast<int>(threadIdx.x / 2), half = static_cast<int>(threadIdx.x % 2);
+    const uint32_t mine = group_key[me];
+    int rank = KeysAbove(group_key, mine, half * (kPartThreads / 2), kPartThreads / 2);
+    rank += __shfl_xor_sync(0xffffffffu, rank, 1);
+    if (half == 0 && rank == p.top_k - 1) threshold = GroupCut(mine);
   }
   __syncthreads();
   const float cut = threshold;
