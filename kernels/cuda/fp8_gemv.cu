@@ -62,6 +62,13 @@ __device__ __forceinline__ int PlaneExponent(float amax) {
   return e;
 }
 
+// The threads of one block (blockDim.x of them) set rows [first, first + count) of a [rows,
+// per_row] array of words to 0 (the activation kernels clear EpilogueParams::topk_bound for the
+// kernel that follows them).
+__device__ __forceinline__ void ZeroRowWords(uint32_t* words, int64_t first, int64_t count, int per_row) {
+  for (int64_t i = threadIdx.x; i < count * per_row; i += blockDim.x) words[first * per_row + i] = 0;
+}
+
 // The GEMV's planes (batches of up to kGemvMaxRows rows): one block per row. x may be pinned host
 // memory read over PCIe: every element the block needs is requested up front (kActPerThread
 // independent loads per thread), so a row costs about one round trip, and is read once.
@@ -73,7 +80,7 @@ __global__ void __launch_bounds__(kActThreads) GemvActivationsKernel(const In* _
                                                                      float* __restrict__ inv_scales,
                                                                      uint32_t* zero_words, int zero_per_row) {
   LaunchDependents();  // the GEMV may start streaming weights now; it waits for these planes
-  for (int i = threadIdx.x; i < zero_per_row; i += kActThreads) zero_words[blockIdx.x * int64_t{zero_per_row} + i] = 0;
+  ZeroRowWords(zero_words, blockIdx.x, 1, zero_per_row);
   using Reduce = cub::BlockReduce<float, kActThreads>;
   __shared__ typename Reduce::TempStorage temp;
   __shared__ float shared_amax;
@@ -141,9 +148,7 @@ __global__ void __launch_bounds__(kGemmActThreads) GemmActivationsKernel(const I
   __shared__ float warp_amax[kGemmActThreads / 32];
   __shared__ float scales[kGemmActRows];
   const int64_t b0 = blockIdx.x * int64_t{kGemmActRows};
-  for (int64_t i = threadIdx.x; i < min(int64_t{kGemmActRows}, rows - b0) * zero_per_row; i += kGemmActThreads) {
-    zero_words[b0 * zero_per_row + i] = 0;
-  }
+  ZeroRowWords(zero_words, b0, min(int64_t{kGemmActRows}, rows - b0), zero_per_row);
   {
     const int r = threadIdx.x / kPerRow;
     float amax = 0.0f;

@@ -324,6 +324,16 @@ __device__ __forceinline__ void WriteRowStats(const EpilogueParams& p, int64_t b
   p.logsumexp[b] = total.m + logf(total.s);
 }
 
+// Row b's requested token logits (0 for a negative id), unless the kernels finished them: read
+// from the finished logits in p.raw, or computed from the raw products (LogitOf) when not
+// `finished`. The threads of one block (blockDim.x of them).
+__device__ __forceinline__ void WriteTokenLogits(const EpilogueParams& p, int64_t b, bool finished) {
+  for (int i = threadIdx.x; i < (p.kernel_token_logits ? 0 : p.max_token_ids); i += blockDim.x) {
+    const int32_t id = p.token_ids[b * p.max_token_ids + i];
+    p.token_logits[b * p.max_token_ids + i] = id < 0 ? 0.0f : finished ? p.raw[b * p.ld + id] : LogitOf(p, b, id);
+  }
+}
+
 // Row statistics from the first pass's partials: max, argmax, logsumexp; the requested token
 // logits; and, when a top-k is wanted, the cut for the passes below: a cleared histogram, or the
 // threshold (CutAtThreshold).
@@ -340,12 +350,7 @@ __global__ void RowStatsKernel(EpilogueParams p, int chunks) {
     if (p.top_k > 0) p.row_max[b] = total.m;
   }
   // Finished logits are in raw after the GEMV (ready_partials) or a first pass that kept them.
-  const bool finished = p.ready_partials > 0 || p.keep_logits;
-  for (int i = threadIdx.x; i < (p.kernel_token_logits ? 0 : p.max_token_ids); i += kPartThreads) {
-    const int32_t id = p.token_ids[b * p.max_token_ids + i];
-    p.token_logits[b * p.max_token_ids + i] =
-        id < 0 ? 0.0f : finished ? p.raw[b * p.ld + id] : LogitOf(p, b, id);
-  }
+  WriteTokenLogits(p, b, /*finished=*/p.ready_partials > 0 || p.keep_logits);
   if (p.top_k == 0) return;
   int32_t* cut = p.cut + b * kCutSlots;
   if (threadIdx.x < kCutSlots) cut[threadIdx.x] = 0;
@@ -564,10 +569,7 @@ __global__ void __launch_bounds__(kFinalThreads) RowSelectKernel(EpilogueParams 
     sh.count = 0;
   }
   const float* logits = p.raw + b * p.ld;  // finished (the kernels store them for a top-k)
-  for (int i = threadIdx.x; i < (p.kernel_token_logits ? 0 : p.max_token_ids); i += kFinalThreads) {
-    const int32_t id = p.token_ids[b * p.max_token_ids + i];
-    p.token_logits[b * p.max_token_ids + i] = id < 0 ? 0.0f : logits[id];
-  }
+  WriteTokenLogits(p, b, /*finished=*/true);
   __syncthreads();  // the group keys are in shared memory
   {
     // Two threads per group (adjacent lanes), each counting the larger keys in half of them.
