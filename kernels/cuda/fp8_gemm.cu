@@ -31,16 +31,20 @@ __device__ __forceinline__ void BlockTile(int64_t block, int64_t token_tiles, in
   *token_tile = group * kGroup + in_group % width;
 }
 
-// The stages both GEMMs stream their operands through: STAGES stages of kColumns columns, each
-// one TMA box of the block's weight rows (128-byte swizzle) plus ACT_BYTES of activations,
-// completing the stage's barrier. The last of the block's warps done with a stage refills it (a
-// shared counter per stage, no block barrier in the main loop: one per step measured 6-15% slower
-// on an H100). One box of weights per stage rather than one per warp measured 4-5% faster for the
-// FP8 x fp16 GEMM in slices of 384 rows.
-template <int STAGES, int ACT_BYTES>
+// The stages both GEMMs stream their operands through: STAGES stages of SUB parts of kColumns
+// columns, each part one TMA box of the block's weight rows (128-byte swizzle) plus ACT_BYTES of
+// activations, all completing the stage's barrier. The last of the block's warps done with a
+// stage refills it (a shared counter per stage, no block barrier in the main loop: one per step
+// measured 6-15% slower on an H100). One box of weights per stage rather than one per warp
+// measured 4-5% faster for the FP8 x fp16 GEMM in slices of 384 rows; fewer, larger stages (fewer
+// waits and counts per column) 4-7% faster for the FP8 x FP8 GEMM (2 stages of 256 columns
+// against 4 of 128, bit-identical).
+template <int STAGES, int ACT_BYTES, int SUB = 1>
 struct Stages {
   static constexpr int kStages = STAGES;
-  static constexpr int kStageBytes = kWeightBytes + ACT_BYTES;
+  static constexpr int kSub = SUB;
+  static constexpr int kPartBytes = kWeightBytes + ACT_BYTES;
+  static constexpr int kStageBytes = SUB * kPartBytes;
   // + 1024: the swizzled boxes need 1024-byte alignment, which the dynamic allocation lacks.
   static constexpr int kSmemBytes = 1024 + STAGES * kStageBytes + STAGES * 8;
   static_assert(kSmemBytes <= 227 * 1024, "fits the H100's shared memory per block");
@@ -51,14 +55,18 @@ struct Stages {
   int* released;   // [STAGES]: warps done with the steps each stage held (kWarps per step)
   int steps;
 
-  __device__ uint8_t* Weights(int step) const { return base + step % STAGES * kStageBytes; }
-  __device__ uint8_t* Activations(int step) const { return Weights(step) + kWeightBytes; }
+  __device__ uint8_t* Weights(int step, int sub = 0) const {
+    return base + step % STAGES * kStageBytes + sub * kPartBytes;
+  }
+  __device__ uint8_t* Activations(int step, int sub = 0) const { return Weights(step, sub) + kWeightBytes; }
   __device__ uint64_t* Full(int step) const { return &full[step % STAGES]; }
 
-  // One thread: the stage's arrival (expecting all its bytes) and its weights' box.
+  // One thread: the stage's arrival (expecting all its bytes) and its weights' boxes.
   __device__ void LoadWeights(int step, const CUtensorMap* weights, int vocab_row) const {
     BarrierExpectBytes(Full(step), kStageBytes);
-    TensorCopyToShared(Weights(step), weights, step * kColumns, vocab_row, Full(step));
+    for (int sub = 0; sub < SUB; ++sub) {
+      TensorCopyToShared(Weights(step, sub), weights, (step * SUB + sub) * kColumns, vocab_row, Full(step));
+    }
   }
   // Barriers and counters, the first stages' weights, then (once the previous kernel's activations
   // are visible) their activations through load_acts(step); every thread takes part.
@@ -115,7 +123,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   act += token_tile * kTileRows * act_stride;
   auto load_acts = [&](int step) {
     BulkCopyBytesToShared(stages.Activations(step), act + static_cast<int64_t>(step) * kTileRows * kColumns,
-                          HalfStages::kStageBytes - kWeightBytes, stages.Full(step));
+                          HalfStages::kPartBytes - kWeightBytes, stages.Full(step));
   };
   stages.Start(&weights, vocab_row, load_acts);
 
@@ -161,12 +169,12 @@ __global__ void __launch_bounds__(kThreads, 1)
 }
 
 // FP8 x FP8: both operands in shared memory (the activations one TMA box of 128 rows x 128 bytes
-// per stage); per stage and half of the batch rows, 4 m64n64k32 MMAs sum into fresh registers,
-// which are then added into the fp32 accumulators (the tensor cores' own accumulation keeps ~14
-// bits: without this step logits moved by up to 1.5% of their rms over 5120 columns, with it
-// 0.06%, against an fp64 sum of the same codes on an H100); the other warpgroups' MMAs keep the
-// tensor cores busy meanwhile.
-using Fp8Stages = Stages<4, kTileRows * kColumns>;
+// per part of a stage); per 128 columns and half of the batch rows, 4 m64n64k32 MMAs sum into
+// fresh registers, which are then added into the fp32 accumulators (the tensor cores' own
+// accumulation keeps ~14 bits: without this step logits moved by up to 1.5% of their rms over
+// 5120 columns, with it 0.06%, against an fp64 sum of the same codes on an H100); the other
+// warpgroups' MMAs keep the tensor cores busy meanwhile.
+using Fp8Stages = Stages<2, kTileRows * kColumns, 2>;
 constexpr int kHalfColumns = kTileRows / 2 / 8;  // accumulator groups of 8 batch rows per half
 
 __global__ void __launch_bounds__(kThreads, 1)
@@ -179,34 +187,40 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int vocab_row = static_cast<int>(vocab_block * kVocabRows);
   const int token_row = static_cast<int>(token_tile * kTileRows);
   auto load_acts = [&](int step) {
-    TensorCopyToShared(stages.Activations(step), &activations, step * kColumns, token_row, stages.Full(step));
+    for (int sub = 0; sub < Fp8Stages::kSub; ++sub) {
+      const int column = (step * Fp8Stages::kSub + sub) * kColumns;
+      TensorCopyToShared(stages.Activations(step, sub), &activations, column, token_row, stages.Full(step));
+    }
   };
   stages.Start(&weights, vocab_row, load_acts);
 
   const int group = warp / 4;  // vocab rows 64 group .. 64 group + 63 of the block
   float acc[2 * kHalfColumns][4];
-  float stage_sum[kHalfColumns][4];  // one half's products over one stage
+  float stage_sum[kHalfColumns][4];  // one half's products over 128 columns
 #pragma unroll
   for (int i = 0; i < 2 * kHalfColumns; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
   for (int step = 0; step < steps; ++step) {
     stages.Wait(step);
-    const uint8_t* a = stages.Weights(step) + group * 64 * kColumns;
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const uint8_t* b = stages.Activations(step) + half * 64 * kColumns;
-      WgmmaFence();
+    for (int sub = 0; sub < Fp8Stages::kSub; ++sub) {
+      const uint8_t* a = stages.Weights(step, sub) + group * 64 * kColumns;
 #pragma unroll
-      for (int kk = 0; kk < kColumns / 32; ++kk) {
-        WgmmaE4m3(&stage_sum[0][0], SwizzledDescriptor(a + kk * 32), SwizzledDescriptor(b + kk * 32), kk > 0);
-      }
-      WgmmaCommit();
-      WgmmaWait<0>();
+      for (int half = 0; half < 2; ++half) {
+        const uint8_t* b = stages.Activations(step, sub) + half * 64 * kColumns;
+        WgmmaFence();
 #pragma unroll
-      for (int nt = 0; nt < kHalfColumns; ++nt) {
+        for (int kk = 0; kk < kColumns / 32; ++kk) {
+          WgmmaE4m3(&stage_sum[0][0], SwizzledDescriptor(a + kk * 32), SwizzledDescriptor(b + kk * 32), kk > 0);
+        }
+        WgmmaCommit();
+        WgmmaWait<0>();
 #pragma unroll
-        for (int r = 0; r < 4; ++r) {
-          PinRegister(stage_sum[nt][r]);
-          acc[half * kHalfColumns + nt][r] += stage_sum[nt][r];
+        for (int nt = 0; nt < kHalfColumns; ++nt) {
+#pragma unroll
+          for (int r = 0; r < 4; ++r) {
+            PinRegister(stage_sum[nt][r]);
+            acc[half * kHalfColumns + nt][r] += stage_sum[nt][r];
+          }
         }
       }
     }
@@ -217,7 +231,12 @@ __global__ void __launch_bounds__(kThreads, 1)
                                    reinterpret_cast<float*>(stages.base));
 }
 
-int Steps(const Fp8GemmOperands& ops) { return static_cast<int>((ops.hidden_pad + kColumns - 1) / kColumns); }
+// A GEMM's steps over the hidden size (columns past it are TMA's zeros).
+template <typename S>
+int Steps(const Fp8GemmOperands& ops) {
+  constexpr int kStepColumns = S::kSub * kColumns;
+  return static_cast<int>((ops.hidden_pad + kStepColumns - 1) / kStepColumns);
+}
 
 }  // namespace
 
@@ -252,7 +271,7 @@ cudaError_t LaunchFp8Gemm(const Fp8GemmOperands& ops, const __half* act, const E
   const int64_t token_tiles = (p.rows + kGemmTileRows - 1) / kGemmTileRows;
   const bool write_logits = p.keep_logits || (p.max_token_ids > 0 && !p.kernel_token_logits);
   return LaunchAfterPrevious(Fp8GemmKernel, dim3(static_cast<unsigned>(Fp8GemmPartials(ops.vocab_pad) * token_tiles)),
-                             dim3(kThreads), HalfStages::kSmemBytes, stream, ops.weights, Steps(ops), act,
+                             dim3(kThreads), HalfStages::kSmemBytes, stream, ops.weights, Steps<HalfStages>(ops), act,
                              GemvActivationStride(ops.hidden_pad), static_cast<int>(token_tiles), write_logits, p);
 }
 
@@ -264,7 +283,7 @@ cudaError_t LaunchFp8ActGemm(const Fp8GemmOperands& ops, const EpilogueParams& p
   const bool write_logits = p.keep_logits || (p.max_token_ids > 0 && !p.kernel_token_logits);
   return LaunchAfterPrevious(Fp8ActGemmKernel,
                              dim3(static_cast<unsigned>(Fp8GemmPartials(ops.vocab_pad) * token_tiles)), dim3(kThreads),
-                             Fp8Stages::kSmemBytes, stream, ops.weights, ops.fp8_rows, Steps(ops),
+                             Fp8Stages::kSmemBytes, stream, ops.weights, ops.fp8_rows, Steps<Fp8Stages>(ops),
                              static_cast<int>(token_tiles), write_logits, p);
 }
 
