@@ -455,7 +455,9 @@ struct WgmmaGemvShape {
   static_assert(N <= kGemvMaxRows, "N MMA columns of one batch");
   static constexpr int kWarps = 16;
   static constexpr int kThreads = kWarps * 32;
-  static constexpr int kSteps = 2;                    // 128-column steps per activation chunk
+  // 128-column steps per activation chunk (the block synchronizes once per chunk): 4 where three
+  // such buffers fit beside the rings (N <= 32; N = 32 measured ~1% faster than with 2 on an H100).
+  static constexpr int kSteps = N <= 32 ? 4 : 2;
   static constexpr int kChunk = kSteps * kStep;       // activation columns per chunk
   static constexpr int kBuffers = 3;                  // activation chunk buffers
   static constexpr int kChunkBytes = N * kChunk * 2;  // fp16
