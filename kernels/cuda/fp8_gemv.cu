@@ -455,11 +455,12 @@ struct WgmmaGemvShape {
   static_assert(N <= kGemvMaxRows, "N MMA columns of one batch");
   static constexpr int kWarps = 16;
   static constexpr int kThreads = kWarps * 32;
-  // 128-column steps per activation chunk (the block synchronizes once per chunk): 4 where three
-  // such buffers fit beside the rings (N <= 32; N = 32 measured ~1% faster than with 2 on an H100).
-  static constexpr int kSteps = N <= 32 ? 4 : 2;
+  // 128-column steps per activation chunk (the block synchronizes once per chunk: 4 steps measured
+  // ~1% faster than 2 at N = 32 on an H100), and the chunk buffers: three where they fit beside
+  // the rings (N <= 32), else two (see the kernel's loop).
+  static constexpr int kSteps = 4;
   static constexpr int kChunk = kSteps * kStep;       // activation columns per chunk
-  static constexpr int kBuffers = 3;                  // activation chunk buffers
+  static constexpr int kBuffers = N <= 32 ? 3 : 2;
   static constexpr int kChunkBytes = N * kChunk * 2;  // fp16
   static constexpr int kStepBytes = 16 * kStep;       // one warp's weights of one step (a box)
   // Weight steps per warp (two in flight while one is multiplied: depths 3-5 measured the same on
@@ -507,8 +508,10 @@ __global__ void __launch_bounds__(WgmmaGemvShape<N>::kThreads, 1)
                      Shape::kChunkBytes, &full[buffer]);
   };
 
-  // The block synchronizes once per chunk and stages one chunk ahead (refilling each buffer as soon
-  // as the last warp is done with it, as the large-batch GEMM does, measured 1-2% slower here).
+  // The block synchronizes once per chunk and stages one chunk ahead: with three buffers at the
+  // chunk's start (the buffer's chunk c - 2 is done), with two after every warp has issued the
+  // chunk's first step (refilling each buffer as soon as the last warp is done with it, as the
+  // large-batch GEMM does, measured 1-2% slower here).
   if (threadIdx.x == 0) {
     for (int i = 0; i < Shape::kBarriers; ++i) BarrierInit(&full[i], 1);
   }
@@ -526,7 +529,7 @@ __global__ void __launch_bounds__(WgmmaGemvShape<N>::kThreads, 1)
   uint32_t a_sets[kSets][4] = {};
 
   for (int c = 0; c < chunks; ++c) {
-    if (threadIdx.x == 0 && c + 1 < chunks) stage(c + 1);  // its buffer's chunk c - 2 is done
+    if (Shape::kBuffers == 3 && threadIdx.x == 0 && c + 1 < chunks) stage(c + 1);
     BarrierWait(&full[c % Shape::kBuffers], (c / Shape::kBuffers) & 1);
     const uint8_t* buffer = chunks_smem + (c % Shape::kBuffers) * Shape::kChunkBytes;
 #pragma unroll
@@ -563,11 +566,17 @@ __global__ void __launch_bounds__(WgmmaGemvShape<N>::kThreads, 1)
         Wgmma<N>(&acc[0][0], set, SmemDescriptor(buffer + (d * 8 + j) * (N / 8) * 256, /*lbo=*/128, /*sbo=*/256));
         WgmmaCommit();
       }
+      if (Shape::kBuffers == 2 && d == 0) {
+        // Every warp has issued chunk c's first 8 MMAs (at most kSets - 1 still run), so its MMAs
+        // of chunk c - 1 are done: chunk c + 1 may go into that buffer.
+        __syncthreads();
+        if (threadIdx.x == 0 && c + 1 < chunks) stage(c + 1);
+      }
     }
-    // This warp has issued chunk c's MMAs (at most kSets - 1 of them still run), so its warpgroup's
-    // MMAs of chunk c - 1 are done: once every warp is here, the next iteration stages chunk c + 2
-    // into that buffer.
-    __syncthreads();
+    // Three buffers: this warp has issued chunk c's MMAs (at most kSets - 1 of them still run), so
+    // its MMAs of chunk c - 1 are done: once every warp is here, the next iteration stages chunk
+    // c + 2 into that buffer.
+    if (Shape::kBuffers == 3) __syncthreads();
   }
   WaitForAccumulators(acc);
   LaunchDependents();  // the epilogue may launch; it waits for this grid's partial statistics
