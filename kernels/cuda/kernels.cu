@@ -168,6 +168,18 @@ struct FinalShared {
   int equal_count;
 };
 
+// A top-k candidate: the logit's FloatKey above the id's complement, so that one unsigned
+// comparison ranks higher logits first, then lower ids.
+__device__ __forceinline__ uint64_t PackCandidate(uint32_t key, int64_t id) {
+  return (uint64_t{key} << 32) | (0xffffffffu - static_cast<uint32_t>(id));
+}
+__device__ __forceinline__ int32_t CandidateId(uint64_t candidate) {
+  return static_cast<int32_t>(0xffffffffu - static_cast<uint32_t>(candidate));
+}
+__device__ __forceinline__ float CandidateLogit(uint64_t candidate) {
+  return KeyFloat(static_cast<uint32_t>(candidate >> 32));
+}
+
 // Exact fallback: radix-selects the k-th largest key, then collects the k best candidates
 // (ties: lowest ids) into sh.candidates[0, k). logit_at(v): the row's logit of id v.
 template <typename LogitAt>
@@ -224,12 +236,11 @@ __device__ void SelectExact(const EpilogueParams& p, LogitAt logit_at, FinalShar
     sh.taken = 0;
   }
   __syncthreads();
-  // Candidate = (key << 32) | ~id: sorting descending puts higher logits first, then lower ids.
   for (int64_t v = threadIdx.x; v < p.vocab; v += kFinalThreads) {
     const uint32_t key = FloatKey(logit_at(v));
     if (key > kth || (all_equal_fit && key == kth)) {
       const int slot = atomicAdd(&sh.count, 1);
-      sh.candidates[slot] = (uint64_t{key} << 32) | (0xffffffffu - static_cast<uint32_t>(v));
+      sh.candidates[slot] = PackCandidate(key, v);
     }
   }
   __syncthreads();
@@ -243,7 +254,7 @@ __device__ void SelectExact(const EpilogueParams& p, LogitAt logit_at, FinalShar
       cub::BlockScan<int, kFinalThreads>(sh.scan).ExclusiveSum(flag, pos, tile_total);
       const int taken = sh.taken;
       if (flag && taken + pos < need_equal) {
-        sh.candidates[base + taken + pos] = (uint64_t{kth} << 32) | (0xffffffffu - static_cast<uint32_t>(v));
+        sh.candidates[base + taken + pos] = PackCandidate(kth, v);
       }
       __syncthreads();
       if (threadIdx.x == 0) sh.taken = taken + tile_total;
@@ -452,8 +463,8 @@ __global__ void HistogramKernel(EpilogueParams p) {
 __device__ __forceinline__ void WriteTopK(const EpilogueParams& p, int64_t b, const FinalShared& sh, int count) {
   auto write = [&](uint64_t candidate, int rank) {
     if (rank >= p.top_k) return;
-    p.top_ids[b * p.top_k + rank] = static_cast<int32_t>(0xffffffffu - static_cast<uint32_t>(candidate));
-    p.top_logits[b * p.top_k + rank] = KeyFloat(static_cast<uint32_t>(candidate >> 32));
+    p.top_ids[b * p.top_k + rank] = CandidateId(candidate);
+    p.top_logits[b * p.top_k + rank] = CandidateLogit(candidate);
   };
   constexpr int kSplit = 8;  // threads per candidate, adjacent lanes
   if (count * kSplit <= kFinalThreads) {
@@ -515,8 +526,7 @@ __global__ void __launch_bounds__(kFinalThreads) CollectSelectKernel(EpiloguePar
         if (v < end && (at_threshold ? l[j] >= threshold : BinOf(m, l[j]) <= bin)) {
           const int slot = atomicAdd(&cut[kCandidateCount], 1);
           if (slot < kMaxCandidates) {
-            p.candidates[b * kMaxCandidates + slot] =
-                (uint64_t{FloatKey(l[j])} << 32) | (0xffffffffu - static_cast<uint32_t>(v));
+            p.candidates[b * kMaxCandidates + slot] = PackCandidate(FloatKey(l[j]), v);
           }
         }
       }
