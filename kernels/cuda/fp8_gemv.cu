@@ -258,9 +258,7 @@ __device__ __forceinline__ void FinishTile(const float (&acc)[NT][4], bool activ
     // Lanes 4g + t hold the same batch row for g = 0..7.
 #pragma unroll
     for (int offset = 4; offset < 32; offset *= 2) {
-      const Stat other{__shfl_xor_sync(0xffffffffu, st.m, offset), __shfl_xor_sync(0xffffffffu, st.a, offset),
-                       __shfl_xor_sync(0xffffffffu, st.s, offset)};
-      st = Combine(st, other);
+      st = Combine(st, ShuffleXorStat(st, offset));
     }
     if (g == 0) warp_stats[warp][b] = st;
   }
@@ -466,6 +464,11 @@ struct WgmmaGemvShape {
   // Weight steps per warp (two in flight while one is multiplied: depths 3-5 measured the same on
   // an H100, within 1%).
   static constexpr int kRing = 3;
+  // Whether the weights are read with the L2's evict-first policy (EvictFirstPolicy). A/B on an
+  // H100, whole calls as graphs: at N = 16 (5-16 rows) 2-3 us faster on all three bench shapes
+  // (top-k calls 5-6 us: the ranges the selection reads stay in L2); at N = 32 and 64, 2-4 us
+  // slower (kernel chains at 131072x5120), so those keep the default policy.
+  static constexpr bool kWeightsEvictFirst = N == 16;
   static constexpr int kRingBytes = kWarps * kRing * kStepBytes;
   static constexpr int kBarriers = kBuffers + kWarps * kRing;
   // + 1024: the swizzled boxes need 1024-byte alignment, which the dynamic allocation lacks.
@@ -498,8 +501,12 @@ __global__ void __launch_bounds__(WgmmaGemvShape<N>::kThreads, 1)
     if (active && step * kStep < hidden_pad) {
       uint64_t* barrier = &landed[step % kRing];
       BarrierExpectBytes(barrier, Shape::kStepBytes);
-      TensorCopyToShared(ring + (step % kRing) * Shape::kStepBytes, &weights, step * kStep,
-                         static_cast<int>(tile * 16), barrier);
+      uint8_t* slot = ring + (step % kRing) * Shape::kStepBytes;
+      if (Shape::kWeightsEvictFirst) {
+        TensorCopyToShared(slot, &weights, step * kStep, static_cast<int>(tile * 16), barrier, EvictFirstPolicy());
+      } else {
+        TensorCopyToShared(slot, &weights, step * kStep, static_cast<int>(tile * 16), barrier);
+      }
     }
   };
   auto stage = [&](int chunk) {  // one thread

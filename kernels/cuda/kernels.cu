@@ -90,6 +90,32 @@ __global__ void FillKernel(float* p, int64_t count, float v) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < count; i += int64_t{gridDim.x} * blockDim.x) p[i] = v;
 }
 
+// Combines the Stats of each group of `lanes` adjacent lanes (a power of two, a compile-time
+// constant after inlining) into every lane of the group (a butterfly).
+__device__ __forceinline__ Stat WarpStat(Stat st, int lanes) {
+#pragma unroll
+  for (int offset = 1; offset < lanes; offset *= 2) {
+    st = Combine(st, ShuffleXorStat(st, offset));
+  }
+  return st;
+}
+
+// The Stat of a block of THREADS threads (a multiple of 32), each passing its own; valid in warp 0.
+// A butterfly within each warp, then one over the warps' results: two short chains of Combines
+// (cub::BlockReduce ends in one thread combining the warps' results one after another, on the
+// critical path of every call's row statistics). Call once per kernel, from all threads.
+template <int THREADS>
+__device__ __forceinline__ Stat BlockStat(Stat st) {
+  constexpr int kWarps = THREADS / 32;
+  static_assert(THREADS % 32 == 0 && kWarps <= 32, "whole warps, at most 32");
+  __shared__ Stat warp_stats[kWarps];
+  st = WarpStat(st, 32);
+  if (threadIdx.x % 32 == 0) warp_stats[threadIdx.x / 32] = st;
+  __syncthreads();
+  if (threadIdx.x < 32) st = WarpStat(threadIdx.x < kWarps ? warp_stats[threadIdx.x] : Stat{-FLT_MAX, 0, 0.0f}, kWarps);
+  return st;
+}
+
 // A raw product (and the residual row's, when split) -> the served logit: activation scale(s),
 // then FinishLogit. Rounded explicitly (no contraction), so that every pass that finishes the
 // same product gets the same float.
@@ -144,9 +170,7 @@ __global__ void PartialsKernel(EpilogueParams p) {
       if (v0 + j < end) st = Combine(st, StatOf(l[j], v0 + j));
     }
   }
-  using Reduce = cub::BlockReduce<Stat, kPartThreads>;
-  __shared__ typename Reduce::TempStorage temp;
-  const Stat total = Reduce(temp).Reduce(st, CombineOp());
+  const Stat total = BlockStat<kPartThreads>(st);
   if (threadIdx.x == 0) {
     const int64_t i = b * gridDim.x + blockIdx.x;
     p.part_max[i] = total.m;
@@ -351,11 +375,9 @@ __device__ __forceinline__ void WriteTokenLogits(const EpilogueParams& p, int64_
 __global__ void RowStatsKernel(EpilogueParams p, int chunks) {
   WaitForPrerequisites();  // launched early after PartialsKernel or the GEMV
   LaunchDependents();
-  using Reduce = cub::BlockReduce<Stat, kPartThreads>;
-  __shared__ typename Reduce::TempStorage temp;
   __shared__ __align__(16) uint32_t group_key[kPartThreads];
   const int64_t b = blockIdx.x;
-  const Stat total = Reduce(temp).Reduce(GroupStat(p, b, chunks, group_key), CombineOp());
+  const Stat total = BlockStat<kPartThreads>(GroupStat(p, b, chunks, group_key));
   if (threadIdx.x == 0) {
     WriteRowStats(p, b, total);
     if (p.top_k > 0) p.row_max[b] = total.m;
@@ -561,8 +583,6 @@ __global__ void __launch_bounds__(kFinalThreads) RowSelectKernel(EpilogueParams 
   LaunchDependents();
   extern __shared__ unsigned char smem_raw[];
   FinalShared& sh = *reinterpret_cast<FinalShared*>(smem_raw);
-  using Reduce = cub::BlockReduce<Stat, kFinalThreads>;
-  __shared__ typename Reduce::TempStorage temp;
   __shared__ __align__(16) uint32_t group_key[kPartThreads];
   __shared__ float threshold;
   const int64_t b = blockIdx.x;
@@ -573,7 +593,7 @@ __global__ void __launch_bounds__(kFinalThreads) RowSelectKernel(EpilogueParams 
   const uint8_t* stored = p.range_stored != nullptr ? p.range_stored + b * partials : nullptr;
   // The first kPartThreads threads reduce the same groups of partials as RowStatsKernel.
   const Stat st = threadIdx.x < kPartThreads ? GroupStat(p, b, partials, group_key) : Stat{-FLT_MAX, 0, 0.0f};
-  const Stat total = Reduce(temp).Reduce(st, CombineOp());
+  const Stat total = BlockStat<kFinalThreads>(st);
   if (threadIdx.x == 0) {
     WriteRowStats(p, b, total);
     sh.count = 0;
@@ -608,7 +628,7 @@ __global__ void __launch_bounds__(kFinalThreads) RowSelectKernel(EpilogueParams 
     if (mine_reaches && !mine_stored) {
       const int slot = atomicAdd(&sh.count, 1);
       if (slot < kMaxCandidates) {
-        sh.candidates[slot] = (uint64_t{FloatKey(mine_max)} << 32) | (0xffffffffu - static_cast<uint32_t>(mine_arg));
+        sh.candidates[slot] = PackCandidate(FloatKey(mine_max), mine_arg);
       }
     }
     uint32_t reach = __ballot_sync(0xffffffffu, mine_reaches && mine_stored);
@@ -630,7 +650,7 @@ __global__ void __launch_bounds__(kFinalThreads) RowSelectKernel(EpilogueParams 
           const int64_t v = v0 + k * 32 + lane;
           const int slot = atomicAdd(&sh.count, 1);
           if (slot < kMaxCandidates) {
-            sh.candidates[slot] = (uint64_t{FloatKey(l[k])} << 32) | (0xffffffffu - static_cast<uint32_t>(v));
+            sh.candidates[slot] = PackCandidate(FloatKey(l[k]), v);
           }
         }
       }

@@ -48,9 +48,11 @@ __device__ __forceinline__ float KeyFloat(uint32_t k) {
   return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
 }
 
-struct CombineOp {
-  __device__ __forceinline__ Stat operator()(const Stat& x, const Stat& y) const { return Combine(x, y); }
-};
+// The Stat of lane (this lane ^ offset) of the warp. Call from all 32 lanes.
+__device__ __forceinline__ Stat ShuffleXorStat(const Stat& st, int offset) {
+  return Stat{__shfl_xor_sync(0xffffffffu, st.m, offset), __shfl_xor_sync(0xffffffffu, st.a, offset),
+              __shfl_xor_sync(0xffffffffu, st.s, offset)};
+}
 
 }  // namespace lmhead::cuda
 

@@ -24,6 +24,15 @@ __device__ __forceinline__ uint32_t Fp8x2ToHalf2(uint32_t two) {
   return static_cast<uint32_t>(h.x) | (static_cast<uint32_t>(h.y) << 16);
 }
 
+// An L2 cache policy for data a kernel reads once (a GEMV's weights): its lines are the first the
+// L2 evicts, so that what stays there is what the kernels use again (activations, partial
+// statistics, stored logits). For loads with .L2::cache_hint (sm_80 and later).
+__device__ __forceinline__ uint64_t EvictFirstPolicy() {
+  uint64_t policy;
+  asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+  return policy;
+}
+
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define LMHEAD_HAS_WGMMA 1
 #else
@@ -194,6 +203,15 @@ __device__ __forceinline__ void TensorCopyToShared(void* dst, const void* map, i
       "l"(map), "r"(x), "r"(y), "r"(SharedAddress(barrier))
       : "memory");
 }
+// The same with an L2 cache policy (EvictFirstPolicy: for data read once).
+__device__ __forceinline__ void TensorCopyToShared(void* dst, const void* map, int x, int y, uint64_t* barrier,
+                                                   uint64_t policy) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, {%2, "
+      "%3}], [%4], %5;" ::"r"(SharedAddress(dst)),
+      "l"(map), "r"(x), "r"(y), "r"(SharedAddress(barrier)), "l"(policy)
+      : "memory");
+}
 __device__ __forceinline__ void BarrierExpectBytes(uint64_t* barrier, uint32_t bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(SharedAddress(barrier)), "r"(bytes)
                : "memory");
@@ -224,6 +242,7 @@ __device__ __forceinline__ void BarrierInit(uint64_t*, int) { __trap(); }
 __device__ __forceinline__ void BulkCopyToShared(void*, const void*, uint32_t, uint64_t*) { __trap(); }
 __device__ __forceinline__ void BulkCopyBytesToShared(void*, const void*, uint32_t, uint64_t*) { __trap(); }
 __device__ __forceinline__ void TensorCopyToShared(void*, const void*, int, int, uint64_t*) { __trap(); }
+__device__ __forceinline__ void TensorCopyToShared(void*, const void*, int, int, uint64_t*, uint64_t) { __trap(); }
 __device__ __forceinline__ void BarrierExpectBytes(uint64_t*, uint32_t) { __trap(); }
 __device__ __forceinline__ void BarrierArrive(uint64_t*) { __trap(); }
 __device__ __forceinline__ void WgmmaE4m3(float*, uint64_t, uint64_t, bool) { __trap(); }

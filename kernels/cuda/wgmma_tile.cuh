@@ -112,8 +112,7 @@ __device__ __forceinline__ void StoreWgmmaTile(const float (&acc)[N / 8][4], int
     Stat st{m, static_cast<int32_t>(v0 + arg), sum};
 #pragma unroll
     for (int offset = 1; offset < kPer; offset *= 2) {
-      const Stat other{__shfl_xor_sync(0xffffffffu, st.m, offset), __shfl_xor_sync(0xffffffffu, st.a, offset),
-                       __shfl_xor_sync(0xffffffffu, st.s, offset)};
+      const Stat other = ShuffleXorStat(st, offset);
       second = fmaxf(fmaxf(second, __shfl_xor_sync(0xffffffffu, second, offset)), fminf(st.m, other.m));
       st = Combine(st, other);
     }
