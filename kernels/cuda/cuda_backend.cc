@@ -107,6 +107,12 @@ class CudaBackend final : public Backend {
     bool bf16_rows = false;    // the rows are bf16 bits in x_host_[0] (Bf16InputBuffer; one slice)
     bool rows_without_logits = false;  // some rows read no logits (their logits need no store)
     bool full_or_sampled = false;      // some rows want their full logits or sample a token
+
+    // Every field, for the CUDA graph key (a call shape's graph differs in any of them).
+    auto Fields() const {
+      return std::make_tuple(top_k, max_ids, keep_logits, bf16_rows, rows_without_logits, full_or_sampled);
+    }
+    bool operator<(const CallShape& other) const { return Fields() < other.Fields(); }
   };
 
   // Whether a later step reads the row's finished logits (its top-k, full logits or sampling).
@@ -243,7 +249,7 @@ class CudaBackend final : public Backend {
     return n <= gemv_max_rows_ || (n <= kGraphRows && x_src == x_host_[0].get());
   }
   static constexpr size_t kMaxGraphs = 256;
-  std::map<std::tuple<int64_t, int, int64_t, bool, bool, bool, bool>, cudaGraphExec_t> graphs_;
+  std::map<std::pair<int64_t, CallShape>, cudaGraphExec_t> graphs_;  // key: (rows, call shape)
 
   // Batches of several slices are staged slice by slice in pinned memory (x_host_[slot],
   // CopyPool) and go up on the copy stream while the GPU computes the slices before (an async
@@ -771,8 +777,7 @@ absl::Status CudaBackend::EnqueueSlice(const LogitsBatch& batch, int64_t start, 
   const size_t x_bytes = n * hidden_ * (call.bf16_rows ? sizeof(uint16_t) : sizeof(float));
   if (graph) {
     if (x_src != x_host_[0].get()) copy_pool_->Copy(x_host_[0].get(), x_src, x_bytes);
-    const auto key = std::make_tuple(n, call.top_k, call.max_ids, call.keep_logits, call.bf16_rows,
-                                     call.rows_without_logits, call.full_or_sampled);
+    const auto key = std::make_pair(n, call);
     auto it = graphs_.find(key);
     if (it == graphs_.end()) {
       if (graphs_.size() >= kMaxGraphs) ClearGraphs();
