@@ -625,7 +625,7 @@ bool g_wgmma = false;
 
 // MMA columns of the wgmma GEMV for `rows` rows (planes included); 0 = the mma.sync GEMV.
 int WgmmaColumns(int64_t rows) {
-  if (rows <= kGemvFusedRows || !g_wgmma) return 0;
+  if (!g_wgmma) return 0;
   if (rows > kGemvMaxRows) return kGemmTileRows;  // the large-batch GEMM
   const int64_t columns = GemvPlanes(rows) * rows;
   return columns <= 16 ? 16 : columns <= 32 ? 32 : 64;
@@ -714,12 +714,12 @@ cudaError_t DescribeGemvWeights(const uint8_t* codes, int64_t vocab_pad, int64_t
 int64_t GemvMaxPartials(int64_t vocab_pad) { return (vocab_pad / 16 + kWarps - 1) / kWarps; }
 
 int64_t GemvPartialRows(int64_t rows) {
-  return rows <= kGemvFusedRows ? kWarps * 16 : WgmmaGemvShape<16>::kWarps * 16;  // (as the FP8 GEMMs')
+  return WgmmaColumns(rows) > 0 ? WgmmaGemvShape<16>::kWarps * 16 : kWarps * 16;  // (as the FP8 GEMMs')
 }
 
 int64_t GemvPartials(int64_t rows, int64_t vocab_pad) {
-  if (rows <= kGemvFusedRows) return GemvMaxPartials(vocab_pad);  // the mma.sync GEMV's blocks
-  return WgmmaColumns(rows) > 0 ? (vocab_pad / 16 + WgmmaGemvShape<16>::kWarps - 1) / WgmmaGemvShape<16>::kWarps : 0;
+  if (WgmmaColumns(rows) > 0) return (vocab_pad / 16 + WgmmaGemvShape<16>::kWarps - 1) / WgmmaGemvShape<16>::kWarps;
+  return rows <= kGemvFusedRows ? GemvMaxPartials(vocab_pad) : 0;  // the mma.sync GEMV's blocks, or raw products
 }
 
 cudaError_t LaunchFp8Gemv(const GemvWeights& w, const __half* act, const EpilogueParams& p, cudaStream_t stream) {

@@ -10,10 +10,11 @@
 //   ~2^-22 relative and the products match an fp32 dot product over the same FP8 codes;
 // - above that: one fp16 value (11 significant bits, relative rounding error <= 2^-11 per
 //   element, finer than bf16's 2^-8), which halves the tensor-core work.
-// mma.sync m16n8k16 with the weights loaded straight into registers takes up to 4 rows on Hopper
-// and up to kGemvMmaRows elsewhere; Hopper's warpgroup MMA (wgmma, N = 16, 32 or 64 columns) with
-// the weights and activations brought into shared memory by the copy engine (TMA) takes 5-64
-// rows. On Hopper both do the epilogue's first pass on their products (GemvPartials).
+// On Hopper the warpgroup MMA (wgmma, N = 16, 32 or 64 columns) with the weights and activations
+// brought into shared memory by the copy engine (TMA) takes every batch (1-64 rows) and does the
+// epilogue's first pass on its products (GemvPartials); elsewhere mma.sync m16n8k16 with the
+// weights loaded straight into registers takes up to kGemvMmaRows rows (the first pass too up to
+// kGemvFusedRows rows).
 //
 // Shapes are row-major. Kernels know nothing of the service.
 #ifndef LMHEAD_KERNELS_CUDA_FP8_GEMV_H_
@@ -33,9 +34,8 @@ namespace lmhead::cuda {
 inline constexpr int64_t kGemvMaxRows = 64;
 // Batches of up to this many rows carry activations as fp16 hi + lo; larger ones as one fp16.
 inline constexpr int64_t kGemvExactRows = 8;
-// Most rows the mma.sync GEMV takes (GPUs other than Hopper). On Hopper it runs only the batches
-// of up to kGemvFusedRows rows; 5-64 rows run the wgmma GEMV, with N = 16, 32 or 64 MMA columns
-// (hi + lo planes count two columns per row).
+// Most rows the mma.sync GEMV takes (GPUs other than Hopper; there 1-64 rows run the wgmma GEMV,
+// with N = 16, 32 or 64 MMA columns, hi + lo planes counting two columns per row).
 inline constexpr int64_t kGemvMmaRows = 16;
 
 // fp16 planes per batch row for a batch of `rows` rows (2 = hi + lo, 1 = single).
@@ -79,7 +79,8 @@ cudaError_t PrepareFp8Gemv();
 // kGemvMmaRows elsewhere.
 int64_t GemvMaxRows();
 
-// Batches of up to this many rows run the mma.sync GEMV on Hopper (the others the wgmma GEMV).
+// The mma.sync GEMV does the epilogue's first pass for batches of up to this many rows (above,
+// it writes raw products).
 inline constexpr int64_t kGemvFusedRows = 4;
 
 // Partial statistics per batch row (one per block of vocab rows) the GEMV writes for a batch of
@@ -132,7 +133,7 @@ bool KernelsStoreSparseTopK(int64_t rows);
 // token logits per row in their tile store for a batch of `rows` rows (EpilogueParams::
 // kernel_token_logits), so that a call asking for token logits but no top-k or full logits
 // stores no logits: on Hopper, for at most one id per thread (512) per tile. The mma.sync GEMV
-// (up to kGemvFusedRows rows) stores its logits and leaves the token logits to the epilogue.
+// (other GPUs) stores its logits and leaves the token logits to the epilogue.
 bool KernelsFinishTokenLogits(int64_t rows, int64_t max_ids);
 
 }  // namespace lmhead::cuda
