@@ -465,9 +465,9 @@ struct WgmmaGemvShape {
   // an H100, within 1%).
   static constexpr int kRing = 3;
   // Whether the weights are read with the L2's evict-first policy (EvictFirstPolicy). A/B on an
-  // H100, whole calls as graphs: at N = 16 (5-16 rows) 2-3 us faster on all three bench shapes
-  // (top-k calls 5-6 us: the ranges the selection reads stay in L2); at N = 32 and 64, 2-4 us
-  // slower (kernel chains at 131072x5120), so those keep the default policy.
+  // H100, whole calls as graphs: at N = 16 (then 5-16 rows) 2-3 us faster on all three bench
+  // shapes (top-k calls 5-6 us: the ranges the selection reads stay in L2); at N = 32 and 64, 2-4
+  // us slower (kernel chains at 131072x5120), so those keep the default policy.
   static constexpr bool kWeightsEvictFirst = N == 16;
   static constexpr int kRingBytes = kWarps * kRing * kStepBytes;
   static constexpr int kBarriers = kBuffers + kWarps * kRing;

@@ -34,8 +34,8 @@ namespace lmhead::cuda {
 inline constexpr int64_t kGemvMaxRows = 64;
 // Batches of up to this many rows carry activations as fp16 hi + lo; larger ones as one fp16.
 inline constexpr int64_t kGemvExactRows = 8;
-// Most rows the mma.sync GEMV takes (GPUs other than Hopper; there 1-64 rows run the wgmma GEMV,
-// with N = 16, 32 or 64 MMA columns, hi + lo planes counting two columns per row).
+// Most rows the mma.sync GEMV takes (GPUs other than Hopper; on Hopper 1-64 rows run the wgmma
+// GEMV, with N = 16, 32 or 64 MMA columns, hi + lo planes counting two columns per row).
 inline constexpr int64_t kGemvMmaRows = 16;
 
 // fp16 planes per batch row for a batch of `rows` rows (2 = hi + lo, 1 = single).
