@@ -64,7 +64,7 @@ class CudaBackend final : public Backend {
     return static_cast<int64_t>(x_dev_[0].bytes() + x_dev_[1].bytes() + act_.bytes() + act_scales_.bytes() +
                                 gemv_act_.bytes() + gemv_scales_.bytes() + raw_.bytes() +
                                 part_max_.bytes() + part_sum_.bytes() + part_arg_.bytes() + topk_hist_.bytes() +
-                                topk_bound_.bytes() + range_stored_.bytes() +
+                                topk_bound_.bytes() + range_stored_.bytes() + token_ids_dev_.bytes() +
                                 topk_cut_.bytes() + topk_candidates_.bytes() + d_results_.bytes() +
                                 processed_.bytes() + select_scratch_.bytes() + d_sampling_arena_.bytes() +
                                 d_sample_results_.bytes() + (gemm_ != nullptr ? gemm_->workspace_bytes() : 0));
@@ -91,7 +91,7 @@ class CudaBackend final : public Backend {
   static constexpr int kSlots = 3;
   struct Slot {
     PinnedBuffer<uint8_t> results;      // ResultLayout; mapped: graph slices' epilogue writes it
-    PinnedBuffer<int32_t> token_ids;    // [slice_rows, token_capacity_]; the epilogue reads them in place
+    PinnedBuffer<int32_t> token_ids;    // [slice_rows, token_capacity_]: to token_ids_dev_ or read in place
     PinnedBuffer<uint8_t> logit_rows;   // [slice_rows]: EpilogueParams::store_rows, read in place
     PinnedBuffer<uint8_t> sampling_arena, sample_results;  // see EnqueueSampling
     Event done;                         // recorded after the slice's last work
@@ -221,6 +221,7 @@ class CudaBackend final : public Backend {
   DeviceBuffer<int32_t> topk_hist_, topk_cut_;
   DeviceBuffer<uint32_t> topk_bound_;   // EpilogueParams::topk_bound
   DeviceBuffer<uint8_t> range_stored_;  // EpilogueParams::range_stored
+  DeviceBuffer<int32_t> token_ids_dev_;  // [slice_rows, token_capacity_]: a slot's ids, as the FP8 kernels read them
   DeviceBuffer<uint64_t> topk_candidates_;
   // Per-slice results, packed so that one copy brings them back (see ResultLayout). Device buffers
   // are used in stream order; the host side is per slot.
@@ -561,6 +562,7 @@ absl::Status CudaBackend::EnsureTokenCapacity(int64_t max_ids) {
   const int64_t cap = std::max<int64_t>(max_ids, 2 * token_capacity_);
   const size_t bytes = ResultLayout(slice_rows_, kMaxTopK, cap).end;
   RETURN_IF_ERROR(d_results_.Allocate(bytes));
+  RETURN_IF_ERROR(token_ids_dev_.Allocate(slice_rows_ * cap));
   for (Slot& slot : slots_) {
     RETURN_IF_ERROR(slot.token_ids.Allocate(slice_rows_ * cap));
     RETURN_IF_ERROR(slot.results.Allocate(bytes));
@@ -670,9 +672,11 @@ absl::Status CudaBackend::Enqueue(const void* x_src, int64_t n, const CallShape&
   p.top_k = call.top_k;
   p.top_ids = reinterpret_cast<int32_t*>(d + layout.top_ids);
   p.top_logits = reinterpret_cast<float*>(d + layout.top_logits);
-  // Read in place over PCIe (a few ids per row): a copy node between the GEMV and the epilogue
-  // would also end the epilogue's early launch.
-  p.token_ids = slots_[slot].token_ids.get();
+  // The FP8 kernels' activation kernel copies the ids to the device with the rows (RowWords); the
+  // other paths read them in place over PCIe (a few ids per row: a copy node between the GEMM and
+  // the epilogue would also end the epilogue's early launch).
+  const bool ids_on_device = (gemv || fp8_gemm) && call.max_ids > 0;
+  p.token_ids = ids_on_device ? token_ids_dev_.get() : slots_[slot].token_ids.get();
   p.max_token_ids = static_cast<int>(call.max_ids);
   p.token_logits = reinterpret_cast<float*>(d + layout.token_logits);
   // lmhead's FP8 kernels finish the token logits in their tile store: no logits stored for them;
@@ -716,11 +720,17 @@ absl::Status CudaBackend::Enqueue(const void* x_src, int64_t n, const CallShape&
   const int64_t n_pad = LtGemm::PadRows(split_ ? 2 * n : n);
   // The GEMV's and the FP8 GEMM's activations from rows (fp32 or bf16 bits, as call.bf16_rows says).
   auto fp8_kernel_activations = [&](const void* rows) {
-    const int zero_per_row = p.topk_bound != nullptr ? p.top_k + 1 : 0;
+    RowWords words;
+    if (p.topk_bound != nullptr) words.zero = p.topk_bound, words.zero_per_row = p.top_k + 1;
+    if (ids_on_device) {
+      words.ids_from = slots_[slot].token_ids.get();
+      words.ids_to = token_ids_dev_.get();
+      words.ids_per_row = static_cast<int>(call.max_ids);
+    }
     return call.bf16_rows ? LaunchGemvActivations(static_cast<const uint16_t*>(rows), n, hidden_, hidden_pad_,
-                                                  gemv_act_.get(), gemv_scales_.get(), s, p.topk_bound, zero_per_row)
+                                                  gemv_act_.get(), gemv_scales_.get(), s, words)
                           : LaunchGemvActivations(static_cast<const float*>(rows), n, hidden_, hidden_pad_,
-                                                  gemv_act_.get(), gemv_scales_.get(), s, p.topk_bound, zero_per_row);
+                                                  gemv_act_.get(), gemv_scales_.get(), s, words);
   };
   if (gemv) {
     mark_stage(0, s);  // no copy: the activation kernel reads the pinned rows

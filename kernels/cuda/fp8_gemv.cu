@@ -62,12 +62,26 @@ __device__ __forceinline__ int PlaneExponent(float amax) {
   return e;
 }
 
-// The threads of one block (blockDim.x of them) set rows [first, first + count) of a [rows,
-// per_row] array of words to 0 (the activation kernels clear EpilogueParams::topk_bound for the
-// kernel that follows them).
-__device__ __forceinline__ void ZeroRowWords(uint32_t* words, int64_t first, int64_t count, int per_row) {
-  for (int64_t i = threadIdx.x; i < count * per_row; i += blockDim.x) words[first * per_row + i] = 0;
-}
+// RowWords for rows [first, first + count), by the threads of one block (blockDim.x of them):
+// Start zeroes the words and reads the block's first blockDim.x ids (with the rows' loads, so
+// that their PCIe round trips overlap), Finish stores them and copies any further ids.
+struct RowWordsCopy {
+  const RowWords& w;
+  int64_t first, count;
+  int32_t id = 0;
+
+  __device__ void Start() {
+    for (int64_t i = threadIdx.x; i < count * w.zero_per_row; i += blockDim.x) w.zero[first * w.zero_per_row + i] = 0;
+    if (threadIdx.x < count * w.ids_per_row) id = w.ids_from[first * w.ids_per_row + threadIdx.x];
+  }
+  __device__ void Finish() const {
+    const int64_t at = first * w.ids_per_row;
+    if (threadIdx.x < count * w.ids_per_row) w.ids_to[at + threadIdx.x] = id;
+    for (int64_t i = threadIdx.x + blockDim.x; i < count * w.ids_per_row; i += blockDim.x) {
+      w.ids_to[at + i] = w.ids_from[at + i];
+    }
+  }
+};
 
 // The GEMV's planes (batches of up to kGemvMaxRows rows): one block per row. x may be pinned host
 // memory read over PCIe: every element the block needs is requested up front (kActPerThread
@@ -78,9 +92,10 @@ __global__ void __launch_bounds__(kActThreads) GemvActivationsKernel(const In* _
                                                                      int wgmma_columns,
                                                                      __half* __restrict__ act,
                                                                      float* __restrict__ inv_scales,
-                                                                     uint32_t* zero_words, int zero_per_row) {
+                                                                     RowWords row_extra) {
   LaunchDependents();  // the GEMV may start streaming weights now; it waits for these planes
-  ZeroRowWords(zero_words, blockIdx.x, 1, zero_per_row);
+  RowWordsCopy row_words{row_extra, blockIdx.x, 1};
+  row_words.Start();
   using Reduce = cub::BlockReduce<float, kActThreads>;
   __shared__ typename Reduce::TempStorage temp;
   __shared__ float shared_amax;
@@ -127,6 +142,7 @@ __global__ void __launch_bounds__(kActThreads) GemvActivationsKernel(const In* _
     put(i, LoadElement(row + i));
   }
   if (threadIdx.x == 0) inv_scales[b] = ldexpf(1.0f, e - 14);
+  row_words.Finish();
 }
 
 // The FP8 GEMM's tiles (batches above kGemvMaxRows rows, rows in device memory): kGemmActRows rows
@@ -142,13 +158,14 @@ __global__ void __launch_bounds__(kGemmActThreads) GemmActivationsKernel(const I
                                                                          int64_t hidden, int64_t stride,
                                                                          __half* __restrict__ act,
                                                                          float* __restrict__ inv_scales,
-                                                                         uint32_t* zero_words, int zero_per_row) {
+                                                                         RowWords row_extra) {
   LaunchDependents();  // the GEMM may start streaming weights now; it waits for these tiles
   constexpr int kPerRow = kGemmActThreads / kGemmActRows;  // threads per row for its maximum
   __shared__ float warp_amax[kGemmActThreads / 32];
   __shared__ float scales[kGemmActRows];
   const int64_t b0 = blockIdx.x * int64_t{kGemmActRows};
-  ZeroRowWords(zero_words, b0, min(int64_t{kGemmActRows}, rows - b0), zero_per_row);
+  RowWordsCopy row_words{row_extra, b0, min(int64_t{kGemmActRows}, rows - b0)};
+  row_words.Start();
   {
     const int r = threadIdx.x / kPerRow;
     float amax = 0.0f;
@@ -206,6 +223,7 @@ __global__ void __launch_bounds__(kGemmActThreads) GemmActivationsKernel(const I
     __half* to = act + tile_base + WgmmaActivationOffset(16 * block + 8 * half, c0 + r, kGemmTileRows);
     *reinterpret_cast<uint4*>(to) = make_uint4(words[0], words[1], words[2], words[3]);
   }
+  row_words.Finish();
 }
 
 __device__ __forceinline__ uint4 LoadStreaming(const uint8_t* p) {
@@ -637,30 +655,32 @@ int64_t GemvActivationStride(int64_t hidden_pad) { return (hidden_pad + kMaxChun
 
 template <typename In>
 cudaError_t LaunchActivations(const In* x, int64_t rows, int64_t hidden, int64_t hidden_pad, __half* act,
-                              float* inv_scales, cudaStream_t stream, uint32_t* zero_words, int zero_per_row) {
+                              float* inv_scales, cudaStream_t stream, const RowWords& words) {
   if (rows <= 0) return cudaSuccess;
-  if (zero_per_row < 0 || (zero_per_row > 0 && zero_words == nullptr)) return cudaErrorInvalidValue;
+  if (words.zero_per_row < 0 || (words.zero_per_row > 0 && words.zero == nullptr) || words.ids_per_row < 0 ||
+      (words.ids_per_row > 0 && (words.ids_from == nullptr || words.ids_to == nullptr))) {
+    return cudaErrorInvalidValue;
+  }
   if (WgmmaColumns(rows) == kGemmTileRows) {
     const int64_t blocks = (rows + kGemmActRows - 1) / kGemmActRows;
     GemmActivationsKernel<In><<<static_cast<unsigned>(blocks), kGemmActThreads, 0, stream>>>(
-        x, rows, hidden, GemvActivationStride(hidden_pad), act, inv_scales, zero_words, zero_per_row);
+        x, rows, hidden, GemvActivationStride(hidden_pad), act, inv_scales, words);
     return cudaGetLastError();
   }
   GemvActivationsKernel<In><<<static_cast<unsigned>(rows), kActThreads, 0, stream>>>(
       x, hidden, GemvActivationStride(hidden_pad), static_cast<int>(GemvPlanes(rows)), WgmmaColumns(rows), act,
-      inv_scales, zero_words, zero_per_row);
+      inv_scales, words);
   return cudaGetLastError();
 }
 
 cudaError_t LaunchGemvActivations(const float* x, int64_t rows, int64_t hidden, int64_t hidden_pad, __half* act,
-                                  float* inv_scales, cudaStream_t stream, uint32_t* zero_words, int zero_per_row) {
-  return LaunchActivations(x, rows, hidden, hidden_pad, act, inv_scales, stream, zero_words, zero_per_row);
+                                  float* inv_scales, cudaStream_t stream, const RowWords& words) {
+  return LaunchActivations(x, rows, hidden, hidden_pad, act, inv_scales, stream, words);
 }
 
 cudaError_t LaunchGemvActivations(const uint16_t* x_bf16, int64_t rows, int64_t hidden, int64_t hidden_pad,
-                                  __half* act, float* inv_scales, cudaStream_t stream, uint32_t* zero_words,
-                                  int zero_per_row) {
-  return LaunchActivations(x_bf16, rows, hidden, hidden_pad, act, inv_scales, stream, zero_words, zero_per_row);
+                                  __half* act, float* inv_scales, cudaStream_t stream, const RowWords& words) {
+  return LaunchActivations(x_bf16, rows, hidden, hidden_pad, act, inv_scales, stream, words);
 }
 
 int64_t GemvMaxRows() { return g_wgmma ? kGemvMaxRows : kGemvMmaRows; }

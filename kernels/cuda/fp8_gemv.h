@@ -57,19 +57,30 @@ int64_t GemvActivationStride(int64_t hidden_pad);
 // GemvPlanes(rows) * b + p, in the shared-memory layout of its MMAs (N = 16, 32 or 64 columns per
 // k16 block, one run of k16 blocks per staged chunk). s_b is a power of two that puts
 // max|x_b| in [2^13, 2^14), and inv_scales[b] = 1 / s_b. Only the columns below `hidden`
-// are written: `act` must be zeroed once when allocated. zero_words: null, or [rows,
-// zero_per_row] words the kernel sets to 0 for the kernel that follows (EpilogueParams::topk_bound).
+// are written: `act` must be zeroed once when allocated. `words`: what the kernel also prepares
+// for the kernels that follow (RowWords).
 // rows > kGemvMaxRows (Hopper, for LaunchFp8Gemm in fp8_gemm.h): one plane, tiles of kGemmTileRows rows in the
 // wgmma layout for N = kGemmTileRows, tile i at act + i * kGemmTileRows * GemvActivationStride;
 // act then holds RoundUp(rows, kGemmTileRows) plane rows (zeroed once: the last tile's rows past
 // the batch are multiplied too).
+// Per-row words the activation kernels prepare for the kernels after them, beside the rows:
+// [rows, zero_per_row] words set to 0 (EpilogueParams::topk_bound), and [rows, ids_per_row] token
+// ids copied from ids_from (pinned host memory, read over PCIe with the rows) to ids_to (device
+// memory), so that the tile stores and the epilogue read them from the device
+// (EpilogueParams::token_ids; read in host memory, each block's store waited ~1.5 us for them).
+struct RowWords {
+  uint32_t* zero = nullptr;
+  int zero_per_row = 0;
+  const int32_t* ids_from = nullptr;
+  int32_t* ids_to = nullptr;
+  int ids_per_row = 0;
+};
+
 cudaError_t LaunchGemvActivations(const float* x, int64_t rows, int64_t hidden, int64_t hidden_pad, __half* act,
-                                  float* inv_scales, cudaStream_t stream, uint32_t* zero_words = nullptr,
-                                  int zero_per_row = 0);
+                                  float* inv_scales, cudaStream_t stream, const RowWords& words = {});
 // The same from rows of bf16 bits (each exact in fp32: the planes are those of the fp32 values).
 cudaError_t LaunchGemvActivations(const uint16_t* x_bf16, int64_t rows, int64_t hidden, int64_t hidden_pad,
-                                  __half* act, float* inv_scales, cudaStream_t stream, uint32_t* zero_words = nullptr,
-                                  int zero_per_row = 0);
+                                  __half* act, float* inv_scales, cudaStream_t stream, const RowWords& words = {});
 
 // Allows the GEMV variants their shared memory on the current device. Call once per process
 // before LaunchFp8Gemv (and before capturing it in a graph).
