@@ -257,7 +257,7 @@ int main(int argc, char** argv) {
         "that call on cuBLASLt FP8 instead. `lt` = the bf16-act call with lmhead's kernels off: cuBLASLt FP8 over "
         "FP8 high + residual activation rows. `kernel` = lmhead's FP8 kernel alone (CUDA events) as an argmax call runs it: the GEMV, "
         "above that the FP8 GEMM, each with the epilogue's first pass (per-block max / argmax / sum of exp; no "
-        "logits stored). "
+        "logits stored on Hopper: the mma.sync GEMV that other GPUs run stores them). "
         "Baselines are the GEMM alone (CUDA events): cuBLASLt BF16 (BF16 weights), cuBLASLt FP8 tensor-wise "
         "(FP8 weights and activations, no scales), and the seed (upcast FP8 -> BF16 every call, then BF16 GEMM). "
         "Byte floor = (FP8 weights + scales + fp32 inputs) / copy bandwidth (the issue's definition); read floor = "

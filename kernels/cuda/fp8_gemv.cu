@@ -273,11 +273,7 @@ __device__ __forceinline__ void FinishTile(const float (&acc)[NT][4], bool activ
         st = Combine(st, StatOf(l, v));
       }
     }
-    // Lanes 4g + t hold the same batch row for g = 0..7.
-#pragma unroll
-    for (int offset = 4; offset < 32; offset *= 2) {
-      st = Combine(st, ShuffleXorStat(st, offset));
-    }
+    st = ButterflyStat(st, 4, 32);  // lanes 4g + t hold the same batch row for g = 0..7
     if (g == 0) warp_stats[warp][b] = st;
   }
   __syncthreads();

@@ -90,16 +90,6 @@ __global__ void FillKernel(float* p, int64_t count, float v) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < count; i += int64_t{gridDim.x} * blockDim.x) p[i] = v;
 }
 
-// Combines the Stats of each group of `lanes` adjacent lanes (a power of two, a compile-time
-// constant after inlining) into every lane of the group (a butterfly).
-__device__ __forceinline__ Stat WarpStat(Stat st, int lanes) {
-#pragma unroll
-  for (int offset = 1; offset < lanes; offset *= 2) {
-    st = Combine(st, ShuffleXorStat(st, offset));
-  }
-  return st;
-}
-
 // The Stat of a block of THREADS threads (a multiple of 32), each passing its own; valid in warp 0.
 // A butterfly within each warp, then one over the warps' results: two short chains of Combines
 // (cub::BlockReduce ends in one thread combining the warps' results one after another, on the
@@ -109,10 +99,12 @@ __device__ __forceinline__ Stat BlockStat(Stat st) {
   constexpr int kWarps = THREADS / 32;
   static_assert(THREADS % 32 == 0 && kWarps <= 32, "whole warps, at most 32");
   __shared__ Stat warp_stats[kWarps];
-  st = WarpStat(st, 32);
+  st = ButterflyStat(st, 1, 32);
   if (threadIdx.x % 32 == 0) warp_stats[threadIdx.x / 32] = st;
   __syncthreads();
-  if (threadIdx.x < 32) st = WarpStat(threadIdx.x < kWarps ? warp_stats[threadIdx.x] : Stat{-FLT_MAX, 0, 0.0f}, kWarps);
+  if (threadIdx.x < 32) {
+    st = ButterflyStat(threadIdx.x < kWarps ? warp_stats[threadIdx.x] : Stat{-FLT_MAX, 0, 0.0f}, 1, kWarps);
+  }
   return st;
 }
 

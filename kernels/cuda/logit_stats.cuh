@@ -54,6 +54,15 @@ __device__ __forceinline__ Stat ShuffleXorStat(const Stat& st, int offset) {
               __shfl_xor_sync(0xffffffffu, st.s, offset)};
 }
 
+// Combines this lane's Stat with those of the lanes whose index differs from it only in the bits
+// from `first` (a power of two) up to below `end` (an xor butterfly: every lane of such a group
+// ends with the group's Stat). Call from all 32 lanes.
+__device__ __forceinline__ Stat ButterflyStat(Stat st, int first, int end) {
+#pragma unroll
+  for (int offset = first; offset < end; offset *= 2) st = Combine(st, ShuffleXorStat(st, offset));
+  return st;
+}
+
 }  // namespace lmhead::cuda
 
 #endif  // LMHEAD_KERNELS_CUDA_LOGIT_STATS_CUH_
