@@ -8,6 +8,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv
 
 echo "== conformance"
 LMHEAD_CUDA_MODULE=$BIN/liblmhead_cuda.so LMHEAD_REQUIRE_CUDA=1 $BIN/cuda_backend_test 2>&1 | tee "$OUT/conformance.log" | grep -E "^\[  (PASSED|FAILED|SKIPPED) |OK \]|FAILED|Failure|accuracy" | head -40
+grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[==========\]" "$OUT/conformance.log"  # (the summary, past the 40 lines)
 
 echo "== server smoke test on the CUDA backend"
 $BIN/lmhead-make-checkpoint --out=/tmp/ckpt --vocab=131072 --hidden=5120 > /dev/null 2>&1
