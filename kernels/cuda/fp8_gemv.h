@@ -48,6 +48,20 @@ inline constexpr int64_t kGemvPlaneRows = kGemvMaxRows;
 // Row stride (fp16 elements) of the activation planes for a head of `hidden_pad` columns.
 int64_t GemvActivationStride(int64_t hidden_pad);
 
+// Per-row words the activation kernels prepare for the kernels after them, beside the rows:
+// [rows, zero_per_row] words set to 0 (EpilogueParams::topk_bound), and [rows, ids_per_row] token
+// ids copied from ids_from (pinned host memory, read over PCIe with the rows) to ids_to (device
+// memory), so that the tile stores and the epilogue read them from the device
+// (EpilogueParams::token_ids: read in host memory, a round trip in every block's tile store, they
+// made top-20 + token logprob calls 1-5 us slower on an H100).
+struct RowWords {
+  uint32_t* zero = nullptr;
+  int zero_per_row = 0;
+  const int32_t* ids_from = nullptr;
+  int32_t* ids_to = nullptr;
+  int ids_per_row = 0;
+};
+
 // x: [rows, hidden] fp32, in device memory or pinned host memory (read once, over PCIe).
 // act: [kGemvPlaneRows * GemvActivationStride] fp16. For the mma.sync GEMV (rows <=
 // kGemvMmaRows) writes the first GemvPlanes(rows) * rows plane rows of stride
@@ -63,19 +77,6 @@ int64_t GemvActivationStride(int64_t hidden_pad);
 // wgmma layout for N = kGemmTileRows, tile i at act + i * kGemmTileRows * GemvActivationStride;
 // act then holds RoundUp(rows, kGemmTileRows) plane rows (zeroed once: the last tile's rows past
 // the batch are multiplied too).
-// Per-row words the activation kernels prepare for the kernels after them, beside the rows:
-// [rows, zero_per_row] words set to 0 (EpilogueParams::topk_bound), and [rows, ids_per_row] token
-// ids copied from ids_from (pinned host memory, read over PCIe with the rows) to ids_to (device
-// memory), so that the tile stores and the epilogue read them from the device
-// (EpilogueParams::token_ids; read in host memory, each block's store waited ~1.5 us for them).
-struct RowWords {
-  uint32_t* zero = nullptr;
-  int zero_per_row = 0;
-  const int32_t* ids_from = nullptr;
-  int32_t* ids_to = nullptr;
-  int ids_per_row = 0;
-};
-
 cudaError_t LaunchGemvActivations(const float* x, int64_t rows, int64_t hidden, int64_t hidden_pad, __half* act,
                                   float* inv_scales, cudaStream_t stream, const RowWords& words = {});
 // The same from rows of bf16 bits (each exact in fp32: the planes are those of the fp32 values).
