@@ -65,6 +65,7 @@ absl::StatusOr<std::unique_ptr<Backend>> NewCudaBackend(const BackendOptions& op
   args.fp8_activations = options.activation_precision == ActivationPrecision::kFp8;
   args.output_workspace_bytes = options.gpu_output_workspace_bytes;
   args.fp8_gemm = options.gpu_fp8_gemm;
+  args.gemv_blocks_per_sm = options.gpu_gemv_blocks_per_sm;
   args.host_threads = options.cpu_threads;
   args.source = &source;
   args.quantize = quantize;

@@ -70,11 +70,13 @@ void ExpectSkippable(const absl::Status& status) {
 
 // output_workspace_bytes: 0 = the default.
 std::unique_ptr<Backend> CudaOrSkip(HeadWeights w, LogitTransform t, ActivationPrecision precision,
-                                    std::string* skip, int64_t output_workspace_bytes = 0, bool fp8_gemm = true) {
+                                    std::string* skip, int64_t output_workspace_bytes = 0, bool fp8_gemm = true,
+                                    int gemv_blocks_per_sm = 0) {
   BackendOptions o = CudaOptions();
   o.transform = t;
   o.activation_precision = precision;
   o.gpu_fp8_gemm = fp8_gemm;
+  o.gpu_gemv_blocks_per_sm = gemv_blocks_per_sm;
   if (output_workspace_bytes > 0) o.gpu_output_workspace_bytes = output_workspace_bytes;
   auto b = NewBackend(o, std::move(w));
   if (!b.ok()) {
@@ -498,6 +500,52 @@ TEST(CudaBackendTest, Bf16RowsGiveTheSameResultsAsFp32Rows) {
     EXPECT_NE(lt->Bf16InputBuffer(64), nullptr);
     EXPECT_EQ(lt->Bf16InputBuffer(65), nullptr);
   }
+}
+
+// The GEMV at 1-16 rows runs one or two blocks per SM (per head, whichever is faster at startup):
+// both sum the same products in the same order, so every result is bit-identical; other counts
+// are refused.
+TEST(CudaBackendTest, GemvInTwoBlocksPerSmMatchesOneBlock) {
+  const int64_t vocab = 30011, hidden = 1040;  // a partial last block, a partial last activation chunk
+  std::random_device seed_source;
+  const uint64_t seed = (uint64_t{seed_source()} << 32) | seed_source();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::string skip;
+  auto one = CudaOrSkip(Fp8Head(vocab, hidden, seed), {}, ActivationPrecision::kBf16, &skip, 0, true, 1);
+  if (one == nullptr) GTEST_SKIP() << "no CUDA backend here: " << skip;
+  auto two = CudaOrSkip(Fp8Head(vocab, hidden, seed), {}, ActivationPrecision::kBf16, &skip, 0, true, 2);
+  ASSERT_NE(two, nullptr) << skip;
+  const std::vector<uint32_t> ids = {0, 11, static_cast<uint32_t>(vocab - 1)};
+  for (int64_t rows : {1, 4, 8, 9, 16}) {
+    SCOPED_TRACE(::testing::Message() << "rows " << rows);
+    std::vector<float> x(rows * hidden);
+    for (float& v : x) v = normal(rng);
+    std::vector<RowSpec> specs(rows);
+    for (int64_t r = 0; r < rows; ++r) {
+      specs[r] = RowSpec{r % 2 == 0 ? 20u : 0u, r % 3 == 0 ? absl::MakeConstSpan(ids) : absl::Span<const uint32_t>(),
+                         r % 4 == 1};
+    }
+    std::vector<RowOutput> want, got;
+    ASSERT_TRUE(one->ComputeLogits({x.data(), rows, specs}, &want).ok());
+    ASSERT_TRUE(two->ComputeLogits({x.data(), rows, specs}, &got).ok());
+    ASSERT_EQ(got.size(), want.size());
+    for (int64_t r = 0; r < rows; ++r) {
+      SCOPED_TRACE(::testing::Message() << "row " << r);
+      EXPECT_EQ(got[r].argmax_id, want[r].argmax_id);
+      EXPECT_EQ(got[r].logsumexp, want[r].logsumexp);
+      EXPECT_EQ(got[r].top_ids, want[r].top_ids);
+      EXPECT_EQ(got[r].top_logits, want[r].top_logits);
+      EXPECT_EQ(got[r].token_logits, want[r].token_logits);
+      EXPECT_EQ(got[r].logits, want[r].logits);
+    }
+  }
+  BackendOptions o = CudaOptions();
+  o.gpu_gemv_blocks_per_sm = 3;
+  auto bad = NewBackend(o, Fp8Head(vocab, hidden, seed));
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument) << bad.status();
 }
 
 TEST(CudaBackendTest, EqualLogitsRankLowerIdFirstAndOverflowIsReported) {

@@ -4,6 +4,7 @@
 #include <cuda_fp8.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <deque>
@@ -123,6 +124,8 @@ class CudaBackend final : public Backend {
   absl::Status EnsureTokenCapacity(int64_t max_ids);
   // Quantizes (or copies) the source into the device weights, chunk by chunk.
   absl::Status UploadWeights(const HeadSource& src, const QuantizeOptions& q);
+  // gemv_weights_.blocks_per_sm: `requested` (1 or 2), or 0: timed on random rows.
+  absl::Status ChooseGemvBlocksPerSm(int requested, std::mt19937& rng);
   // Enqueues rows [start, start + n) of the batch into slots_[slot] and returns without waiting:
   // stages the rows in pinned memory when needed, then the device work (a graph, or Enqueue), the
   // token selection, the copies of requested full logits, and the slot's done event.
@@ -318,6 +321,10 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
   if (args.gemv_max_rows < 0 || args.gemv_max_rows > kGemvMaxRows) {
     return absl::InvalidArgumentError(absl::StrCat("gemv_max_rows = ", args.gemv_max_rows, " must be in [0, ", kGemvMaxRows, "]"));
   }
+  if (args.gemv_blocks_per_sm < 0 || args.gemv_blocks_per_sm > 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("gemv_blocks_per_sm = ", args.gemv_blocks_per_sm, " must be 0 (timed), 1 or 2"));
+  }
   gemv_max_rows_ = fp8_ ? args.gemv_max_rows : 0;
   vocab_ = src.rows;
   hidden_ = src.cols;
@@ -424,6 +431,7 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
       RETURN_IF_ERROR(gemm_->Prepare(weights_.get(), act_.get(), size, raw_.get(), stream_.get()));
     }
   }
+  RETURN_IF_ERROR(ChooseGemvBlocksPerSm(args.gemv_blocks_per_sm, rng));
   for (int64_t rows : {int64_t{1}, int64_t{8}, int64_t{16}, int64_t{32}, int64_t{64}, kGemmTileRows}) {
     if (rows > slice_rows_) break;
     std::vector<float> x(rows * hidden_);
@@ -432,6 +440,40 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
     std::vector<RowOutput> out;
     RETURN_IF_ERROR(ComputeLogits({x.data(), rows, specs}, &out));
   }
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::ChooseGemvBlocksPerSm(int requested, std::mt19937& rng) {
+  if (gemv_max_rows_ < kGemvExactRows || !Fp8GemmAvailable()) return absl::OkStatus();  // no wgmma GEMV
+  if (requested > 0) {
+    gemv_weights_.blocks_per_sm = requested;
+    return absl::OkStatus();
+  }
+  // Whole argmax calls on kGemvExactRows random rows in the input buffer, as served (one graph
+  // each; the kernel alone, launched back to back, overlaps its own tails and says nothing here):
+  // each variant's fastest call of three rounds of 10, the rounds alternating (clocks drift).
+  const int64_t rows = kGemvExactRows;
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  float* x = InputBuffer(rows);
+  if (x == nullptr) return absl::InternalError("no input buffer for the GEMV's timing");
+  for (int64_t i = 0; i < rows * hidden_; ++i) x[i] = normal(rng);
+  const std::vector<RowSpec> specs(rows);
+  std::vector<RowOutput> out;
+  double best[2] = {1e30, 1e30};
+  for (int round = 0; round < 3; ++round) {
+    for (int v = 0; v < 2; ++v) {
+      gemv_weights_.blocks_per_sm = v + 1;
+      ClearGraphs();  // they hold the kernel they were captured with
+      RETURN_IF_ERROR(ComputeLogits({x, rows, specs}, &out));  // (captures the graph)
+      for (int call = 0; call < 10; ++call) {
+        const auto start = std::chrono::steady_clock::now();
+        RETURN_IF_ERROR(ComputeLogits({x, rows, specs}, &out));
+        best[v] = std::min(best[v], std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+      }
+    }
+  }
+  gemv_weights_.blocks_per_sm = best[1] < 0.995 * best[0] ? 2 : 1;
+  ClearGraphs();
   return absl::OkStatus();
 }
 

@@ -13,7 +13,7 @@
 
 namespace lmhead {
 
-inline constexpr int kCudaModuleAbi = 6;
+inline constexpr int kCudaModuleAbi = 7;
 // Batches of up to this many rows run the module's FP8 GEMV instead of cuBLASLt (on Hopper; 16 on
 // other GPUs): with fp16 hi + lo activations up to kCudaGemvExactRows rows (~fp32 exact), one fp16
 // per activation above (after a per-row power-of-two scale that puts max |x| in [2^13, 2^14)).
@@ -38,6 +38,9 @@ struct CudaModuleArgs {
   // FP8 heads: slices of up to this many rows (<= kCudaGemvMaxRows) use the GEMV; 0 = never
   // (cuBLASLt for every batch; the benchmark compares the two).
   int64_t gemv_max_rows = kCudaGemvMaxRows;
+  // Hopper: the GEMV at 1-16 rows in 1 or 2 blocks per SM; 0 = whichever is faster on this head,
+  // timed at startup (a few ms).
+  int gemv_blocks_per_sm = 0;
   // Device bytes for the GEMM output of one slice of rows (bounds the rows computed at once).
   int64_t output_workspace_bytes = 192ll << 20;
   // Host threads that may copy a large batch's rows into pinned staging memory (at most 8 used).

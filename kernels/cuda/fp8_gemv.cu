@@ -462,22 +462,27 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
 // - The epilogue's first pass is done on the accumulators (StoreWgmmaTile): per batch row one
 //   partial statistic per block, and the finished logits only when a later pass reads them.
 // The large-batch GEMM (fp8_gemm.cu) runs the same product over tiles of 128 batch rows.
-template <int N>
+// BLOCKS: blocks per SM. Two (N = 16 only: 48 registers, half the shared memory each, one step
+// less in each warp's ring) let one block's tile store overlap the other's weight stream, which
+// measured 1.3-4 us faster on 128256x4096 and 131072x5120 but 15-17 us slower on 152064x8192 (on
+// an H100, whole calls), so the backend times both on its head at startup (GemvWeights::blocks_per_sm).
+template <int N, int BLOCKS = 1>
 struct WgmmaGemvShape {
   static_assert(N <= kGemvMaxRows, "N MMA columns of one batch");
+  static_assert(BLOCKS == 1 || (BLOCKS == 2 && N == 16), "two blocks per SM at N = 16 only");
   static constexpr int kWarps = 16;
   static constexpr int kThreads = kWarps * 32;
   // 128-column steps per activation chunk (the block synchronizes once per chunk: 4 steps measured
   // ~1% faster than 2 at N = 32 on an H100), and the chunk buffers: three where they fit beside
-  // the rings (N <= 32), else two (see the kernel's loop).
+  // the rings (N <= 32, one block per SM), else two (see the kernel's loop).
   static constexpr int kSteps = 4;
   static constexpr int kChunk = kSteps * kStep;       // activation columns per chunk
-  static constexpr int kBuffers = N <= 32 ? 3 : 2;
+  static constexpr int kBuffers = N <= 32 && BLOCKS == 1 ? 3 : 2;
   static constexpr int kChunkBytes = N * kChunk * 2;  // fp16
   static constexpr int kStepBytes = 16 * kStep;       // one warp's weights of one step (a box)
   // Weight steps per warp (two in flight while one is multiplied: depths 3-5 measured the same on
-  // an H100, within 1%).
-  static constexpr int kRing = 3;
+  // an H100, within 1%; one with two blocks per SM).
+  static constexpr int kRing = BLOCKS == 1 ? 3 : 2;
   // Whether the weights are read with the L2's evict-first policy (EvictFirstPolicy). A/B on an
   // H100, whole calls as graphs: at N = 16 (then 5-16 rows) 2-3 us faster on all three bench
   // shapes (top-k calls 5-6 us: the ranges the selection reads stay in L2); at N = 32 and 64, 2-4
@@ -488,14 +493,14 @@ struct WgmmaGemvShape {
   // + 1024: the swizzled boxes need 1024-byte alignment, which the dynamic allocation lacks.
   static constexpr int kSmemBytes = 1024 + kRingBytes + kBuffers * kChunkBytes + kBarriers * 8;
   static_assert(kMaxChunk % kChunk == 0, "activation planes are padded to kMaxChunk columns");
-  static_assert(kSmemBytes <= 227 * 1024, "fits the H100's shared memory per block");
+  static_assert(BLOCKS * (kSmemBytes + 1024) <= 228 * 1024, "fits the H100's shared memory per SM");
 };
 
-template <int N, int PLANES>
-__global__ void __launch_bounds__(WgmmaGemvShape<N>::kThreads, 1)
+template <int N, int PLANES, int BLOCKS = 1>
+__global__ void __launch_bounds__(WgmmaGemvShape<N, BLOCKS>::kThreads, BLOCKS)
     Fp8GemvWgmmaKernel(const __grid_constant__ CUtensorMap weights, int64_t tiles, int hidden_pad,
                        const __half* __restrict__ act, bool write_logits, EpilogueParams e) {
-  using Shape = WgmmaGemvShape<N>;
+  using Shape = WgmmaGemvShape<N, BLOCKS>;
   static_assert(PLANES == 1 || N == 16, "two planes only for the smallest batches");
   constexpr int kRing = Shape::kRing;
   extern __shared__ uint8_t smem_unaligned[];
@@ -623,13 +628,13 @@ cudaError_t Launch(const uint8_t* w, int64_t vocab_pad, int64_t hidden_pad, cons
 }
 
 // The finished logits are stored only when a later pass reads them.
-template <int N, int PLANES>
+template <int N, int PLANES, int BLOCKS = 1>
 cudaError_t LaunchWgmma(const GemvWeights& w, const __half* act, const EpilogueParams& p, cudaStream_t stream) {
-  using Shape = WgmmaGemvShape<N>;
+  using Shape = WgmmaGemvShape<N, BLOCKS>;
   const int64_t tiles = w.vocab_pad / 16;
   const int64_t blocks = (tiles + Shape::kWarps - 1) / Shape::kWarps;
   const bool write_logits = p.keep_logits || (p.max_token_ids > 0 && !p.kernel_token_logits);
-  return LaunchAfterPrevious(Fp8GemvWgmmaKernel<N, PLANES>, dim3(static_cast<unsigned>(blocks)),
+  return LaunchAfterPrevious(Fp8GemvWgmmaKernel<N, PLANES, BLOCKS>, dim3(static_cast<unsigned>(blocks)),
                              dim3(Shape::kThreads), Shape::kSmemBytes, stream, w.tensor_map, tiles,
                              static_cast<int>(w.hidden_pad), act, write_logits, p);
 }
@@ -693,6 +698,8 @@ cudaError_t PrepareFp8Gemv() {
   if (err == cudaSuccess) err = AllowSmem(Fp8GemvKernel<2, 1>, GemvShape<2, 1>::kSmemBytes);
   if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<16, 2>, WgmmaGemvShape<16>::kSmemBytes);
   if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<16, 1>, WgmmaGemvShape<16>::kSmemBytes);
+  if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<16, 2, 2>, WgmmaGemvShape<16, 2>::kSmemBytes);
+  if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<16, 1, 2>, WgmmaGemvShape<16, 2>::kSmemBytes);
   if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<32, 1>, WgmmaGemvShape<32>::kSmemBytes);
   if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<64, 1>, WgmmaGemvShape<64>::kSmemBytes);
   return err;
@@ -739,7 +746,9 @@ int64_t GemvPartials(int64_t rows, int64_t vocab_pad) {
 }
 
 cudaError_t LaunchFp8Gemv(const GemvWeights& w, const __half* act, const EpilogueParams& p, cudaStream_t stream) {
-  if (p.rows <= 0 || p.rows > GemvMaxRows() || w.codes == nullptr) return cudaErrorInvalidValue;
+  if (p.rows <= 0 || p.rows > GemvMaxRows() || w.codes == nullptr || (w.blocks_per_sm != 1 && w.blocks_per_sm != 2)) {
+    return cudaErrorInvalidValue;
+  }
   const int64_t stride = GemvActivationStride(w.hidden_pad);
   static_assert(GemvShape<1, 2>::kBatchRows == kGemvFusedRows && GemvShape<2, 2>::kBatchRows == kGemvExactRows &&
                     GemvShape<2, 1>::kBatchRows == kGemvMmaRows,
@@ -747,6 +756,10 @@ cudaError_t LaunchFp8Gemv(const GemvWeights& w, const __half* act, const Epilogu
   static_assert(kGemvMaxRows == 64 && kGemvExactRows == 8, "the wgmma variants cover N = 16 (hi + lo or one plane), 32, 64");
   switch (WgmmaColumns(p.rows)) {
     case 16:
+      if (w.blocks_per_sm == 2) {
+        return p.rows <= kGemvExactRows ? LaunchWgmma<16, 2, 2>(w, act, p, stream)
+                                        : LaunchWgmma<16, 1, 2>(w, act, p, stream);
+      }
       return p.rows <= kGemvExactRows ? LaunchWgmma<16, 2>(w, act, p, stream) : LaunchWgmma<16, 1>(w, act, p, stream);
     case 32:
       return LaunchWgmma<32, 1>(w, act, p, stream);
