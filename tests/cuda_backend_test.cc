@@ -441,6 +441,20 @@ TEST(CudaBackendTest, GpuQuantizationIsBitIdenticalToTheHostQuantizer) {
 // widen them exactly, so every result must equal the call with the same values as fp32 rows, bit
 // for bit: GEMV batches (hi + lo and single fp16) and FP8 GEMM batches (one or two tiles), with
 // bf16-level activations (FP8 x fp16) and with fp8 activations (FP8 x FP8, per-token E4M3).
+// Every result of every row equal, bit for bit.
+void ExpectBitIdentical(const std::vector<RowOutput>& got, const std::vector<RowOutput>& want) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t r = 0; r < got.size(); ++r) {
+    SCOPED_TRACE(::testing::Message() << "row " << r);
+    EXPECT_EQ(got[r].argmax_id, want[r].argmax_id);
+    EXPECT_EQ(got[r].logsumexp, want[r].logsumexp);
+    EXPECT_EQ(got[r].top_ids, want[r].top_ids);
+    EXPECT_EQ(got[r].top_logits, want[r].top_logits);
+    EXPECT_EQ(got[r].token_logits, want[r].token_logits);
+    EXPECT_EQ(got[r].logits, want[r].logits);
+  }
+}
+
 TEST(CudaBackendTest, Bf16RowsGiveTheSameResultsAsFp32Rows) {
   const int64_t vocab = 4096, hidden = 256;
   std::random_device seed_source;
@@ -476,16 +490,7 @@ TEST(CudaBackendTest, Bf16RowsGiveTheSameResultsAsFp32Rows) {
       batch.hidden_bf16 = buffer16;
       const absl::Status st = gpu->ComputeLogits(batch, &got);
       ASSERT_TRUE(st.ok()) << st;
-      ASSERT_EQ(got.size(), want.size());
-      for (int64_t r = 0; r < rows; ++r) {
-        SCOPED_TRACE(::testing::Message() << "row " << r);
-        EXPECT_EQ(got[r].argmax_id, want[r].argmax_id);
-        EXPECT_EQ(got[r].logsumexp, want[r].logsumexp);
-        EXPECT_EQ(got[r].top_ids, want[r].top_ids);
-        EXPECT_EQ(got[r].top_logits, want[r].top_logits);
-        EXPECT_EQ(got[r].token_logits, want[r].token_logits);
-        EXPECT_EQ(got[r].logits, want[r].logits);
-      }
+      ExpectBitIdentical(got, want);
     }
     // bf16 rows only in the buffer handed out.
     std::vector<uint16_t> elsewhere(hidden);
@@ -530,16 +535,7 @@ TEST(CudaBackendTest, GemvInTwoBlocksPerSmMatchesOneBlock) {
     std::vector<RowOutput> want, got;
     ASSERT_TRUE(one->ComputeLogits({x.data(), rows, specs}, &want).ok());
     ASSERT_TRUE(two->ComputeLogits({x.data(), rows, specs}, &got).ok());
-    ASSERT_EQ(got.size(), want.size());
-    for (int64_t r = 0; r < rows; ++r) {
-      SCOPED_TRACE(::testing::Message() << "row " << r);
-      EXPECT_EQ(got[r].argmax_id, want[r].argmax_id);
-      EXPECT_EQ(got[r].logsumexp, want[r].logsumexp);
-      EXPECT_EQ(got[r].top_ids, want[r].top_ids);
-      EXPECT_EQ(got[r].top_logits, want[r].top_logits);
-      EXPECT_EQ(got[r].token_logits, want[r].token_logits);
-      EXPECT_EQ(got[r].logits, want[r].logits);
-    }
+    ExpectBitIdentical(got, want);
   }
   BackendOptions o = CudaOptions();
   o.gpu_gemv_blocks_per_sm = 3;
