@@ -444,15 +444,15 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
 }
 
 absl::Status CudaBackend::ChooseGemvBlocksPerSm(int requested, std::mt19937& rng) {
-  if (gemv_max_rows_ < kGemvExactRows || !Fp8GemmAvailable()) return absl::OkStatus();  // no wgmma GEMV
+  if (gemv_max_rows_ < 1 || !Fp8GemmAvailable()) return absl::OkStatus();  // no wgmma GEMV
   if (requested > 0) {
     gemv_weights_.blocks_per_sm = requested;
     return absl::OkStatus();
   }
-  // Whole argmax calls on kGemvExactRows random rows in the input buffer, as served (one graph
-  // each; the kernel alone, launched back to back, overlaps its own tails and says nothing here):
-  // each variant's fastest call of three rounds of 10, the rounds alternating (clocks drift).
-  const int64_t rows = kGemvExactRows;
+  // Whole argmax calls on up to kGemvExactRows random rows in the input buffer, as served (one
+  // graph each; the kernel alone, launched back to back, overlaps its own tails and says nothing
+  // here): each variant's fastest call of three rounds of 10, the rounds alternating (clocks drift).
+  const int64_t rows = std::min(kGemvExactRows, gemv_max_rows_);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   float* x = InputBuffer(rows);
   if (x == nullptr) return absl::InternalError("no input buffer for the GEMV's timing");

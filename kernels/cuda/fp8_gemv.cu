@@ -465,7 +465,8 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
 // BLOCKS: blocks per SM. Two (N = 16 only: 48 registers, half the shared memory each, one step
 // less in each warp's ring) let one block's tile store overlap the other's weight stream, which
 // measured 1.3-4 us faster on 128256x4096 and 131072x5120 but 15-17 us slower on 152064x8192 (on
-// an H100, whole calls), so the backend times both on its head at startup (GemvWeights::blocks_per_sm).
+// an H100, whole calls), so the backend times both on its head at startup
+// (GemvWeights::blocks_per_sm).
 template <int N, int BLOCKS = 1>
 struct WgmmaGemvShape {
   static_assert(N <= kGemvMaxRows, "N MMA columns of one batch");
@@ -698,8 +699,9 @@ cudaError_t PrepareFp8Gemv() {
   if (err == cudaSuccess) err = AllowSmem(Fp8GemvKernel<2, 1>, GemvShape<2, 1>::kSmemBytes);
   if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<16, 2>, WgmmaGemvShape<16>::kSmemBytes);
   if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<16, 1>, WgmmaGemvShape<16>::kSmemBytes);
-  if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<16, 2, 2>, WgmmaGemvShape<16, 2>::kSmemBytes);
-  if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<16, 1, 2>, WgmmaGemvShape<16, 2>::kSmemBytes);
+  using TwoBlocks = WgmmaGemvShape<16, 2>;
+  if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<16, 2, 2>, TwoBlocks::kSmemBytes);
+  if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<16, 1, 2>, TwoBlocks::kSmemBytes);
   if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<32, 1>, WgmmaGemvShape<32>::kSmemBytes);
   if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<64, 1>, WgmmaGemvShape<64>::kSmemBytes);
   return err;
@@ -746,9 +748,8 @@ int64_t GemvPartials(int64_t rows, int64_t vocab_pad) {
 }
 
 cudaError_t LaunchFp8Gemv(const GemvWeights& w, const __half* act, const EpilogueParams& p, cudaStream_t stream) {
-  if (p.rows <= 0 || p.rows > GemvMaxRows() || w.codes == nullptr || (w.blocks_per_sm != 1 && w.blocks_per_sm != 2)) {
-    return cudaErrorInvalidValue;
-  }
+  const bool blocks_ok = w.blocks_per_sm == 1 || w.blocks_per_sm == 2;
+  if (p.rows <= 0 || p.rows > GemvMaxRows() || w.codes == nullptr || !blocks_ok) return cudaErrorInvalidValue;
   const int64_t stride = GemvActivationStride(w.hidden_pad);
   static_assert(GemvShape<1, 2>::kBatchRows == kGemvFusedRows && GemvShape<2, 2>::kBatchRows == kGemvExactRows &&
                     GemvShape<2, 1>::kBatchRows == kGemvMmaRows,
