@@ -100,6 +100,10 @@ class Backend {
   // Diagnostics: per-stage time averages since the last call, when the backend was built to
   // record them (the CUDA backend's profile_stages); empty otherwise. Same thread as ComputeLogits.
   virtual std::string TakeStageTimings() { return {}; }
+
+  // What the backend chose by measuring when it started (kernel variants timed on its head), for
+  // the startup log; empty when it chose nothing. Thread-safe (fixed after construction).
+  virtual std::string Tuning() const { return {}; }
 };
 
 }  // namespace lmhead

@@ -145,6 +145,7 @@ absl::Status LmHeadServer::LoadAndServe() {
   LOG_INFO() << "serving " << facts.vocab << "x" << facts.hidden << " head on the " << backend_->Name()
              << " backend: " << facts.weight_bytes << " bytes resident, "
              << facts.reference_bytes - facts.weight_bytes << " bytes saved against BF16";
+  if (const std::string tuning = backend_->Tuning(); !tuning.empty()) LOG_INFO() << "backend tuning: " << tuning;
   return absl::OkStatus();
 }
 

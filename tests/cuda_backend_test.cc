@@ -522,6 +522,10 @@ TEST(CudaBackendTest, GemvInTwoBlocksPerSmMatchesOneBlock) {
   if (one == nullptr) GTEST_SKIP() << "no CUDA backend here: " << skip;
   auto two = CudaOrSkip(Fp8Head(vocab, hidden, seed), {}, ActivationPrecision::kBf16, &skip, 0, true, 2);
   ASSERT_NE(two, nullptr) << skip;
+  EXPECT_NE(two->Tuning().find("2 block(s) per SM (as configured)"), std::string::npos) << two->Tuning();
+  auto timed = CudaOrSkip(Fp8Head(vocab, hidden, seed), {}, ActivationPrecision::kBf16, &skip);
+  ASSERT_NE(timed, nullptr) << skip;
+  EXPECT_NE(timed->Tuning().find("block(s) per SM (fastest 8-row argmax call"), std::string::npos) << timed->Tuning();
   const std::vector<uint32_t> ids = {0, 11, static_cast<uint32_t>(vocab - 1)};
   for (int64_t rows : {1, 4, 8, 9, 16}) {
     SCOPED_TRACE(::testing::Message() << "rows " << rows);

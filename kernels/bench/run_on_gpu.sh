@@ -20,7 +20,7 @@ $BIN/lmhead info && $BIN/lmhead logits --rows=2 --top_k=3 && $BIN/lmhead stream 
 python3 -c "import urllib.request;print('\n'.join(l for l in urllib.request.urlopen('http://127.0.0.1:9400/metrics').read().decode().splitlines() if l.startswith(('lmhead_weight','lmhead_gpu','lmhead_backend','lmhead_compute_duration_seconds_sum','lmhead_compute_duration_seconds_count'))))"
 nvidia-smi --query-compute-apps=pid,used_memory --format=csv | tee "$OUT/server_memory.txt"
 kill -TERM $SERVER; wait $SERVER; echo "server exit $?"
-grep -E "loaded|serving" "$OUT/server.log"; tail -2 "$OUT/server.log"
+grep -E "loaded|serving|tuning" "$OUT/server.log"; tail -2 "$OUT/server.log"
 
 echo "== the same server with --activation_precision=fp8 (memory)"
 # 200-row requests and batches: the call below runs the FP8 x FP8 GEMM (above the GEMV's 64 rows).

@@ -53,6 +53,7 @@ class CudaBackend final : public Backend {
     return rows <= slice_rows_ && kernels ? reinterpret_cast<uint16_t*>(x_host_[0].get()) : nullptr;
   }
   std::string TakeStageTimings() override;
+  std::string Tuning() const override { return tuning_; }
   absl::StatusOr<HeadWeights> ExportWeights() const override;
   bool DeviceMemory(int64_t* used, int64_t* total) const override {
     size_t free_bytes = 0, total_bytes = 0;
@@ -212,6 +213,7 @@ class CudaBackend final : public Backend {
   DeviceBuffer<uint8_t> act_;
   DeviceBuffer<float> act_scales_;
   GemvWeights gemv_weights_;          // weights_ as the GEMV reads them
+  std::string tuning_;                // Tuning(): the GEMV's blocks per SM and why
   Fp8GemmOperands gemm_ops_;          // weights_ (and act_ with fp8 activations) as the FP8 GEMMs read them
   // The GEMV's and the FP8 GEMM's activations: [max(kGemvPlaneRows, slice_rows_),
   // GemvActivationStride] planes, and 1 / activation scale per row.
@@ -447,6 +449,7 @@ absl::Status CudaBackend::ChooseGemvBlocksPerSm(int requested, std::mt19937& rng
   if (gemv_max_rows_ < 1 || !Fp8GemmAvailable()) return absl::OkStatus();  // no wgmma GEMV
   if (requested > 0) {
     gemv_weights_.blocks_per_sm = requested;
+    tuning_ = absl::StrCat("GEMV at 1-16 rows: ", requested, " block(s) per SM (as configured)");
     return absl::OkStatus();
   }
   // Whole argmax calls on up to kGemvExactRows random rows in the input buffer, as served (one
@@ -473,6 +476,9 @@ absl::Status CudaBackend::ChooseGemvBlocksPerSm(int requested, std::mt19937& rng
     }
   }
   gemv_weights_.blocks_per_sm = best[1] < 0.995 * best[0] ? 2 : 1;
+  tuning_ = absl::StrCat("GEMV at 1-16 rows: ", gemv_weights_.blocks_per_sm, " block(s) per SM (fastest ", rows,
+                         "-row argmax call ", absl::SixDigits(best[0] * 1e3), " ms with 1, ",
+                         absl::SixDigits(best[1] * 1e3), " ms with 2)");
   ClearGraphs();
   return absl::OkStatus();
 }
