@@ -640,6 +640,13 @@ cudaError_t LaunchWgmma(const GemvWeights& w, const __half* act, const EpilogueP
                              static_cast<int>(w.hidden_pad), act, write_logits, p);
 }
 
+// N = 16 (1-16 rows): hi + lo planes up to kGemvExactRows rows, one plane above.
+template <int BLOCKS>
+cudaError_t LaunchWgmma16(const GemvWeights& w, const __half* act, const EpilogueParams& p, cudaStream_t stream) {
+  return p.rows <= kGemvExactRows ? LaunchWgmma<16, 2, BLOCKS>(w, act, p, stream)
+                                  : LaunchWgmma<16, 1, BLOCKS>(w, act, p, stream);
+}
+
 // Set by PrepareFp8Gemv: the device runs sm_90a code (wgmma, TMA).
 bool g_wgmma = false;
 
@@ -757,11 +764,7 @@ cudaError_t LaunchFp8Gemv(const GemvWeights& w, const __half* act, const Epilogu
   static_assert(kGemvMaxRows == 64 && kGemvExactRows == 8, "the wgmma variants cover N = 16 (hi + lo or one plane), 32, 64");
   switch (WgmmaColumns(p.rows)) {
     case 16:
-      if (w.blocks_per_sm == 2) {
-        return p.rows <= kGemvExactRows ? LaunchWgmma<16, 2, 2>(w, act, p, stream)
-                                        : LaunchWgmma<16, 1, 2>(w, act, p, stream);
-      }
-      return p.rows <= kGemvExactRows ? LaunchWgmma<16, 2>(w, act, p, stream) : LaunchWgmma<16, 1>(w, act, p, stream);
+      return w.blocks_per_sm == 2 ? LaunchWgmma16<2>(w, act, p, stream) : LaunchWgmma16<1>(w, act, p, stream);
     case 32:
       return LaunchWgmma<32, 1>(w, act, p, stream);
     case 64:
