@@ -36,8 +36,8 @@ struct BackendOptions {
   // CUDA on Hopper: batches above the GEMV's rows run lmhead's FP8 GEMMs, FP8 x fp16 for bf16
   // activations and FP8 x FP8 for fp8 (false: cuBLASLt, as on other GPUs).
   bool gpu_fp8_gemm = true;
-  // CUDA on Hopper: the GEMV at 1-16 rows in 1 or 2 blocks per SM; 0 = whichever is faster on the
-  // head, timed when the backend starts.
+  // CUDA on Hopper: the GEMV at 1-32 rows in 1 or 2 blocks per SM; 0 = whichever is faster on the
+  // head (for 1-16 and 17-32 rows each), timed when the backend starts.
   int gpu_gemv_blocks_per_sm = 0;
   // Path of liblmhead_cuda.so; "" searches next to the executable, then the library path.
   std::string cuda_module_path;

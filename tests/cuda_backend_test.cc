@@ -507,7 +507,8 @@ TEST(CudaBackendTest, Bf16RowsGiveTheSameResultsAsFp32Rows) {
   }
 }
 
-// The GEMV at 1-16 rows runs one or two blocks per SM (per head, whichever is faster at startup):
+// The GEMV at 1-16 and at 17-32 rows runs one or two blocks per SM (per head and row range, whichever
+// is faster at startup):
 // both sum the same products in the same order, so every result is bit-identical; other counts
 // are refused.
 TEST(CudaBackendTest, GemvInTwoBlocksPerSmMatchesOneBlock) {
@@ -522,12 +523,15 @@ TEST(CudaBackendTest, GemvInTwoBlocksPerSmMatchesOneBlock) {
   if (one == nullptr) GTEST_SKIP() << "no CUDA backend here: " << skip;
   auto two = CudaOrSkip(Fp8Head(vocab, hidden, seed), {}, ActivationPrecision::kBf16, &skip, 0, true, 2);
   ASSERT_NE(two, nullptr) << skip;
-  EXPECT_NE(two->Tuning().find("2 block(s) per SM (as configured)"), std::string::npos) << two->Tuning();
+  EXPECT_NE(two->Tuning().find("1-32 rows: 2 block(s) per SM (as configured)"), std::string::npos) << two->Tuning();
   auto timed = CudaOrSkip(Fp8Head(vocab, hidden, seed), {}, ActivationPrecision::kBf16, &skip);
   ASSERT_NE(timed, nullptr) << skip;
-  EXPECT_NE(timed->Tuning().find("block(s) per SM (fastest 8-row argmax call"), std::string::npos) << timed->Tuning();
+  for (const char* told : {"GEMV at 1-16 rows: ", "fastest 8-row argmax call", "GEMV at 17-32 rows: ",
+                           "fastest 24-row argmax call"}) {
+    EXPECT_NE(timed->Tuning().find(told), std::string::npos) << timed->Tuning();
+  }
   const std::vector<uint32_t> ids = {0, 11, static_cast<uint32_t>(vocab - 1)};
-  for (int64_t rows : {1, 4, 8, 9, 16}) {
+  for (int64_t rows : {1, 4, 8, 9, 16, 17, 24, 32}) {
     SCOPED_TRACE(::testing::Message() << "rows " << rows);
     std::vector<float> x(rows * hidden);
     for (float& v : x) v = normal(rng);

@@ -257,7 +257,7 @@ int main(int argc, char** argv) {
         "that call on cuBLASLt FP8 instead. `lt` = the bf16-act call with lmhead's kernels off: cuBLASLt FP8 over "
         "FP8 high + residual activation rows. `kernel` = lmhead's FP8 kernel alone (CUDA events) as an argmax call runs it: the GEMV, "
         "above that the FP8 GEMM, each with the epilogue's first pass (per-block max / argmax / sum of exp; no "
-        "logits stored on Hopper: the mma.sync GEMV that other GPUs run stores them; at 1-16 rows the faster of "
+        "logits stored on Hopper: the mma.sync GEMV that other GPUs run stores them; at 1-32 rows the faster of "
         "the GEMV in one and two blocks per SM). "
         "Baselines are the GEMM alone (CUDA events): cuBLASLt BF16 (BF16 weights), cuBLASLt FP8 tensor-wise "
         "(FP8 weights and activations, no scales), and the seed (upcast FP8 -> BF16 every call, then BF16 GEMM). "
@@ -405,11 +405,11 @@ int main(int argc, char** argv) {
                                                        gemv_scales.get(), stream));
         gemv_epilogue.raw = d.get();
         gemv_epilogue.rows = b;
-        // 1-16 rows: the faster of the GEMV in one and in two blocks per SM (the backend picks by
+        // 1-32 rows: the faster of the GEMV in one and in two blocks per SM (the backend picks by
         // timing whole calls at startup).
-        const int variants = !gemm && b <= 16 && lmhead::cuda::Fp8GemmAvailable() ? 2 : 1;
+        const int variants = !gemm && b <= 32 && lmhead::cuda::Fp8GemmAvailable() ? 2 : 1;
         for (int v = 1; v <= variants; ++v) {
-          gemv_weights.blocks_per_sm = v;
+          gemv_weights.blocks_per_sm_16 = gemv_weights.blocks_per_sm_32 = v;
           const double t = TimeDevice(stream, reps, [&] {
             CHECK_CUDA(gemm ? lmhead::cuda::LaunchFp8Gemm(gemm_operands, gemv_act.get(), gemv_epilogue, stream)
                             : lmhead::cuda::LaunchFp8Gemv(gemv_weights, gemv_act.get(), gemv_epilogue, stream));
@@ -418,7 +418,7 @@ int main(int argc, char** argv) {
                                           static_cast<long long>(b), v, t);
           t_gemv = v == 1 ? t : std::min(t_gemv, t);
         }
-        gemv_weights.blocks_per_sm = 1;
+        gemv_weights.blocks_per_sm_16 = gemv_weights.blocks_per_sm_32 = 1;
       }
       std::fprintf(stderr, "stages %s B=%lld bf16-act argmax: %s\nstages %s B=%lld bf16-act top20: %s\n",
                    shape.c_str(), static_cast<long long>(b), stages_split.c_str(), shape.c_str(),

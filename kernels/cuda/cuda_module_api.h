@@ -38,8 +38,8 @@ struct CudaModuleArgs {
   // FP8 heads: slices of up to this many rows (<= kCudaGemvMaxRows) use the GEMV; 0 = never
   // (cuBLASLt for every batch; the benchmark compares the two).
   int64_t gemv_max_rows = kCudaGemvMaxRows;
-  // Hopper: the GEMV at 1-16 rows in 1 or 2 blocks per SM; 0 = whichever is faster on this head,
-  // timed at startup (66 argmax calls of up to 8 rows).
+  // Hopper: the GEMV at 1-32 rows in 1 or 2 blocks per SM; 0 = whichever is faster on this head,
+  // for 1-16 and 17-32 rows each, timed at startup (66 argmax calls of 8 rows, 66 of 24).
   int gemv_blocks_per_sm = 0;
   // Device bytes for the GEMM output of one slice of rows (bounds the rows computed at once).
   int64_t output_workspace_bytes = 192ll << 20;

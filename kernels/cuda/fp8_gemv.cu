@@ -462,21 +462,22 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
 // - The epilogue's first pass is done on the accumulators (StoreWgmmaTile): per batch row one
 //   partial statistic per block, and the finished logits only when a later pass reads them.
 // The large-batch GEMM (fp8_gemm.cu) runs the same product over tiles of 128 batch rows.
-// BLOCKS: blocks per SM. Two (N = 16 only: 48 registers, half the shared memory each, one step
-// less in each warp's ring) let one block's tile store overlap the other's weight stream, which
-// measured 1.3-4 us faster on 128256x4096 and 131072x5120 but 15-17 us slower on 152064x8192 (on
-// an H100, whole calls), so the backend times both on its head at startup
-// (GemvWeights::blocks_per_sm).
+// BLOCKS: blocks per SM. Two (N = 16 and 32: 48 registers, half the shared memory each, one step
+// less in each warp's ring, at N = 32 chunks of two steps) let one block's tile store overlap the
+// other's weight stream, which measured 1.3-6 us faster on 128256x4096 and 131072x5120 but 15-25 us
+// slower on 152064x8192 (on an H100, whole calls), so the backend times both on its head at
+// startup (GemvWeights::blocks_per_sm).
 template <int N, int BLOCKS = 1>
 struct WgmmaGemvShape {
   static_assert(N <= kGemvMaxRows, "N MMA columns of one batch");
-  static_assert(BLOCKS == 1 || (BLOCKS == 2 && N == 16), "two blocks per SM at N = 16 only");
+  static_assert(BLOCKS == 1 || (BLOCKS == 2 && N <= 32), "two blocks per SM at N = 16 and 32 only");
   static constexpr int kWarps = 16;
   static constexpr int kThreads = kWarps * 32;
   // 128-column steps per activation chunk (the block synchronizes once per chunk: 4 steps measured
-  // ~1% faster than 2 at N = 32 on an H100), and the chunk buffers: three where they fit beside
-  // the rings (N <= 32, one block per SM), else two (see the kernel's loop).
-  static constexpr int kSteps = 4;
+  // ~1% faster than 2 at N = 32 on an H100; 2 where two blocks share an SM at N = 32, for the
+  // shared memory), and the chunk buffers: three where they fit beside the rings (N <= 32, one
+  // block per SM), else two (see the kernel's loop).
+  static constexpr int kSteps = BLOCKS == 2 && N == 32 ? 2 : 4;
   static constexpr int kChunk = kSteps * kStep;       // activation columns per chunk
   static constexpr int kBuffers = N <= 32 && BLOCKS == 1 ? 3 : 2;
   static constexpr int kChunkBytes = N * kChunk * 2;  // fp16
@@ -640,9 +641,12 @@ cudaError_t LaunchWgmma(const GemvWeights& w, const __half* act, const EpilogueP
                              static_cast<int>(w.hidden_pad), act, write_logits, p);
 }
 
-// N = 16 (1-16 rows): hi + lo planes up to kGemvExactRows rows, one plane above.
+// N = 16 (1-16 rows: hi + lo planes up to kGemvExactRows rows, one plane above) and N = 32 (17-32
+// rows, one plane).
 template <int BLOCKS>
-cudaError_t LaunchWgmma16(const GemvWeights& w, const __half* act, const EpilogueParams& p, cudaStream_t stream) {
+cudaError_t LaunchWgmmaUpTo32(int n, const GemvWeights& w, const __half* act, const EpilogueParams& p,
+                              cudaStream_t stream) {
+  if (n == 32) return LaunchWgmma<32, 1, BLOCKS>(w, act, p, stream);
   return p.rows <= kGemvExactRows ? LaunchWgmma<16, 2, BLOCKS>(w, act, p, stream)
                                   : LaunchWgmma<16, 1, BLOCKS>(w, act, p, stream);
 }
@@ -709,6 +713,8 @@ cudaError_t PrepareFp8Gemv() {
   using TwoBlocks = WgmmaGemvShape<16, 2>;
   if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<16, 2, 2>, TwoBlocks::kSmemBytes);
   if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<16, 1, 2>, TwoBlocks::kSmemBytes);
+  using TwoBlocks32 = WgmmaGemvShape<32, 2>;
+  if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<32, 1, 2>, TwoBlocks32::kSmemBytes);
   if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<32, 1>, WgmmaGemvShape<32>::kSmemBytes);
   if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<64, 1>, WgmmaGemvShape<64>::kSmemBytes);
   return err;
@@ -755,18 +761,21 @@ int64_t GemvPartials(int64_t rows, int64_t vocab_pad) {
 }
 
 cudaError_t LaunchFp8Gemv(const GemvWeights& w, const __half* act, const EpilogueParams& p, cudaStream_t stream) {
-  const bool blocks_ok = w.blocks_per_sm == 1 || w.blocks_per_sm == 2;
-  if (p.rows <= 0 || p.rows > GemvMaxRows() || w.codes == nullptr || !blocks_ok) return cudaErrorInvalidValue;
+  auto blocks_ok = [](int blocks) { return blocks == 1 || blocks == 2; };
+  if (p.rows <= 0 || p.rows > GemvMaxRows() || w.codes == nullptr || !blocks_ok(w.blocks_per_sm_16) ||
+      !blocks_ok(w.blocks_per_sm_32)) {
+    return cudaErrorInvalidValue;
+  }
   const int64_t stride = GemvActivationStride(w.hidden_pad);
   static_assert(GemvShape<1, 2>::kBatchRows == kGemvFusedRows && GemvShape<2, 2>::kBatchRows == kGemvExactRows &&
                     GemvShape<2, 1>::kBatchRows == kGemvMmaRows,
                 "the mma.sync variants cover every batch up to kGemvMmaRows rows");
   static_assert(kGemvMaxRows == 64 && kGemvExactRows == 8, "the wgmma variants cover N = 16 (hi + lo or one plane), 32, 64");
-  switch (WgmmaColumns(p.rows)) {
+  switch (const int n = WgmmaColumns(p.rows)) {
     case 16:
-      return w.blocks_per_sm == 2 ? LaunchWgmma16<2>(w, act, p, stream) : LaunchWgmma16<1>(w, act, p, stream);
     case 32:
-      return LaunchWgmma<32, 1>(w, act, p, stream);
+      return (n == 16 ? w.blocks_per_sm_16 : w.blocks_per_sm_32) == 2 ? LaunchWgmmaUpTo32<2>(n, w, act, p, stream)
+                                                                       : LaunchWgmmaUpTo32<1>(n, w, act, p, stream);
     case 64:
       return LaunchWgmma<64, 1>(w, act, p, stream);
     default:

@@ -111,9 +111,10 @@ struct GemvWeights {
   int64_t vocab_pad = 0;           // multiples of 16
   int64_t hidden_pad = 0;
   CUtensorMap tensor_map{};        // Hopper: the codes for the wgmma GEMV's TMA reads
-  // The wgmma GEMV at 1-16 rows (N = 16) in one or two blocks per SM: which is faster depends on
-  // the head (the caller times both; see WgmmaGemvShape in fp8_gemv.cu).
-  int blocks_per_sm = 1;
+  // The wgmma GEMV at 1-16 rows (N = 16) and at 17-32 rows (N = 32) in one or two blocks per SM:
+  // which is faster depends on the head (the caller times both; see WgmmaGemvShape in fp8_gemv.cu).
+  int blocks_per_sm_16 = 1;
+  int blocks_per_sm_32 = 1;
 };
 
 // A 2-D tensor map (Hopper's copy engine) over a row-major byte matrix [rows, cols] in device
