@@ -267,6 +267,7 @@ absl::StatusOr<ModelInfo> LmHeadClient::GetModelInfo() {
   info.max_top_k = p.max_top_k();
   info.vocab_begin = p.vocab_begin();
   info.vocab_end = p.vocab_end();
+  info.backend_tuning = p.backend_tuning();
   return info;
 }
 

@@ -116,6 +116,8 @@ struct ModelInfo {
   // Rows this server holds: [vocab_begin, vocab_end) of vocab_size (a vocab shard, or all).
   int64_t vocab_begin = 0;
   int64_t vocab_end = 0;
+  // What the backend chose for this machine and head at startup (ModelInfo.backend_tuning).
+  std::string backend_tuning;
 };
 
 struct ClientOptions {

@@ -101,8 +101,9 @@ class Backend {
   // record them (the CUDA backend's profile_stages); empty otherwise. Same thread as ComputeLogits.
   virtual std::string TakeStageTimings() { return {}; }
 
-  // What the backend chose by measuring when it started (kernel variants timed on its head), for
-  // the startup log; empty when it chose nothing. Thread-safe (fixed after construction).
+  // What the backend chose for this machine and head when it started (kernel variants, detected or
+  // timed on the head), for the startup log and ModelInfo.backend_tuning; empty when it chose
+  // nothing. Thread-safe (fixed after construction).
   virtual std::string Tuning() const { return {}; }
 };
 

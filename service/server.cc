@@ -113,6 +113,7 @@ absl::Status LmHeadServer::LoadAndServe() {
   facts.weight_bytes = backend_->ResidentWeightBytes();
   info.set_weight_bytes(static_cast<uint64_t>(facts.weight_bytes));
   info.set_backend(backend_->Name());
+  info.set_backend_tuning(backend_->Tuning());
   LOG_INFO() << "loaded " << head->checkpoint.weight_name << " [" << source.rows << ", " << source.cols << "] "
              << (source.rows != full_vocab ? absl::StrCat("(rows ", vocab_begin, "..", vocab_begin + source.rows,
                                                           " of ", full_vocab, ") ")

@@ -7,6 +7,7 @@
 #include <random>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "kernels/fp8.h"
 #include "kernels/half.h"
@@ -155,6 +156,8 @@ TEST(CpuBackendKernelTest, RowsDoNotDependOnTheirBatchAndKernelsAgree) {
     std::unique_ptr<Backend> backend = BackendWith(head, {}, 2, kernel, &skip);
     if (backend == nullptr) continue;
     ++kernels_run;
+    const char* name = kernel == CpuKernel::kAvx512 ? "avx512" : kernel == CpuKernel::kAvx2 ? "avx2" : "portable";
+    EXPECT_EQ(backend->Tuning(), absl::StrCat("dot products: ", name, " kernel, 2 thread(s)"));
     std::vector<RowOutput> batched;
     const absl::Status status = backend->ComputeLogits({x.data(), kRows, specs}, &batched);
     ASSERT_TRUE(status.ok()) << status;

@@ -114,6 +114,7 @@ TEST_F(E2eTest, ModelInfoReportsTheHead) {
   EXPECT_EQ(info->weight_bytes, kVocab * kHidden + kVocab * 4);
   EXPECT_EQ(info->reference_bytes, kVocab * kHidden * 2);
   EXPECT_EQ(info->backend, "cpu");
+  EXPECT_NE(info->backend_tuning.find(" kernel, 2 thread(s)"), std::string::npos) << info->backend_tuning;
   EXPECT_EQ(info->model_name, "e2e-model");
   EXPECT_EQ(info->weight_name, "lm_head.weight");
   EXPECT_EQ(info->source_dtype, "BF16");

@@ -130,6 +130,7 @@ int Info(LmHeadClient& client) {
               100.0 * (info->reference_bytes - info->weight_bytes) / info->reference_bytes);
   std::printf("limits       %lld rows per request, top_k <= %lld\n",
               static_cast<long long>(info->max_rows_per_request), static_cast<long long>(info->max_top_k));
+  if (!info->backend_tuning.empty()) std::printf("tuning       %s\n", info->backend_tuning.c_str());
   return 0;
 }
 

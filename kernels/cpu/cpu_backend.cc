@@ -244,6 +244,10 @@ class CpuBackend final : public Backend {
 
   absl::Status ComputeLogits(const LogitsBatch& batch, std::vector<RowOutput>* out) override;
   absl::StatusOr<HeadWeights> ExportWeights() const override { return w_; }
+  std::string Tuning() const override {
+    const char* name = kernel_ == CpuKernel::kAvx512 ? "avx512" : kernel_ == CpuKernel::kAvx2 ? "avx2" : "portable";
+    return absl::StrCat("dot products: ", name, " kernel, ", pool_.threads(), " thread(s)");
+  }
 
  private:
   // Token selection for the rows with a SamplingSpec, from their materialized logits.

@@ -63,6 +63,7 @@ class PythonClientTest(unittest.TestCase):
         self.assertEqual((info.vocab_size, info.hidden_size), (VOCAB, HIDDEN))
         self.assertEqual(info.weight_format, "fp8_e4m3")
         self.assertEqual(info.backend, "cpu")
+        self.assertRegex(info.backend_tuning, r"^dot products: (avx512|avx2|portable) kernel, \d+ thread\(s\)$")
         self.assertGreater(info.reference_bytes, info.weight_bytes)
         self.assertTrue(self.client.is_serving())
 

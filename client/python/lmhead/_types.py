@@ -98,6 +98,7 @@ class ModelInfo:
     max_sampling_top_k: int
     vocab_begin: int  # rows this server holds: [vocab_begin, vocab_end) of vocab_size
     vocab_end: int
+    backend_tuning: str  # what the backend chose for this machine and head at startup
 
 
 @dataclasses.dataclass
