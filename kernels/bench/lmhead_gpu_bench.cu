@@ -286,6 +286,7 @@ int main(int argc, char** argv) {
     auto lt_only = MakeBackend(head, false, 0, /*profile=*/false, /*fp8_gemm=*/false);
     auto fp8act_lt = MakeBackend(head, true, lmhead::kCudaGemvMaxRows, /*profile=*/false, /*fp8_gemm=*/false);
     auto profiled = MakeBackend(head, false, lmhead::kCudaGemvMaxRows, /*profile=*/true);
+    std::fprintf(stderr, "backend tuning %s: %s\n", shape.c_str(), split->Tuning().c_str());
     DeviceBuffer<uint8_t> w8, w16, up16, act;
     DeviceBuffer<float> scales, d;
     CHECK_OK(w8.Allocate(head.fp8.size()));
