@@ -156,8 +156,7 @@ TEST(CpuBackendKernelTest, RowsDoNotDependOnTheirBatchAndKernelsAgree) {
     std::unique_ptr<Backend> backend = BackendWith(head, {}, 2, kernel, &skip);
     if (backend == nullptr) continue;
     ++kernels_run;
-    const char* name = kernel == CpuKernel::kAvx512 ? "avx512" : kernel == CpuKernel::kAvx2 ? "avx2" : "portable";
-    EXPECT_EQ(backend->Tuning(), absl::StrCat("dot products: ", name, " kernel, 2 thread(s)"));
+    EXPECT_EQ(backend->Tuning(), absl::StrCat("dot products: ", CpuKernelName(kernel), " kernel, 2 thread(s)"));
     std::vector<RowOutput> batched;
     const absl::Status status = backend->ComputeLogits({x.data(), kRows, specs}, &batched);
     ASSERT_TRUE(status.ok()) << status;

@@ -245,8 +245,7 @@ class CpuBackend final : public Backend {
   absl::Status ComputeLogits(const LogitsBatch& batch, std::vector<RowOutput>* out) override;
   absl::StatusOr<HeadWeights> ExportWeights() const override { return w_; }
   std::string Tuning() const override {
-    const char* name = kernel_ == CpuKernel::kAvx512 ? "avx512" : kernel_ == CpuKernel::kAvx2 ? "avx2" : "portable";
-    return absl::StrCat("dot products: ", name, " kernel, ", pool_.threads(), " thread(s)");
+    return absl::StrCat("dot products: ", CpuKernelName(kernel_), " kernel, ", pool_.threads(), " thread(s)");
   }
 
  private:
@@ -427,6 +426,20 @@ absl::Status CpuBackend::SampleRows(const LogitsBatch& batch, std::vector<RowOut
 }
 
 }  // namespace
+
+const char* CpuKernelName(CpuKernel kernel) {
+  switch (kernel) {
+    case CpuKernel::kAvx512:
+      return "avx512";
+    case CpuKernel::kAvx2:
+      return "avx2";
+    case CpuKernel::kPortable:
+      return "portable";
+    case CpuKernel::kBest:
+      break;
+  }
+  return "best";
+}
 
 absl::StatusOr<std::unique_ptr<Backend>> NewCpuBackend(HeadWeights weights, LogitTransform transform, int threads,
                                                        CpuKernel kernel) {

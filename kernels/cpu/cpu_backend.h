@@ -18,6 +18,9 @@ namespace lmhead {
 // All give the same logits to fp32 rounding, but not the same bits: the order of the sums differs.
 enum class CpuKernel { kBest, kAvx512, kAvx2, kPortable };
 
+// "avx512", "avx2", "portable" ("best" for kBest), as Backend::Tuning names the kernel in use.
+const char* CpuKernelName(CpuKernel kernel);
+
 // Takes ownership of `weights`. threads >= 1.
 absl::StatusOr<std::unique_ptr<Backend>> NewCpuBackend(HeadWeights weights, LogitTransform transform, int threads,
                                                        CpuKernel kernel = CpuKernel::kBest);
