@@ -31,6 +31,9 @@ ABSL_FLAG(std::string, activation_precision, "bf16",
           "CUDA backend activations for batches over 16 rows: bf16 (FP8 high + residual rows, bf16-level accuracy) | "
           "fp8 (one FP8 row per token); smaller batches run the fp16 hi + lo GEMV in either mode");
 ABSL_FLAG(int, gpu_workspace_mb, 192, "CUDA backend: device memory for one slice of GEMM output (MiB)");
+ABSL_FLAG(int, gpu_gemv_blocks_per_sm, 0,
+          "CUDA backend on Hopper: the GEMV at 1-32 rows in 1 or 2 blocks per SM; 0 = whichever runs faster on the "
+          "head, timed at startup (results are the same bits either way)");
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain of the gRPC endpoint (with --tls_key: TLS)");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
 ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA that client certificates must chain to (mutual TLS)");
@@ -112,6 +115,9 @@ int main(int argc, char** argv) {
   }
   if (absl::GetFlag(FLAGS_gpu_workspace_mb) < 1) return Fail("--gpu_workspace_mb must be positive");
   options.backend.gpu_output_workspace_bytes = int64_t{absl::GetFlag(FLAGS_gpu_workspace_mb)} << 20;
+  const int gemv_blocks = absl::GetFlag(FLAGS_gpu_gemv_blocks_per_sm);
+  if (gemv_blocks < 0 || gemv_blocks > 2) return Fail("--gpu_gemv_blocks_per_sm must be 0 (timed), 1 or 2");
+  options.backend.gpu_gemv_blocks_per_sm = gemv_blocks;
   options.backend.cuda_module_path = absl::GetFlag(FLAGS_cuda_module);
   int threads = absl::GetFlag(FLAGS_threads);
   if (threads < 0) return Fail("--threads must be >= 0");

@@ -139,6 +139,18 @@ class GrpcNumpyTest(unittest.TestCase):
                               check=True, capture_output=True, text=True).stdout
         self.assertIn(f"[{VOCAB}, {HIDDEN}]", info)
         self.assertIn("fp8_e4m3 per_row", info)
+        self.assertRegex(info, r"tuning +dot products: \w+ kernel, 2 thread\(s\)")
+
+    def test_bad_flag_values_are_refused_at_startup(self):
+        for flag, message in [("--gpu_gemv_blocks_per_sm=3", "--gpu_gemv_blocks_per_sm must be 0 (timed), 1 or 2"),
+                              ("--gpu_gemv_blocks_per_sm=-1", "--gpu_gemv_blocks_per_sm must be 0 (timed), 1 or 2"),
+                              ("--gpu_workspace_mb=0", "--gpu_workspace_mb must be positive"),
+                              ("--backend=gpu", "--backend must be auto, cpu or cuda"),
+                              ("--activation_precision=fp4", "--activation_precision must be bf16 or fp8")]:
+            r = subprocess.run([lib.binary("lmhead-server"), f"--checkpoint={self.ckpt}", "--listen=127.0.0.1:0",
+                                "--metrics_listen=127.0.0.1:0", flag], capture_output=True, text=True, timeout=60)
+            self.assertNotEqual(r.returncode, 0, flag)
+            self.assertIn(message, r.stderr, flag)
 
     def test_model_info(self):
         info = self.stub.GetModelInfo(pb.ModelInfoRequest(), timeout=10)
