@@ -5,6 +5,7 @@
 
 #include <cfloat>
 #include <cmath>
+#include <cooperative_groups.h>
 #include <cub/block/block_reduce.cuh>
 
 #include "kernels/cuda/dependent_launch.h"
@@ -83,6 +84,25 @@ struct RowWordsCopy {
   }
 };
 
+// Element i (value x_b[i], s the row's scale) of batch row b into the planes: hi = fp16(x * s) and,
+// with two planes, lo = fp16(x * s - hi); in the wgmma GEMV's layout for wgmma_columns MMA columns
+// (plane p of row b is MMA column planes * b + p), else the mma.sync GEMV's rows of `stride`.
+__device__ __forceinline__ void StorePlanes(__half* __restrict__ act, int64_t b, int64_t i, float value, float s,
+                                            int planes, int wgmma_columns, int64_t stride) {
+  const float scaled = value * s;  // exact: s is a power of two
+  const __half h = __float2half_rn(scaled);
+  if (wgmma_columns > 0) {
+    const int64_t q = WgmmaPlanePosition(i);
+    act[WgmmaActivationOffset(q, planes * b, wgmma_columns)] = h;
+    if (planes == 2) act[WgmmaActivationOffset(q, 2 * b + 1, wgmma_columns)] = __float2half_rn(scaled - __half2float(h));
+    return;
+  }
+  __half* hi = act + planes * b * stride;
+  const int64_t at = PlanePosition(i);
+  hi[at] = h;
+  if (planes == 2) hi[stride + at] = __float2half_rn(scaled - __half2float(h));
+}
+
 // The GEMV's planes (batches of up to kGemvMaxRows rows): one block per row. x may be pinned host
 // memory read over PCIe: every element the block needs is requested up front (kActPerThread
 // independent loads per thread), so a row costs about one round trip, and is read once.
@@ -118,31 +138,93 @@ __global__ void __launch_bounds__(kActThreads) GemvActivationsKernel(const In* _
   __syncthreads();
   const int e = PlaneExponent(shared_amax);
   const float s = ldexpf(1.0f, 14 - e);
-  __half* hi = act + planes * b * stride;
-  __half* lo = hi + stride;  // planes == 2 only
-  auto put = [&](int64_t i, float value) {
-    const float scaled = value * s;  // exact: s is a power of two
-    const __half h = __float2half_rn(scaled);
-    if (wgmma_columns > 0) {  // plane p of batch row b is MMA column planes * b + p
-      const int64_t q = WgmmaPlanePosition(i);
-      act[WgmmaActivationOffset(q, planes * b, wgmma_columns)] = h;
-      if (planes == 2) act[WgmmaActivationOffset(q, 2 * b + 1, wgmma_columns)] = __float2half_rn(scaled - __half2float(h));
-      return;
-    }
-    const int64_t at = PlanePosition(i);
-    hi[at] = h;
-    if (planes == 2) lo[at] = __float2half_rn(scaled - __half2float(h));
-  };
 #pragma unroll
   for (int j = 0; j < kActPerThread; ++j) {
     const int64_t i = threadIdx.x + j * int64_t{kActThreads};
-    if (i < hidden) put(i, v[j]);
+    if (i < hidden) StorePlanes(act, b, i, v[j], s, planes, wgmma_columns, stride);
   }
   for (int64_t i = threadIdx.x + kActPerThread * int64_t{kActThreads}; i < hidden; i += kActThreads) {
-    put(i, LoadElement(row + i));
+    StorePlanes(act, b, i, LoadElement(row + i), s, planes, wgmma_columns, stride);
   }
   if (threadIdx.x == 0) inv_scales[b] = ldexpf(1.0f, e - 14);
   row_words.Finish();
+}
+
+// The wgmma GEMV's planes for batches of up to kGemvExactRows rows (Hopper): each row read by a
+// cluster of kRowBlocks blocks, each a contiguous slice of the row, on as many SMs (one block per
+// row asks for its pinned row over PCIe from one SM, which measured 17.7 us for 8 rows of 5120
+// fp32 against 11.1 for a copy spread over 132 blocks, session 10). The blocks exchange their
+// slices' maxima through distributed shared memory, so each scales its slice by the row's power
+// of two: the same planes as GemvActivationsKernel's. Whole calls on an H100 (session 15): 1-6.5
+// us faster at 1-8 rows on 131072x5120 and 152064x8192, within 1.5 us on 128256x4096; at 16-32
+// rows 1-3.5 us slower on 128256x4096 (clusters of 2, 4 or 8 alike), so larger batches keep one
+// block per row.
+constexpr int kRowBlocks = 8;  // the portable cluster size
+constexpr int kRowBlockThreads = 256;
+
+template <typename In>
+__global__ void __launch_bounds__(kRowBlockThreads) GemvActivationsClusterKernel(const In* __restrict__ x,
+                                                                               int64_t hidden, int planes,
+                                                                               int wgmma_columns,
+                                                                               __half* __restrict__ act,
+                                                                               float* __restrict__ inv_scales,
+                                                                               RowWords row_extra) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr int kRowBlockPerThread = 8;  // elements each thread keeps in registers
+  LaunchDependents();  // the GEMV may start streaming weights now; it waits for these planes
+  cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+  const int rank = static_cast<int>(cluster.block_rank());
+  const int64_t b = blockIdx.x / kRowBlocks;
+  RowWordsCopy row_words{row_extra, b, rank == 0 ? 1 : 0};
+  row_words.Start();
+  __shared__ float warp_amax[kRowBlockThreads / 32];
+  __shared__ float block_amax;
+  const int64_t slice = (hidden + kRowBlocks - 1) / kRowBlocks;
+  const int64_t begin = rank * slice, end = min(hidden, begin + slice);
+  const In* row = x + b * hidden;
+  float v[kRowBlockPerThread];
+  float amax = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kRowBlockPerThread; ++j) {
+    const int64_t i = begin + threadIdx.x + j * int64_t{kRowBlockThreads};
+    v[j] = i < end ? LoadElement(row + i) : 0.0f;
+  }
+#pragma unroll
+  for (int j = 0; j < kRowBlockPerThread; ++j) amax = fmaxf(amax, fabsf(v[j]));
+  for (int64_t i = begin + threadIdx.x + kRowBlockPerThread * int64_t{kRowBlockThreads}; i < end;
+       i += kRowBlockThreads) {
+    amax = fmaxf(amax, fabsf(LoadElement(row + i)));  // slices wider than the registers hold
+  }
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
+  if (threadIdx.x % 32 == 0) warp_amax[threadIdx.x / 32] = amax;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float m = 0.0f;
+    for (int w = 0; w < kRowBlockThreads / 32; ++w) m = fmaxf(m, warp_amax[w]);
+    block_amax = m;
+  }
+  cluster.sync();  // every block's maximum is in its shared memory
+  float row_amax = 0.0f;
+  for (int r = 0; r < kRowBlocks; ++r) row_amax = fmaxf(row_amax, *cluster.map_shared_rank(&block_amax, r));
+  asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");  // done reading the others' maxima
+  const int e = PlaneExponent(row_amax);
+  const float s = ldexpf(1.0f, 14 - e);
+#pragma unroll
+  for (int j = 0; j < kRowBlockPerThread; ++j) {
+    const int64_t i = begin + threadIdx.x + j * int64_t{kRowBlockThreads};
+    if (i < end) StorePlanes(act, b, i, v[j], s, planes, wgmma_columns, 0);
+  }
+  for (int64_t i = begin + threadIdx.x + kRowBlockPerThread * int64_t{kRowBlockThreads}; i < end;
+       i += kRowBlockThreads) {
+    StorePlanes(act, b, i, LoadElement(row + i), s, planes, wgmma_columns, 0);
+  }
+  if (rank == 0 && threadIdx.x == 0) inv_scales[b] = ldexpf(1.0f, e - 14);
+  row_words.Finish();
+  asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");  // no block leaves while read
+#else
+  __trap();  // launched on Hopper only
+#endif
 }
 
 // The FP8 GEMM's tiles (batches above kGemvMaxRows rows, rows in device memory): kGemmActRows rows
@@ -680,9 +762,23 @@ cudaError_t LaunchActivations(const In* x, int64_t rows, int64_t hidden, int64_t
         x, rows, hidden, GemvActivationStride(hidden_pad), act, inv_scales, words);
     return cudaGetLastError();
   }
+  const int planes = static_cast<int>(GemvPlanes(rows));
+  if (WgmmaColumns(rows) > 0 && rows <= kGemvExactRows) {
+    cudaLaunchAttribute attribute;
+    attribute.id = cudaLaunchAttributeClusterDimension;
+    attribute.val.clusterDim.x = kRowBlocks;
+    attribute.val.clusterDim.y = attribute.val.clusterDim.z = 1;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(static_cast<unsigned>(rows * kRowBlocks));
+    config.blockDim = dim3(kRowBlockThreads);
+    config.stream = stream;
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+    return cudaLaunchKernelEx(&config, GemvActivationsClusterKernel<In>, x, hidden, planes, WgmmaColumns(rows), act,
+                              inv_scales, words);
+  }
   GemvActivationsKernel<In><<<static_cast<unsigned>(rows), kActThreads, 0, stream>>>(
-      x, hidden, GemvActivationStride(hidden_pad), static_cast<int>(GemvPlanes(rows)), WgmmaColumns(rows), act,
-      inv_scales, words);
+      x, hidden, GemvActivationStride(hidden_pad), planes, WgmmaColumns(rows), act, inv_scales, words);
   return cudaGetLastError();
 }
 
