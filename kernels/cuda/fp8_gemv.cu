@@ -733,8 +733,24 @@ cudaError_t LaunchWgmmaUpTo32(int n, const GemvWeights& w, const __half* act, co
                                   : LaunchWgmma<16, 1, BLOCKS>(w, act, p, stream);
 }
 
-// Set by PrepareFp8Gemv: the device runs sm_90a code (wgmma, TMA).
+// Set by PrepareFp8Gemv: the device runs sm_90a code (wgmma, TMA), and clusters of kRowBlocks
+// activation blocks can run on it (not on every partition of a GPU, e.g. small MIG slices).
 bool g_wgmma = false;
+bool g_row_clusters = false;
+
+// A launch of GemvActivationsClusterKernel over `rows` rows (config.attrs points at *cluster).
+cudaLaunchConfig_t RowClusterLaunch(int64_t rows, cudaStream_t stream, cudaLaunchAttribute* cluster) {
+  cluster->id = cudaLaunchAttributeClusterDimension;
+  cluster->val.clusterDim.x = kRowBlocks;
+  cluster->val.clusterDim.y = cluster->val.clusterDim.z = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(rows * kRowBlocks));
+  config.blockDim = dim3(kRowBlockThreads);
+  config.stream = stream;
+  config.attrs = cluster;
+  config.numAttrs = 1;
+  return config;
+}
 
 // MMA columns of the wgmma GEMV for `rows` rows (planes included); 0 = the mma.sync GEMV.
 int WgmmaColumns(int64_t rows) {
@@ -763,17 +779,9 @@ cudaError_t LaunchActivations(const In* x, int64_t rows, int64_t hidden, int64_t
     return cudaGetLastError();
   }
   const int planes = static_cast<int>(GemvPlanes(rows));
-  if (WgmmaColumns(rows) > 0 && rows <= kGemvExactRows) {
-    cudaLaunchAttribute attribute;
-    attribute.id = cudaLaunchAttributeClusterDimension;
-    attribute.val.clusterDim.x = kRowBlocks;
-    attribute.val.clusterDim.y = attribute.val.clusterDim.z = 1;
-    cudaLaunchConfig_t config = {};
-    config.gridDim = dim3(static_cast<unsigned>(rows * kRowBlocks));
-    config.blockDim = dim3(kRowBlockThreads);
-    config.stream = stream;
-    config.attrs = &attribute;
-    config.numAttrs = 1;
+  if (g_row_clusters && rows <= kGemvExactRows) {
+    cudaLaunchAttribute cluster;
+    const cudaLaunchConfig_t config = RowClusterLaunch(rows, stream, &cluster);
     return cudaLaunchKernelEx(&config, GemvActivationsClusterKernel<In>, x, hidden, planes, WgmmaColumns(rows), act,
                               inv_scales, words);
   }
@@ -813,6 +821,21 @@ cudaError_t PrepareFp8Gemv() {
   if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<32, 1, 2>, TwoBlocks32::kSmemBytes);
   if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<32, 1>, WgmmaGemvShape<32>::kSmemBytes);
   if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<64, 1>, WgmmaGemvShape<64>::kSmemBytes);
+  g_row_clusters = false;
+  if (err == cudaSuccess && g_wgmma) {
+    int fp32_clusters = 0, bf16_clusters = 0;
+    cudaLaunchAttribute cluster;
+    const cudaLaunchConfig_t config = RowClusterLaunch(kGemvExactRows, nullptr, &cluster);
+    err = cudaOccupancyMaxActiveClusters(&fp32_clusters, GemvActivationsClusterKernel<float>, &config);
+    if (err == cudaSuccess) {
+      err = cudaOccupancyMaxActiveClusters(&bf16_clusters, GemvActivationsClusterKernel<uint16_t>, &config);
+    }
+    g_row_clusters = err == cudaSuccess && fp32_clusters > 0 && bf16_clusters > 0;
+    if (err != cudaSuccess) {
+      (void)cudaGetLastError();  // cleared: one block per row instead
+      err = cudaSuccess;
+    }
+  }
   return err;
 }
 

@@ -83,8 +83,10 @@ cudaError_t LaunchGemvActivations(const float* x, int64_t rows, int64_t hidden, 
 cudaError_t LaunchGemvActivations(const uint16_t* x_bf16, int64_t rows, int64_t hidden, int64_t hidden_pad,
                                   __half* act, float* inv_scales, cudaStream_t stream, const RowWords& words = {});
 
-// Allows the GEMV variants their shared memory on the current device. Call once per process
-// before LaunchFp8Gemv (and before capturing it in a graph).
+// Allows the GEMV variants their shared memory on the current device, and checks whether the
+// activation kernel's thread-block clusters (Hopper, up to kGemvExactRows rows) can run there
+// (else it reads each row in one block). Call once per process before LaunchGemvActivations and
+// LaunchFp8Gemv (and before capturing them in a graph).
 cudaError_t PrepareFp8Gemv();
 
 // Most rows the GEMV takes on the device PrepareFp8Gemv saw: kGemvMaxRows on Hopper (sm_90),
