@@ -548,7 +548,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
 // less in each warp's ring, at N = 32 chunks of two steps) let one block's tile store overlap the
 // other's weight stream, which measured 1.3-6 us faster on 128256x4096 and 131072x5120 but 15-25 us
 // slower on 152064x8192 (on an H100, whole calls), so the backend times both on its head at
-// startup (GemvWeights::blocks_per_sm).
+// startup (GemvWeights::blocks_per_sm_16 and _32).
 template <int N, int BLOCKS = 1>
 struct WgmmaGemvShape {
   static_assert(N <= kGemvMaxRows, "N MMA columns of one batch");
