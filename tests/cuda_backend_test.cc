@@ -437,10 +437,6 @@ TEST(CudaBackendTest, GpuQuantizationIsBitIdenticalToTheHostQuantizer) {
   EXPECT_NE(failed.status().message().find("row 700"), std::string::npos) << failed.status();
 }
 
-// Rows that arrive as bf16 (Backend::Bf16InputBuffer) cross PCIe at half the bytes; the kernels
-// widen them exactly, so every result must equal the call with the same values as fp32 rows, bit
-// for bit: GEMV batches (hi + lo and single fp16) and FP8 GEMM batches (one or two tiles), with
-// bf16-level activations (FP8 x fp16) and with fp8 activations (FP8 x FP8, per-token E4M3).
 // Every result of every row equal, bit for bit.
 void ExpectBitIdentical(const std::vector<RowOutput>& got, const std::vector<RowOutput>& want) {
   ASSERT_EQ(got.size(), want.size());
@@ -455,6 +451,10 @@ void ExpectBitIdentical(const std::vector<RowOutput>& got, const std::vector<Row
   }
 }
 
+// Rows that arrive as bf16 (Backend::Bf16InputBuffer) cross PCIe at half the bytes; the kernels
+// widen them exactly, so every result must equal the call with the same values as fp32 rows, bit
+// for bit: GEMV batches (hi + lo and single fp16) and FP8 GEMM batches (one or two tiles), with
+// bf16-level activations (FP8 x fp16) and with fp8 activations (FP8 x FP8, per-token E4M3).
 TEST(CudaBackendTest, Bf16RowsGiveTheSameResultsAsFp32Rows) {
   const int64_t vocab = 4096, hidden = 256;
   std::random_device seed_source;
@@ -507,10 +507,9 @@ TEST(CudaBackendTest, Bf16RowsGiveTheSameResultsAsFp32Rows) {
   }
 }
 
-// The GEMV at 1-16 and at 17-32 rows runs one or two blocks per SM (per head and row range, whichever
-// is faster at startup):
-// both sum the same products in the same order, so every result is bit-identical; other counts
-// are refused.
+// The GEMV at 1-16 and at 17-32 rows runs one or two blocks per SM (per head and row range,
+// whichever is faster at startup): both sum the same products in the same order, so every result
+// is bit-identical; other counts are refused.
 TEST(CudaBackendTest, GemvInTwoBlocksPerSmMatchesOneBlock) {
   const int64_t vocab = 30011, hidden = 1040;  // a partial last block, a partial last activation chunk
   std::random_device seed_source;

@@ -103,6 +103,57 @@ __device__ __forceinline__ void StorePlanes(__half* __restrict__ act, int64_t b,
   if (planes == 2) hi[stride + at] = __float2half_rn(scaled - __half2float(h));
 }
 
+// A block's slice [begin, end) of one row, read by THREADS threads: thread t keeps elements begin +
+// t + j * THREADS (j < PER) in registers, all requested up front (independent loads: about one
+// round trip when the row is in pinned host memory); elements past those are read again where
+// used (rows wider than the registers hold).
+template <typename In, int THREADS, int PER>
+struct RowSlice {
+  const In* row;
+  int64_t begin, end;
+  float v[PER];
+
+  // Loads the registers; returns the largest |x| of this thread's elements.
+  __device__ __forceinline__ float LoadAbsMax() {
+#pragma unroll
+    for (int j = 0; j < PER; ++j) {
+      const int64_t i = begin + threadIdx.x + j * int64_t{THREADS};
+      v[j] = i < end ? LoadElement(row + i) : 0.0f;
+    }
+    float amax = 0.0f;
+#pragma unroll
+    for (int j = 0; j < PER; ++j) amax = fmaxf(amax, fabsf(v[j]));
+    for (int64_t i = begin + threadIdx.x + PER * int64_t{THREADS}; i < end; i += THREADS) {
+      amax = fmaxf(amax, fabsf(LoadElement(row + i)));
+    }
+    return amax;
+  }
+  // store(i, value) for each of this thread's elements (after LoadAbsMax).
+  template <typename Store>
+  __device__ __forceinline__ void ForEach(Store store) const {
+#pragma unroll
+    for (int j = 0; j < PER; ++j) {
+      const int64_t i = begin + threadIdx.x + j * int64_t{THREADS};
+      if (i < end) store(i, v[j]);
+    }
+    for (int64_t i = begin + threadIdx.x + PER * int64_t{THREADS}; i < end; i += THREADS) {
+      store(i, LoadElement(row + i));
+    }
+  }
+};
+
+// The largest `value` over the block's THREADS threads, returned to every thread. Once per kernel.
+template <int THREADS>
+__device__ __forceinline__ float BlockMax(float value) {
+  using Reduce = cub::BlockReduce<float, THREADS>;
+  __shared__ typename Reduce::TempStorage temp;
+  __shared__ float result;
+  value = Reduce(temp).Reduce(value, [](float a, float c) { return fmaxf(a, c); });
+  if (threadIdx.x == 0) result = value;
+  __syncthreads();
+  return result;
+}
+
 // The GEMV's planes (batches of up to kGemvMaxRows rows): one block per row. x may be pinned host
 // memory read over PCIe: every element the block needs is requested up front (kActPerThread
 // independent loads per thread), so a row costs about one round trip, and is read once.
@@ -116,36 +167,11 @@ __global__ void __launch_bounds__(kActThreads) GemvActivationsKernel(const In* _
   LaunchDependents();  // the GEMV may start streaming weights now; it waits for these planes
   RowWordsCopy row_words{row_extra, blockIdx.x, 1};
   row_words.Start();
-  using Reduce = cub::BlockReduce<float, kActThreads>;
-  __shared__ typename Reduce::TempStorage temp;
-  __shared__ float shared_amax;
   const int64_t b = blockIdx.x;
-  const In* row = x + b * hidden;
-  float v[kActPerThread];
-  float amax = 0.0f;
-#pragma unroll
-  for (int j = 0; j < kActPerThread; ++j) {
-    const int64_t i = threadIdx.x + j * int64_t{kActThreads};
-    v[j] = i < hidden ? LoadElement(row + i) : 0.0f;
-  }
-#pragma unroll
-  for (int j = 0; j < kActPerThread; ++j) amax = fmaxf(amax, fabsf(v[j]));
-  for (int64_t i = threadIdx.x + kActPerThread * int64_t{kActThreads}; i < hidden; i += kActThreads) {
-    amax = fmaxf(amax, fabsf(LoadElement(row + i)));  // rows wider than the registers hold
-  }
-  amax = Reduce(temp).Reduce(amax, [](float a, float c) { return fmaxf(a, c); });
-  if (threadIdx.x == 0) shared_amax = amax;
-  __syncthreads();
-  const int e = PlaneExponent(shared_amax);
+  RowSlice<In, kActThreads, kActPerThread> slice{x + b * hidden, 0, hidden};
+  const int e = PlaneExponent(BlockMax<kActThreads>(slice.LoadAbsMax()));
   const float s = ldexpf(1.0f, 14 - e);
-#pragma unroll
-  for (int j = 0; j < kActPerThread; ++j) {
-    const int64_t i = threadIdx.x + j * int64_t{kActThreads};
-    if (i < hidden) StorePlanes(act, b, i, v[j], s, planes, wgmma_columns, stride);
-  }
-  for (int64_t i = threadIdx.x + kActPerThread * int64_t{kActThreads}; i < hidden; i += kActThreads) {
-    StorePlanes(act, b, i, LoadElement(row + i), s, planes, wgmma_columns, stride);
-  }
+  slice.ForEach([&](int64_t i, float value) { StorePlanes(act, b, i, value, s, planes, wgmma_columns, stride); });
   if (threadIdx.x == 0) inv_scales[b] = ldexpf(1.0f, e - 14);
   row_words.Finish();
 }
@@ -177,48 +203,19 @@ __global__ void __launch_bounds__(kRowBlockThreads) GemvActivationsClusterKernel
   const int64_t b = blockIdx.x / kRowBlocks;
   RowWordsCopy row_words{row_extra, b, rank == 0 ? 1 : 0};
   row_words.Start();
-  __shared__ float warp_amax[kRowBlockThreads / 32];
-  __shared__ float block_amax;
-  const int64_t slice = (hidden + kRowBlocks - 1) / kRowBlocks;
-  const int64_t begin = rank * slice, end = min(hidden, begin + slice);
-  const In* row = x + b * hidden;
-  float v[kRowBlockPerThread];
-  float amax = 0.0f;
-#pragma unroll
-  for (int j = 0; j < kRowBlockPerThread; ++j) {
-    const int64_t i = begin + threadIdx.x + j * int64_t{kRowBlockThreads};
-    v[j] = i < end ? LoadElement(row + i) : 0.0f;
-  }
-#pragma unroll
-  for (int j = 0; j < kRowBlockPerThread; ++j) amax = fmaxf(amax, fabsf(v[j]));
-  for (int64_t i = begin + threadIdx.x + kRowBlockPerThread * int64_t{kRowBlockThreads}; i < end;
-       i += kRowBlockThreads) {
-    amax = fmaxf(amax, fabsf(LoadElement(row + i)));  // slices wider than the registers hold
-  }
-#pragma unroll
-  for (int offset = 16; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
-  if (threadIdx.x % 32 == 0) warp_amax[threadIdx.x / 32] = amax;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float m = 0.0f;
-    for (int w = 0; w < kRowBlockThreads / 32; ++w) m = fmaxf(m, warp_amax[w]);
-    block_amax = m;
-  }
+  __shared__ float block_amax;  // read by the cluster's other blocks
+  const int64_t slice_columns = (hidden + kRowBlocks - 1) / kRowBlocks;
+  const int64_t begin = rank * slice_columns;
+  RowSlice<In, kRowBlockThreads, kRowBlockPerThread> slice{x + b * hidden, begin, min(hidden, begin + slice_columns)};
+  const float amax = BlockMax<kRowBlockThreads>(slice.LoadAbsMax());
+  if (threadIdx.x == 0) block_amax = amax;
   cluster.sync();  // every block's maximum is in its shared memory
   float row_amax = 0.0f;
   for (int r = 0; r < kRowBlocks; ++r) row_amax = fmaxf(row_amax, *cluster.map_shared_rank(&block_amax, r));
   asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");  // done reading the others' maxima
   const int e = PlaneExponent(row_amax);
   const float s = ldexpf(1.0f, 14 - e);
-#pragma unroll
-  for (int j = 0; j < kRowBlockPerThread; ++j) {
-    const int64_t i = begin + threadIdx.x + j * int64_t{kRowBlockThreads};
-    if (i < end) StorePlanes(act, b, i, v[j], s, planes, wgmma_columns, 0);
-  }
-  for (int64_t i = begin + threadIdx.x + kRowBlockPerThread * int64_t{kRowBlockThreads}; i < end;
-       i += kRowBlockThreads) {
-    StorePlanes(act, b, i, LoadElement(row + i), s, planes, wgmma_columns, 0);
-  }
+  slice.ForEach([&](int64_t i, float value) { StorePlanes(act, b, i, value, s, planes, wgmma_columns, 0); });
   if (rank == 0 && threadIdx.x == 0) inv_scales[b] = ldexpf(1.0f, e - 14);
   row_words.Finish();
   asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");  // no block leaves while read
