@@ -37,8 +37,10 @@ constexpr double kGemvTolerance = 1e-3;
 constexpr double kAbsTolerance = 2e-3;
 constexpr double kRelTolerance = 1e-3;
 
+// The head's generator is seeded apart from the tests' rows, which draw from `seed` itself: on one
+// stream a row can repeat a head row's draws (at 1000x16400 a row met one and gave a logit of 83).
 HeadWeights Fp8Head(int64_t vocab, int64_t hidden, uint64_t seed) {
-  const std::vector<float> w = testing::RandomWeights(vocab, hidden, seed);
+  const std::vector<float> w = testing::RandomWeights(vocab, hidden, seed ^ 0x9e3779b97f4a7c15ull);
   HeadWeights h;
   h.vocab = vocab;
   h.hidden = hidden;
@@ -178,6 +180,9 @@ struct Shape {
   LogitTransform transform;
   ActivationPrecision precision;
   bool large = false;  // a real-size vocab: fewer batches
+  // Hidden states are drawn with this many times the tests' standard deviations, so that logits
+  // (which grow with sqrt(hidden)) spread on wide rows as on the 1024-column head.
+  float row_scale = 1.0f;
 };
 
 std::string ShapeName(const Shape& s) {
@@ -233,7 +238,7 @@ TEST_P(CudaConformanceTest, MatchesCpuBackendOnTheSameFp8Weights) {
       return gemv ? kGemvTolerance : kAbsTolerance + kRelTolerance * (std::fabs(a) + std::fabs(b));
     };
     for (int run = 0; run < 2; ++run) {  // a second run must not see the first one's values
-      std::normal_distribution<float> normal(0.0f, run == 0 ? 1.0f : 3.0f);
+      std::normal_distribution<float> normal(0.0f, (run == 0 ? 1.0f : 3.0f) * s.row_scale);
       std::vector<float> x(rows * s.hidden);
       for (float& v : x) v = normal(rng);
       std::vector<uint32_t> ids = {0, static_cast<uint32_t>(s.vocab - 1), static_cast<uint32_t>(rng() % s.vocab)};
@@ -286,7 +291,8 @@ TEST_P(CudaConformanceTest, MatchesCpuBackendOnTheSameFp8Weights) {
               static_cast<long long>(s.vocab), static_cast<long long>(s.hidden),
               static_cast<long long>(kCudaGemvExactRows), rel_rms[kExact], static_cast<long long>(kCudaGemvMaxRows),
               s.precision == ActivationPrecision::kBf16 ? ", FP8 GEMM above" : "", rel_rms[kHalf]);
-  EXPECT_LE(rel_rms[kExact], 1e-5);
+  // (fp32 sums of `hidden` products in another order than the CPU's: ~sqrt(hidden) roundings)
+  EXPECT_LE(rel_rms[kExact], std::max(1e-5, 3e-7 * std::sqrt(double(s.hidden))));
   EXPECT_LE(rel_rms[kHalf], 3e-4);
   if (ref2[kLt] > 0) {
     std::printf(", %s %.3g",
@@ -312,7 +318,7 @@ void ExpectCallMatches(Backend* cpu, Backend* gpu, const Shape& s, int64_t rows,
   auto tol = [gemv](double a, double b = 0) {
     return gemv ? kGemvTolerance : kAbsTolerance + kRelTolerance * (std::fabs(a) + std::fabs(b));
   };
-  std::normal_distribution<float> normal(0.0f, scale);
+  std::normal_distribution<float> normal(0.0f, scale * s.row_scale);
   std::vector<float> x(rows * s.hidden);
   for (float& v : x) v = normal(rng);
   std::vector<RowSpec> ref_specs = specs;
@@ -387,7 +393,11 @@ INSTANTIATE_TEST_SUITE_P(
                       // fp8 activations over more columns than the FP8 x FP8 GEMM's stages, and unaligned
                       Shape{32000, 1024, {0.5f, 30.0f}, ActivationPrecision::kFp8},
                       Shape{2003, 136, {}, ActivationPrecision::kFp8},
-                      Shape{131072, 384, {}, ActivationPrecision::kBf16, /*large=*/true}),
+                      Shape{131072, 384, {}, ActivationPrecision::kBf16, /*large=*/true},
+                      // rows wider than the activation kernels keep in registers (16384 columns at
+                      // 1-8 rows, 8192 above): their tail loops
+                      Shape{2048, 16400, {}, ActivationPrecision::kBf16, false, 0.25f},
+                      Shape{2048, 16400, {}, ActivationPrecision::kFp8, false, 0.25f}),
     [](const ::testing::TestParamInfo<Shape>& info) { return ShapeName(info.param); });
 
 // The GPU quantizer must give the host quantizer's codes and scales, bit for bit.
@@ -710,7 +720,7 @@ TEST_P(CudaConformanceTest, SamplingMatchesTheCpuReference) {
   int64_t compared = 0, same_on_gpu_logits = 0, same_on_cpu_logits = 0;
   for (int64_t rows : {1, 13, 40}) {
     for (float scale : {1.0f, 8.0f}) {
-      std::normal_distribution<float> normal(0.0f, scale);
+      std::normal_distribution<float> normal(0.0f, scale * s.row_scale);
       std::vector<float> x(rows * s.hidden);
       for (float& v : x) v = normal(rng);
       std::vector<uint32_t> ids = {1, static_cast<uint32_t>(s.vocab - 1)};
@@ -720,7 +730,8 @@ TEST_P(CudaConformanceTest, SamplingMatchesTheCpuReference) {
       }
       std::vector<RowOutput> got(rows), cpu_out;
       for (auto& o : got) o.sampled_id = 0xdeadbeef, o.sampled_logprob = NAN;  // poisoned
-      ASSERT_TRUE(gpu->ComputeLogits({x.data(), rows, specs}, &got).ok());
+      const absl::Status st = gpu->ComputeLogits({x.data(), rows, specs}, &got);
+      ASSERT_TRUE(st.ok()) << st;
       ASSERT_TRUE(cpu->ComputeLogits({x.data(), rows, specs}, &cpu_out).ok());
       for (int64_t r = 0; r < rows; ++r) {
         SCOPED_TRACE(::testing::Message() << "rows " << rows << " row " << r << " scale " << scale);
