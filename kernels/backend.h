@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "kernels/half_rows.h"
 #include "kernels/sampling.h"
 #include "kernels/tensor.h"
 
@@ -37,6 +38,11 @@ struct LogitsBatch {
   // Instead of `hidden`: the rows as bf16 bits, only in the buffer the backend's Bf16InputBuffer
   // handed out for this batch (`hidden` is then null).
   const uint16_t* hidden_bf16 = nullptr;
+  // Instead of `hidden`: fp32 rows scaled and rounded to fp16 by ScaleRowToHalf
+  // (kernels/half_rows.h), values and 1 / scales only in the buffer the backend's HalfInputBuffer
+  // handed out for this batch (`hidden` is then null).
+  const uint16_t* hidden_half = nullptr;
+  const float* half_inv_scales = nullptr;
 };
 
 // Results for one row. Logits are after the model's LogitTransform; argmax_id, max_logit,
@@ -87,6 +93,13 @@ class Backend {
   // the bytes to move (the CUDA backend's rows cross PCIe). nullptr where the backend reads no bf16
   // rows for a batch of `rows` rows. Shares InputBuffer's storage and rules.
   virtual uint16_t* Bf16InputBuffer(int64_t /*rows*/) { return nullptr; }
+  // The same for fp32 rows that the caller converts with ScaleRowToHalf as it assembles them
+  // (row r's values at values + r * hidden(), its 1 / s at inv_scales[r]; then it passes
+  // LogitsBatch::hidden_half and half_inv_scales). Offered only for batches whose kernels multiply
+  // exactly those values (the CUDA backend's batches with one fp16 per activation), so that the
+  // results equal those of the fp32 rows, at half the bytes to move. {} where the backend takes no
+  // such rows for a batch of `rows` rows. Shares InputBuffer's storage and rules.
+  virtual HalfRows HalfInputBuffer(int64_t /*rows*/) { return {}; }
 
   // Device memory in use and in total on the backend's device (all processes), when it has one.
   // Thread-safe: only queries the driver.

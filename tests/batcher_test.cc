@@ -8,6 +8,7 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/half.h"
+#include "kernels/half_rows.h"
 #include "kernels/head_quantizer.h"
 #include "tests/test_util.h"
 
@@ -25,11 +26,14 @@ std::unique_ptr<Backend> RealBackend() {
 // The real CPU backend behind a gate: ComputeLogits waits until Open() (lets a test hold the
 // worker busy) and records each batch's size. With an input buffer it offers one, as the CUDA
 // backend does, and counts the batches whose rows arrived in it; with a bf16 one likewise (the
-// rows are widened for the CPU backend).
+// rows are widened for the CPU backend); with half_from_rows > 0, a buffer of scaled fp16 rows for
+// batches of at least that many rows (kept for the test, then widened: value * 1 / s).
 class GatedBackend : public Backend {
  public:
-  explicit GatedBackend(std::unique_ptr<Backend> inner, bool input_buffer = false, bool bf16_buffer = false)
-      : inner_(std::move(inner)), offers_buffer_(input_buffer), offers_bf16_(bf16_buffer) {}
+  explicit GatedBackend(std::unique_ptr<Backend> inner, bool input_buffer = false, bool bf16_buffer = false,
+                        int64_t half_from_rows = 0)
+      : inner_(std::move(inner)), offers_buffer_(input_buffer), offers_bf16_(bf16_buffer),
+        half_from_rows_(half_from_rows) {}
   float* InputBuffer(int64_t rows) override {
     if (!offers_buffer_) return nullptr;
     buffer_.assign(rows * hidden(), std::nanf(""));  // stale values must not survive
@@ -39,6 +43,11 @@ class GatedBackend : public Backend {
     if (!offers_bf16_) return nullptr;
     buffer16_.assign(rows * hidden(), 0x7fc0);  // NaN: stale values must not survive
     return buffer16_.data();
+  }
+  HalfRows HalfInputBuffer(int64_t rows) override {
+    if (half_from_rows_ == 0 || rows < half_from_rows_) return {};
+    half_buffer_.assign(HalfRowsBytes(rows, hidden()), 0xff);  // NaN bits: stale values must not survive
+    return HalfRowsIn(half_buffer_.data(), rows, hidden());
   }
   const char* Name() const override { return inner_->Name(); }
   int64_t vocab() const override { return inner_->vocab(); }
@@ -52,6 +61,20 @@ class GatedBackend : public Backend {
     entered_cv_.notify_all();
     cv_.wait(lock, [&] { return open_; });
     lock.unlock();
+    if (batch.hidden_half != nullptr) {
+      EXPECT_EQ(batch.hidden, nullptr);
+      const HalfRows mine = HalfRowsIn(half_buffer_.data(), batch.rows, hidden());
+      EXPECT_EQ(batch.hidden_half, mine.values) << "half rows only in the buffer handed out";
+      EXPECT_EQ(batch.half_inv_scales, mine.inv_scales);
+      std::vector<float> widened(batch.rows * hidden());
+      for (size_t i = 0; i < widened.size(); ++i) {
+        widened[i] = HalfToFloat(batch.hidden_half[i]) * batch.half_inv_scales[i / hidden()];
+      }
+      std::lock_guard<std::mutex> lock(mu_);
+      half_batches_.push_back({std::vector<uint16_t>(batch.hidden_half, batch.hidden_half + widened.size()),
+                               std::vector<float>(batch.half_inv_scales, batch.half_inv_scales + batch.rows)});
+      return inner_->ComputeLogits({widened.data(), batch.rows, batch.specs}, out);
+    }
     if (batch.hidden_bf16 == nullptr) return inner_->ComputeLogits(batch, out);
     EXPECT_EQ(batch.hidden, nullptr);
     EXPECT_EQ(batch.hidden_bf16, buffer16_.data()) << "bf16 rows only in the buffer handed out";
@@ -81,12 +104,20 @@ class GatedBackend : public Backend {
     std::lock_guard<std::mutex> lock(mu_);
     return bf16_batches_;
   }
+  // Each batch that came as half rows: its values and scales.
+  std::vector<std::pair<std::vector<uint16_t>, std::vector<float>>> half_batches() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return half_batches_;
+  }
 
  private:
   std::unique_ptr<Backend> inner_;
   const bool offers_buffer_, offers_bf16_;
+  const int64_t half_from_rows_;
   std::vector<float> buffer_;
   std::vector<uint16_t> buffer16_;
+  std::vector<uint8_t> half_buffer_;
+  std::vector<std::pair<std::vector<uint16_t>, std::vector<float>>> half_batches_;
   int buffered_batches_ = 0, bf16_batches_ = 0;
   std::mutex mu_;
   std::condition_variable cv_, entered_cv_;
@@ -330,6 +361,63 @@ TEST(BatcherTest, EarliestDeadlineFirstWhenMoreThanOneBatchWaits) {
   backend.Open();
   batcher.Stop();
   EXPECT_EQ(backend.batch_sizes(), (std::vector<int64_t>{1, early_rows, late_rows}));
+}
+
+// fp32 rows of batches the backend takes as scaled fp16 (HalfInputBuffer) are converted while they
+// are gathered: each row exactly as ScaleRowToHalf makes it, in batch order. All-bf16 batches
+// still go as bf16, and batches the backend takes no half rows for as fp32. Every task gets the
+// results of the values the backend multiplied.
+TEST(BatcherTest, Fp32RowsGoAsScaledHalfWhereTheBackendTakesThem) {
+  GatedBackend backend(RealBackend(), /*input_buffer=*/true, /*bf16_buffer=*/true, /*half_from_rows=*/3);
+  auto reference = RealBackend();
+  Results results;
+  std::vector<std::vector<float>> rows_of(6);
+  {
+    Batcher batcher(&backend, {/*max_batch_rows=*/4, /*max_queued_rows=*/100}, nullptr);
+    auto first = MakeTask(0, 1, &results);
+    rows_of[0] = first->hidden;
+    ASSERT_TRUE(batcher.Schedule(&first).ok());
+    backend.WaitForBatches(1);
+    // Batches: tasks 1-2 (fp32, 4 rows: half), 3-4 (bf16, 4 rows: bf16), 5 (fp32, 1 row: fp32).
+    for (int tag = 1; tag <= 5; ++tag) {
+      auto t = MakeTask(tag, tag == 5 ? 1 : 2, &results, 0.25f * tag, /*bf16=*/tag == 3 || tag == 4);
+      if (t->hidden_bf16.empty()) {  // (both signs)
+        for (int64_t i = 0; i < t->rows * kHidden; ++i) t->hidden[i] *= i % 2 ? -1 : 1;
+      }
+      rows_of[tag] = t->hidden;
+      ASSERT_TRUE(batcher.Schedule(&t).ok());
+    }
+    backend.Open();
+    batcher.Stop();
+  }
+  EXPECT_EQ(backend.batch_sizes(), (std::vector<int64_t>{1, 4, 4, 1}));
+  EXPECT_EQ(backend.bf16_batches(), 1);
+  EXPECT_EQ(backend.buffered_batches(), 2) << "the one-row batches go through the fp32 buffer";
+  const auto half = backend.half_batches();
+  ASSERT_EQ(half.size(), 1u);
+  // Tasks 1 and 2 in order, each row converted on its own.
+  std::vector<std::vector<float>> multiplied = rows_of;
+  for (int64_t r = 0; r < 4; ++r) {
+    std::vector<float>& rows = multiplied[1 + r / 2];
+    std::vector<uint16_t> want(kHidden);
+    const float inv = ScaleRowToHalf(rows.data() + r % 2 * kHidden, kHidden, want.data());
+    EXPECT_EQ(half[0].second[r], inv) << "row " << r;
+    EXPECT_TRUE(std::equal(want.begin(), want.end(), half[0].first.begin() + r * kHidden)) << "row " << r;
+    for (int64_t i = 0; i < kHidden; ++i) rows[r % 2 * kHidden + i] = HalfToFloat(want[i]) * inv;
+  }
+  ASSERT_EQ(results.done.size(), 6u);
+  for (auto& [tag, r] : results.done) {
+    ASSERT_TRUE(r.ok()) << r.status();
+    const int64_t rows = tag == 0 || tag == 5 ? 1 : 2;
+    std::vector<RowSpec> specs(rows, RowSpec{3, {}, false});
+    std::vector<RowOutput> expected;
+    ASSERT_TRUE(reference->ComputeLogits({multiplied[tag].data(), rows, specs}, &expected).ok());
+    ASSERT_EQ(r->rows.size(), expected.size());
+    for (size_t i = 0; i < expected.size(); ++i) {
+      EXPECT_EQ(r->rows[i].top_ids, expected[i].top_ids) << "task " << tag;
+      EXPECT_EQ(r->rows[i].logsumexp, expected[i].logsumexp) << "task " << tag;
+    }
+  }
 }
 
 TEST(BatcherTest, QueueDelayGathersRowsIntoOneBatch) {

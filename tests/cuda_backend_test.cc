@@ -18,6 +18,7 @@
 #include "kernels/cuda/cuda_module_api.h"
 #include "kernels/fp8.h"
 #include "kernels/half.h"
+#include "kernels/half_rows.h"
 #include "kernels/head_quantizer.h"
 #include "tests/test_util.h"
 
@@ -36,6 +37,12 @@ constexpr double kGemvTolerance = 1e-3;
 // gpu_bench_results.md).
 constexpr double kAbsTolerance = 2e-3;
 constexpr double kRelTolerance = 1e-3;
+
+// A fresh seed for each run (the tests trace it, so a failure can be replayed).
+uint64_t FreshSeed() {
+  std::random_device source;
+  return (uint64_t{source()} << 32) | source();
+}
 
 // The head's generator is seeded apart from the tests' rows, which draw from `seed` itself: on one
 // stream a row can repeat a head row's draws (at 1000x16400 a row met one and gave a logit of 83).
@@ -196,8 +203,7 @@ void PrintTo(const Shape& s, std::ostream* os) { *os << ShapeName(s); }
 class CudaConformanceTest : public ::testing::TestWithParam<Shape> {
  protected:
   void SetUp() override {
-    std::random_device seed_source;
-    seed_ = (uint64_t{seed_source()} << 32) | seed_source();
+    seed_ = FreshSeed();
     const Shape& s = GetParam();
     HeadWeights head = Fp8Head(s.vocab, s.hidden, seed_);
     auto cpu = NewCpuBackend(head, s.transform, 4);
@@ -467,8 +473,7 @@ void ExpectBitIdentical(const std::vector<RowOutput>& got, const std::vector<Row
 // bf16-level activations (FP8 x fp16) and with fp8 activations (FP8 x FP8, per-token E4M3).
 TEST(CudaBackendTest, Bf16RowsGiveTheSameResultsAsFp32Rows) {
   const int64_t vocab = 4096, hidden = 256;
-  std::random_device seed_source;
-  const uint64_t seed = (uint64_t{seed_source()} << 32) | seed_source();
+  const uint64_t seed = FreshSeed();
   SCOPED_TRACE(::testing::Message() << "seed " << seed);
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
@@ -517,13 +522,84 @@ TEST(CudaBackendTest, Bf16RowsGiveTheSameResultsAsFp32Rows) {
   }
 }
 
+// fp32 rows that the host scales and rounds to fp16 (ScaleRowToHalf, as the batcher does into
+// Backend::HalfInputBuffer, or the backend itself when it stages caller rows for such a batch) cross
+// PCIe at half the bytes, and the kernels multiply exactly what they make of the fp32 rows: every
+// result bit-identical, for the GEMV's single-fp16 batches and the FP8 x fp16 GEMM's. Batches that
+// multiply anything else (hi + lo up to kCudaGemvExactRows rows, E4M3 rows, cuBLASLt) get no
+// such buffer; a buffer or scales from elsewhere are refused.
+TEST(CudaBackendTest, Fp16RowsGiveTheSameResultsAsFp32Rows) {
+  const int64_t vocab = 4096, hidden = 264;  // a partial last 128-column step
+  const uint64_t seed = FreshSeed();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const std::vector<uint32_t> ids = {0, 7, static_cast<uint32_t>(vocab - 1)};
+  std::string skip;
+  auto gpu = CudaOrSkip(Fp8Head(vocab, hidden, seed), {}, ActivationPrecision::kBf16, &skip);
+  if (gpu == nullptr) GTEST_SKIP() << "no CUDA backend here: " << skip;
+  for (int64_t rows : {9, 16, 17, 33, 64, 65, 200}) {
+    SCOPED_TRACE(::testing::Message() << "rows " << rows);
+    std::vector<float> x(rows * hidden);
+    for (int64_t i = 0; i < rows * hidden; ++i) {
+      const int64_t r = i / hidden;  // rows of every magnitude, one all zero
+      x[i] = r == 3 ? 0.0f : normal(rng) * std::ldexp(1.0f, static_cast<int>(r % 9) * 7 - 30);
+    }
+    std::vector<RowSpec> specs(rows);
+    for (int64_t r = 0; r < rows; ++r) specs[r] = RowSpec{r % 2 == 0 ? 20u : 0u, ids, r % 5 == 0};
+    std::vector<RowOutput> want, got, staged;
+    float* buffer = gpu->InputBuffer(rows);
+    ASSERT_NE(buffer, nullptr);
+    std::copy(x.begin(), x.end(), buffer);
+    ASSERT_TRUE(gpu->ComputeLogits({buffer, rows, specs}, &want).ok());  // fp32 rows, scaled on the GPU
+    const HalfRows half = gpu->HalfInputBuffer(rows);
+    ASSERT_NE(half.values, nullptr) << "one fp16 per activation: the backend takes scaled fp16 rows";
+    for (int64_t r = 0; r < rows; ++r) {
+      half.inv_scales[r] = ScaleRowToHalf(x.data() + r * hidden, hidden, half.values + r * hidden);
+    }
+    LogitsBatch batch{nullptr, rows, specs};
+    batch.hidden_half = half.values;
+    batch.half_inv_scales = half.inv_scales;
+    absl::Status st = gpu->ComputeLogits(batch, &got);
+    ASSERT_TRUE(st.ok()) << st;
+    ExpectBitIdentical(got, want);
+    st = gpu->ComputeLogits({x.data(), rows, specs}, &staged);  // caller memory: staged by the backend
+    ASSERT_TRUE(st.ok()) << st;
+    ExpectBitIdentical(staged, want);
+  }
+  // Only in the buffer handed out, with its scales; and one kind of rows per batch.
+  const HalfRows half = gpu->HalfInputBuffer(9);
+  std::vector<uint16_t> elsewhere(9 * hidden);
+  std::vector<float> scales(9, 1.0f);
+  std::vector<RowSpec> specs(9);
+  std::vector<RowOutput> out;
+  LogitsBatch stray{nullptr, 9, specs};
+  stray.hidden_half = elsewhere.data(), stray.half_inv_scales = half.inv_scales;
+  EXPECT_EQ(gpu->ComputeLogits(stray, &out).code(), absl::StatusCode::kInvalidArgument);
+  stray.hidden_half = half.values, stray.half_inv_scales = scales.data();
+  EXPECT_EQ(gpu->ComputeLogits(stray, &out).code(), absl::StatusCode::kInvalidArgument);
+  std::vector<float> x(9 * hidden, 1.0f);
+  stray.hidden = x.data(), stray.half_inv_scales = half.inv_scales;
+  EXPECT_EQ(gpu->ComputeLogits(stray, &out).code(), absl::StatusCode::kInvalidArgument);
+  // Which batches take them.
+  EXPECT_EQ(gpu->HalfInputBuffer(kCudaGemvExactRows).values, nullptr) << "hi + lo planes need the fp32 rows";
+  EXPECT_EQ(gpu->HalfInputBuffer(100000).values, nullptr) << "more than one slice";
+  auto fp8 = CudaOrSkip(Fp8Head(vocab, hidden, seed), {}, ActivationPrecision::kFp8, &skip);
+  ASSERT_NE(fp8, nullptr);
+  EXPECT_NE(fp8->HalfInputBuffer(64).values, nullptr);
+  EXPECT_EQ(fp8->HalfInputBuffer(65).values, nullptr) << "E4M3 rows from fp32";
+  auto lt = CudaOrSkip(Fp8Head(vocab, hidden, seed), {}, ActivationPrecision::kBf16, &skip, 0, /*fp8_gemm=*/false);
+  ASSERT_NE(lt, nullptr);
+  EXPECT_NE(lt->HalfInputBuffer(64).values, nullptr);
+  EXPECT_EQ(lt->HalfInputBuffer(65).values, nullptr) << "cuBLASLt's high + residual rows from fp32";
+}
+
 // The GEMV at 1-16 and at 17-32 rows runs one or two blocks per SM (per head and row range,
 // whichever is faster at startup): both sum the same products in the same order, so every result
 // is bit-identical; other counts are refused.
 TEST(CudaBackendTest, GemvInTwoBlocksPerSmMatchesOneBlock) {
   const int64_t vocab = 30011, hidden = 1040;  // a partial last block, a partial last activation chunk
-  std::random_device seed_source;
-  const uint64_t seed = (uint64_t{seed_source()} << 32) | seed_source();
+  const uint64_t seed = FreshSeed();
   SCOPED_TRACE(::testing::Message() << "seed " << seed);
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
@@ -795,8 +871,7 @@ class SlicedBatchTest : public ::testing::TestWithParam<Slicing> {};
 TEST_P(SlicedBatchTest, MatchesTheCpuBackend) {
   const int64_t vocab = 4096, hidden = 256, rows = 400, slice_rows = GetParam().rows;
   const bool fp8_gemm = GetParam().fp8_gemm;
-  std::random_device seed_source;
-  const uint64_t seed = (uint64_t{seed_source()} << 32) | seed_source();
+  const uint64_t seed = FreshSeed();
   SCOPED_TRACE(::testing::Message() << "seed " << seed);
   const HeadWeights head = Fp8Head(vocab, hidden, seed);
   auto cpu = NewCpuBackend(head, {}, 4);

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <random>
 #include <vector>
 
 namespace lmhead::cuda {
@@ -25,6 +26,31 @@ TEST(CopyPoolTest, CopiesEveryByteForAnySizeAndThreadCount) {
       for (size_t i = 0; i < 64; ++i) ASSERT_EQ(dst[i], 0xA5) << "before the destination, " << i;
       for (size_t i = 0; i < 64; ++i) ASSERT_EQ(dst[64 + bytes + i], 0xA5) << "after the destination, " << i;
       ASSERT_TRUE(std::equal(src.begin(), src.end(), dst.begin() + 64));
+    }
+  }
+}
+
+// Rows split over the threads (at least kMinBytesPerThread of fp32 each) convert as ScaleRowToHalf
+// converts each alone; rows with very different magnitudes get their own scales.
+TEST(CopyPoolTest, ConvertsRowsToScaledHalfOnAnyThreadCount) {
+  constexpr int64_t kHidden = 5000;  // 20000 bytes a row: 53 rows per thread's share
+  for (int threads : {1, 3, 8}) {
+    CopyPool pool(threads);
+    for (int64_t rows : {1, 9, 52, 53, 160, 384}) {
+      SCOPED_TRACE(::testing::Message() << rows << " rows, " << threads << " threads");
+      std::mt19937_64 rng(rows * 10 + threads);
+      std::normal_distribution<float> normal(0.0f, 1.0f);
+      std::vector<float> src(rows * kHidden);
+      for (int64_t i = 0; i < rows * kHidden; ++i) src[i] = normal(rng) * static_cast<float>(1 + i / kHidden % 7 * 100);
+      std::vector<uint8_t> buffer(HalfRowsBytes(rows, kHidden) + 64);
+      void* base = buffer.data() + (64 - reinterpret_cast<uintptr_t>(buffer.data()) % 64) % 64;
+      const HalfRows dst = HalfRowsIn(base, rows, kHidden);
+      pool.ToHalfRows(src.data(), rows, kHidden, dst);
+      std::vector<uint16_t> want(kHidden);
+      for (int64_t r = 0; r < rows; ++r) {
+        ASSERT_EQ(dst.inv_scales[r], ScaleRowToHalf(src.data() + r * kHidden, kHidden, want.data())) << "row " << r;
+        ASSERT_TRUE(std::equal(want.begin(), want.end(), dst.values + r * kHidden)) << "row " << r;
+      }
     }
   }
 }

@@ -33,6 +33,7 @@
 #include "kernels/cuda/lt_gemm.h"
 #include "kernels/fp8.h"
 #include "kernels/half.h"
+#include "kernels/half_rows.h"
 
 namespace {
 
@@ -248,7 +249,9 @@ int main(int argc, char** argv) {
         "results on the host): `argmax` returns argmax + logsumexp; `top20` adds top-20 logprobs and 2 token "
         "logprobs; `rows in input buffer` = the argmax call with the rows already in the backend's pinned "
         "input buffer, where the server's batcher assembles them (`bf16`: the same rows as bf16, as the batcher "
-        "passes requests that sent bf16 hidden states). B <= " << lmhead::cuda::GemvMaxRows()
+        "passes requests that sent bf16 hidden states; `fp16`: the rows scaled and rounded to fp16 by the host, as "
+        "the batcher passes fp32 rows of batches with one fp16 per activation, 9-64 rows and bf16-act GEMM "
+        "batches; the `argmax` and `top20` columns' calls stage their rows so too). B <= " << lmhead::cuda::GemvMaxRows()
      << " runs lmhead's FP8 GEMV in both modes (fp16 hi + lo activations up to 8 rows, one fp16 above; "
         "wgmma with TMA-fed shared memory, N = 16, 32 or 64). Above that `bf16 act` "
         "(the default) runs lmhead's FP8 GEMM (the same wgmma kernel over tiles of 128 rows, one fp16 per "
@@ -264,11 +267,11 @@ int main(int argc, char** argv) {
         "Byte floor = (FP8 weights + scales + fp32 inputs) / copy bandwidth (the issue's definition); read floor = "
         "FP8 weights / the rate of a plain read-only kernel over them; compute floor = 2*B*V*H / FP8 rate.\n\n"
      << "| shape | B | lmhead bf16 act argmax | lmhead argmax, rows in input buffer | bf16 rows in input buffer | "
-        "lmhead bf16 act top20 | "
+        "fp16 rows in input buffer | lmhead bf16 act top20 | "
         "lmhead fp8 act argmax | lmhead fp8 act lt argmax | lmhead lt argmax | "
         "kernel | cuBLASLt BF16 | cuBLASLt FP8 tensor-wise | seed upcast+BF16 | byte floor | read floor | "
         "compute floor | lmhead/floor | kernel/floor | lmhead/BF16 | fp8 act/FP8 tw |\n"
-     << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+     << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   std::printf("%s", md.str().c_str());
 
   for (const std::string& shape : [&] {
@@ -372,6 +375,36 @@ int main(int argc, char** argv) {
           CHECK_OK(split->ComputeLogits(batch, &out));
         });
       }
+      double t_staged_half = NAN;
+      if (const lmhead::HalfRows half = split->HalfInputBuffer(b); half.values != nullptr) {
+        auto convert = [&] {
+          for (int64_t r = 0; r < b; ++r) {
+            half.inv_scales[r] = lmhead::ScaleRowToHalf(x.data() + r * hidden, hidden, half.values + r * hidden);
+          }
+        };
+        lmhead::LogitsBatch half_batch{nullptr, b, argmax_specs};
+        half_batch.hidden_half = half.values;
+        half_batch.half_inv_scales = half.inv_scales;
+        convert();
+        t_staged_half = TimeHost(reps, [&] { CHECK_OK(split->ComputeLogits(half_batch, &out)); });
+        // The server's batcher path whole (one thread gathers, then the call): fp32 rows copied
+        // into the input buffer against converted into its fp16 rows.
+        float* staged = split->InputBuffer(b);
+        const double t_copy = TimeHost(reps, [&] { std::copy(x.begin(), x.end(), staged); });
+        const double t_convert = TimeHost(reps, convert);
+        const double t_copy_call = TimeHost(reps, [&] {
+          std::copy(x.begin(), x.end(), staged);
+          CHECK_OK(split->ComputeLogits({staged, b, argmax_specs}, &out));
+        });
+        const double t_convert_call = TimeHost(reps, [&] {
+          convert();
+          CHECK_OK(split->ComputeLogits(half_batch, &out));
+        });
+        std::fprintf(stderr,
+                     "batcher %s B=%lld: gather fp32 %.4f ms, fp16 %.4f ms; gather + argmax call fp32 %.4f ms, "
+                     "fp16 %.4f ms\n",
+                     shape.c_str(), static_cast<long long>(b), t_copy, t_convert, t_copy_call, t_convert_call);
+      }
       const double t_top = TimeHost(reps, [&] { call(*split, top_specs); });
       const double t_fp8 = TimeHost(reps, [&] { call(*fp8act, argmax_specs); });
       // Above the GEMV's rows: the same fp8-activation call on cuBLASLt (lmhead's FP8 x FP8 GEMM off).
@@ -436,10 +469,10 @@ int main(int argc, char** argv) {
       const double floor = std::max(byte_floor, compute_floor);
       char row[512];
       std::snprintf(row, sizeof(row),
-                    "| %lldx%lld | %lld | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | "
+                    "| %lldx%lld | %lld | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | %.4f | "
                     "%.4f | %.4f | %.2f | %.2f | %.2f | %.2f |\n",
                     static_cast<long long>(vocab), static_cast<long long>(hidden), static_cast<long long>(b), t_split,
-                    t_staged, t_staged16, t_top, t_fp8, t_fp8_lt, t_lt, t_gemv, t_bf16, t_fp8tw, t_seed, byte_floor,
+                    t_staged, t_staged16, t_staged_half, t_top, t_fp8, t_fp8_lt, t_lt, t_gemv, t_bf16, t_fp8tw, t_seed, byte_floor,
                     read_floor, compute_floor, t_split / floor, t_gemv / floor, t_split / t_bf16, t_fp8 / t_fp8tw);
       std::printf("%s", row);
       std::fflush(stdout);

@@ -53,6 +53,10 @@ class CudaBackend final : public Backend {
     const bool kernels = rows <= gemv_max_rows_ || (fp8_gemms_ && rows > kGemvMaxRows);
     return rows <= slice_rows_ && kernels ? reinterpret_cast<uint16_t*>(x_host_[0].get()) : nullptr;
   }
+  // Scaled fp16 rows where the kernels multiply one fp16 per activation (TakesHalfRows).
+  HalfRows HalfInputBuffer(int64_t rows) override {
+    return rows <= slice_rows_ && TakesHalfRows(rows) ? HalfRowsIn(x_host_[0].get(), rows, hidden_) : HalfRows{};
+  }
   std::string TakeStageTimings() override;
   std::string Tuning() const override { return tuning_; }
   absl::StatusOr<HeadWeights> ExportWeights() const override;
@@ -107,16 +111,30 @@ class CudaBackend final : public Backend {
     int top_k = 0;
     int64_t max_ids = 0;
     bool keep_logits = false;  // a later step reads the finished logits (EpilogueParams)
-    bool bf16_rows = false;    // the rows are bf16 bits in x_host_[0] (Bf16InputBuffer; one slice)
     bool rows_without_logits = false;  // some rows read no logits (their logits need no store)
     bool full_or_sampled = false;      // some rows want their full logits or sample a token
 
     // Every field, for the CUDA graph key (a call shape's graph differs in any of them).
     auto Fields() const {
-      return std::make_tuple(top_k, max_ids, keep_logits, bf16_rows, rows_without_logits, full_or_sampled);
+      return std::make_tuple(top_k, max_ids, keep_logits, rows_without_logits, full_or_sampled);
     }
     bool operator<(const CallShape& other) const { return Fields() < other.Fields(); }
   };
+
+  // How a slice's rows reach Enqueue: fp32, bf16 bits (Bf16InputBuffer; one slice) or scaled fp16
+  // (HalfInputBuffer, or fp32 rows that the backend stages for a slice that TakesHalfRows; values
+  // then 1 / scales, HalfRowsIn).
+  enum class RowFormat { kFp32, kBf16, kHalf };
+  size_t RowBytes(RowFormat format, int64_t n) const {
+    return format == RowFormat::kHalf   ? HalfRowsBytes(n, hidden_)
+           : format == RowFormat::kBf16 ? n * hidden_ * sizeof(uint16_t)
+                                        : n * hidden_ * sizeof(float);
+  }
+  // Whether a slice of n rows multiplies one fp16 per activation (the GEMV above kGemvExactRows
+  // rows, the FP8 x fp16 GEMM): scaled fp16 rows give it the same values as fp32 ones.
+  bool TakesHalfRows(int64_t n) const {
+    return n > kGemvExactRows && (n <= gemv_max_rows_ || (fp8_gemms_ && split_ && n > kGemvMaxRows));
+  }
 
   // Whether a later step reads the row's finished logits (its top-k, full logits or sampling).
   static bool ReadsLogits(const RowSpec& spec) {
@@ -139,9 +157,9 @@ class CudaBackend final : public Backend {
   // Enqueues one slice's device work: rows from x_src (host) into x_dev_[rows_buffer] (on the copy
   // stream when the batch has several slices), then activations, GEMM, epilogue (reading the
   // slot's token ids in place) and the packed results' copy back into the slot. Capturable.
-  // graph: the slice is being captured (x_src is x_host_[0]; no events).
-  absl::Status Enqueue(const void* x_src, int64_t n, const CallShape& call, bool graph, bool pipelined, int slot,
-                       int rows_buffer);
+  // graph: the slice is being captured (x_src is x_host_[0]; no events). rows: x_src's format.
+  absl::Status Enqueue(const void* x_src, RowFormat rows, int64_t n, const CallShape& call, bool graph, bool pipelined,
+                       int slot, int rows_buffer);
   // The activations of cuBLASLt and of LaunchFp8ActGemm for n rows of x (device memory; bf16 bits
   // when bf16_rows, only for FP8 heads) into act_ / act_scales_ ([n_pad] rows): E4M3 (high +
   // residual rows when split) for FP8 heads, bf16 otherwise.
@@ -256,14 +274,14 @@ class CudaBackend final : public Backend {
     return n <= gemv_max_rows_ || (n <= kGraphRows && x_src == x_host_[0].get());
   }
   static constexpr size_t kMaxGraphs = 256;
-  std::map<std::pair<int64_t, CallShape>, cudaGraphExec_t> graphs_;  // key: (rows, call shape)
+  std::map<std::tuple<int64_t, RowFormat, CallShape>, cudaGraphExec_t> graphs_;  // key: (rows, format, call)
 
   // Batches of several slices are staged slice by slice in pinned memory (x_host_[slot],
   // CopyPool) and go up on the copy stream while the GPU computes the slices before (an async
   // copy from pageable memory would block the host). A one-slice batch has nothing to overlap:
   // its rows go up on the compute stream straight from the caller's memory (staging 4-5 MB first
   // measured 0.1-0.25 ms slower on an H100 machine).
-  PinnedBuffer<float> x_host_[kSlots];  // [slice_rows, hidden] each, one per slot
+  PinnedBuffer<float> x_host_[kSlots];  // [slice_rows, hidden] each (or their RowBytes), one per slot
 
   // Byte offsets of each result array for n rows, top_k and max_ids; `end` = bytes used.
   struct ResultLayout {
@@ -386,8 +404,11 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
                                          act_rows, &gemm_ops_));
   }
   const int64_t chunks = PartialChunks(vocab_);
-  for (DeviceBuffer<float>& x : x_dev_) RETURN_IF_ERROR(x.Allocate(slice_rows_ * hidden_));
-  for (PinnedBuffer<float>& stage : x_host_) RETURN_IF_ERROR(stage.Allocate(slice_rows_ * hidden_));
+  // Room for a slice's rows in any RowFormat.
+  const int64_t row_floats = (std::max(RowBytes(RowFormat::kFp32, slice_rows_), RowBytes(RowFormat::kHalf, slice_rows_)) +
+                              sizeof(float) - 1) / sizeof(float);
+  for (DeviceBuffer<float>& x : x_dev_) RETURN_IF_ERROR(x.Allocate(row_floats));
+  for (PinnedBuffer<float>& stage : x_host_) RETURN_IF_ERROR(stage.Allocate(row_floats));
   // The GEMV reads its rows from pinned memory: x_host_[0] in a graph (one-slice batches), or
   // the slot's staging buffer (several slices, which are always staged).
   static_assert(kGemvMaxRows <= kGraphRows, "one-slice GEMV batches are graph slices");
@@ -635,18 +656,25 @@ absl::Status CudaBackend::EnsureTokenCapacity(int64_t max_ids) {
 
 absl::Status CudaBackend::ComputeLogits(const LogitsBatch& batch, std::vector<RowOutput>* out) {
   const int64_t rows = batch.rows;
-  if (rows <= 0 || (batch.hidden == nullptr) == (batch.hidden_bf16 == nullptr) ||
-      static_cast<int64_t>(batch.specs.size()) != rows) {
-    return absl::InvalidArgumentError(absl::StrCat("batch has ", rows, " rows, ", batch.specs.size(),
-                                                   " row specs and ", batch.hidden == nullptr ? "no" : "fp32",
-                                                   batch.hidden_bf16 == nullptr ? "" : " and bf16", " rows"));
+  const int given = (batch.hidden != nullptr) + (batch.hidden_bf16 != nullptr) + (batch.hidden_half != nullptr);
+  if (rows <= 0 || given != 1 || static_cast<int64_t>(batch.specs.size()) != rows) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "batch has ", rows, " rows, ", batch.specs.size(), " row specs and ", given,
+        " kinds of rows (fp32, bf16, fp16: ", batch.hidden != nullptr, batch.hidden_bf16 != nullptr,
+        batch.hidden_half != nullptr, "); exactly one must be given"));
   }
   if (batch.hidden_bf16 != nullptr && batch.hidden_bf16 != Bf16InputBuffer(rows)) {
     return absl::InvalidArgumentError(
         absl::StrCat("bf16 rows must be in the buffer Bf16InputBuffer(", rows, ") returns"));
   }
+  if (batch.hidden_half != nullptr) {
+    const HalfRows buffer = HalfInputBuffer(rows);
+    if (batch.hidden_half != buffer.values || batch.half_inv_scales != buffer.inv_scales) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("fp16 rows and their scales must be in the buffer HalfInputBuffer(", rows, ") returns"));
+    }
+  }
   CallShape call;
-  call.bf16_rows = batch.hidden_bf16 != nullptr;
   for (int64_t b = 0; b < rows; ++b) {
     const RowSpec& spec = batch.specs[b];
     if (spec.top_k > std::min<int64_t>(vocab_, kMaxTopK) ||
@@ -678,8 +706,9 @@ absl::Status CudaBackend::ComputeLogits(const LogitsBatch& batch, std::vector<Ro
   std::deque<int> in_flight;  // slots, oldest first
   absl::Status status;
   for (int64_t start = 0, i = 0, n = first; start < rows && status.ok(); start += n, n = per, ++i) {
-    const bool graph = slices == 1 && UseGraph(n, call.bf16_rows ? static_cast<const void*>(batch.hidden_bf16)
-                                                                  : static_cast<const void*>(batch.hidden));
+    const bool graph = slices == 1 && UseGraph(n, batch.hidden_bf16 != nullptr   ? static_cast<const void*>(batch.hidden_bf16)
+                                                  : batch.hidden_half != nullptr ? static_cast<const void*>(batch.hidden_half)
+                                                                                 : static_cast<const void*>(batch.hidden));
     const int slot = graph ? 0 : static_cast<int>(i % kSlots);
     status = EnqueueSlice(batch, start, n, call, graph, slices > 1, slot, static_cast<int>(i % 2), out);
     if (status.ok()) in_flight.push_back(slot);
@@ -700,8 +729,8 @@ absl::Status CudaBackend::ComputeLogits(const LogitsBatch& batch, std::vector<Ro
   return status;
 }
 
-absl::Status CudaBackend::Enqueue(const void* x_src, int64_t n, const CallShape& call, bool graph, bool pipelined,
-                                  int slot, int rows_buffer) {
+absl::Status CudaBackend::Enqueue(const void* x_src, RowFormat rows, int64_t n, const CallShape& call, bool graph,
+                                  bool pipelined, int slot, int rows_buffer) {
   cudaStream_t s = stream_.get();
   auto mark_stage = [&](int i, cudaStream_t on) {
     if (!graph) Mark(i, on);  // never inside a capture
@@ -709,8 +738,13 @@ absl::Status CudaBackend::Enqueue(const void* x_src, int64_t n, const CallShape&
   const bool gemv = n <= gemv_max_rows_;  // x_src is pinned then (see Init)
   const bool fp8_gemm = fp8_gemms_ && split_ && n > kGemvMaxRows;
   const bool fp8_act_gemm = fp8_gemms_ && !split_ && n > kGemvMaxRows;
-  if (!gemv && !fp8_gemm && !fp8_act_gemm && (gemm_ == nullptr || call.bf16_rows)) {
-    return absl::InternalError(absl::StrCat("no GEMM path for a slice of ", n, call.bf16_rows ? " bf16" : "", " rows"));
+  if ((!gemv && !fp8_gemm && !fp8_act_gemm && (gemm_ == nullptr || rows == RowFormat::kBf16)) ||
+      (rows == RowFormat::kHalf && !TakesHalfRows(n))) {
+    return absl::InternalError(absl::StrCat("no GEMM path for a slice of ", n,
+                                            rows == RowFormat::kBf16   ? " bf16"
+                                            : rows == RowFormat::kHalf ? " fp16"
+                                                                       : "",
+                                            " rows"));
   }
   const ResultLayout layout(n, call.top_k, call.max_ids);
   uint8_t* d = ResultsFor(graph);
@@ -761,7 +795,7 @@ absl::Status CudaBackend::Enqueue(const void* x_src, int64_t n, const CallShape&
 
   float* x_dev = x_dev_[rows_buffer].get();
   if (!gemv) {  // the GEMV's activation kernel reads the pinned rows straight over PCIe instead
-    const size_t bytes = n * hidden_ * (call.bf16_rows ? sizeof(uint16_t) : sizeof(float));
+    const size_t bytes = RowBytes(rows, n);
     if (!pipelined) {
       mark_stage(0, s);
       CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(x_dev, x_src, bytes, cudaMemcpyHostToDevice, s));
@@ -779,8 +813,8 @@ absl::Status CudaBackend::Enqueue(const void* x_src, int64_t n, const CallShape&
     }
   }
   const int64_t n_pad = LtGemm::PadRows(split_ ? 2 * n : n);
-  // The GEMV's and the FP8 GEMM's activations from rows (fp32 or bf16 bits, as call.bf16_rows says).
-  auto fp8_kernel_activations = [&](const void* rows) {
+  // The GEMV's and the FP8 GEMM's activations from x (in `rows` format).
+  auto fp8_kernel_activations = [&](const void* x) {
     RowWords words;
     if (p.topk_bound != nullptr) words.zero = p.topk_bound, words.zero_per_row = p.top_k + 1;
     if (ids_on_device) {
@@ -788,10 +822,15 @@ absl::Status CudaBackend::Enqueue(const void* x_src, int64_t n, const CallShape&
       words.ids_to = token_ids_dev_.get();
       words.ids_per_row = static_cast<int>(call.max_ids);
     }
-    return call.bf16_rows ? LaunchGemvActivations(static_cast<const uint16_t*>(rows), n, hidden_, hidden_pad_,
-                                                  gemv_act_.get(), gemv_scales_.get(), s, words)
-                          : LaunchGemvActivations(static_cast<const float*>(rows), n, hidden_, hidden_pad_,
-                                                  gemv_act_.get(), gemv_scales_.get(), s, words);
+    if (rows == RowFormat::kHalf) {
+      const HalfRows half = HalfRowsIn(const_cast<void*>(x), n, hidden_);
+      return LaunchGemvActivationsFromHalf(half.values, half.inv_scales, n, hidden_, hidden_pad_, gemv_act_.get(),
+                                           gemv_scales_.get(), s, words);
+    }
+    return rows == RowFormat::kBf16 ? LaunchGemvActivations(static_cast<const uint16_t*>(x), n, hidden_, hidden_pad_,
+                                                            gemv_act_.get(), gemv_scales_.get(), s, words)
+                                    : LaunchGemvActivations(static_cast<const float*>(x), n, hidden_, hidden_pad_,
+                                                            gemv_act_.get(), gemv_scales_.get(), s, words);
   };
   if (gemv) {
     mark_stage(0, s);  // no copy: the activation kernel reads the pinned rows
@@ -800,7 +839,7 @@ absl::Status CudaBackend::Enqueue(const void* x_src, int64_t n, const CallShape&
   } else if (fp8_gemm) {
     CUDA_RETURN_IF_ERROR(fp8_kernel_activations(x_dev));
   } else {  // LaunchFp8ActGemm's E4M3 rows need no padding rows (the kernel masks them)
-    CUDA_RETURN_IF_ERROR(LaunchGemmActivations(x_dev, call.bf16_rows, n, fp8_act_gemm ? n : n_pad, s));
+    CUDA_RETURN_IF_ERROR(LaunchGemmActivations(x_dev, rows == RowFormat::kBf16, n, fp8_act_gemm ? n : n_pad, s));
   }
   if (pipelined) CUDA_RETURN_IF_ERROR(cudaEventRecord(rows_read_[rows_buffer].get(), s));
   mark_stage(2, s);
@@ -843,12 +882,27 @@ absl::Status CudaBackend::EnqueueSlice(const LogitsBatch& batch, int64_t start, 
       }
     }
   }
-  const void* x_src = call.bf16_rows ? static_cast<const void*>(batch.hidden_bf16)
-                                     : static_cast<const void*>(batch.hidden + start * hidden_);
-  const size_t x_bytes = n * hidden_ * (call.bf16_rows ? sizeof(uint16_t) : sizeof(float));
+  // The slice's rows as given (bf16 and fp16 rows: one slice, in x_host_[0]); a graph slice reads
+  // them from x_host_[0] and a slice of several from its slot's buffer, where the host stages them
+  // first -- fp32 rows as scaled fp16 where the slice TakesHalfRows (half the bytes to move).
+  RowFormat rows = batch.hidden_bf16 != nullptr ? RowFormat::kBf16
+                   : batch.hidden_half != nullptr ? RowFormat::kHalf
+                                                  : RowFormat::kFp32;
+  const void* x_src = rows == RowFormat::kBf16   ? static_cast<const void*>(batch.hidden_bf16)
+                      : rows == RowFormat::kHalf ? static_cast<const void*>(batch.hidden_half)
+                                                 : static_cast<const void*>(batch.hidden + start * hidden_);
+  void* staging = x_host_[graph ? 0 : slot_index].get();
+  if (graph ? x_src != staging : pipelined) {
+    if (rows == RowFormat::kFp32 && TakesHalfRows(n)) {
+      copy_pool_->ToHalfRows(static_cast<const float*>(x_src), n, hidden_, HalfRowsIn(staging, n, hidden_));
+      rows = RowFormat::kHalf;
+    } else {
+      copy_pool_->Copy(staging, x_src, RowBytes(rows, n));
+    }
+    x_src = staging;
+  }
   if (graph) {
-    if (x_src != x_host_[0].get()) copy_pool_->Copy(x_host_[0].get(), x_src, x_bytes);
-    const auto key = std::make_pair(n, call);
+    const auto key = std::make_tuple(n, rows, call);
     auto it = graphs_.find(key);
     if (it == graphs_.end()) {
       if (graphs_.size() >= kMaxGraphs) ClearGraphs();
@@ -858,7 +912,7 @@ absl::Status CudaBackend::EnqueueSlice(const LogitsBatch& batch, int64_t start, 
       }
       cudaGraph_t captured_graph;
       CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-      absl::Status captured = Enqueue(x_host_[0].get(), n, call, /*graph=*/true, /*pipelined=*/false, 0, 0);
+      absl::Status captured = Enqueue(x_host_[0].get(), rows, n, call, /*graph=*/true, /*pipelined=*/false, 0, 0);
       const cudaError_t ended = cudaStreamEndCapture(s, &captured_graph);
       RETURN_IF_ERROR(captured);
       CUDA_RETURN_IF_ERROR(ended);
@@ -872,12 +926,8 @@ absl::Status CudaBackend::EnqueueSlice(const LogitsBatch& batch, int64_t start, 
     CUDA_RETURN_IF_ERROR(cudaGraphLaunch(it->second, s));
     Mark(5, s);
   } else {
-    // Several slices are staged (and so are GEMV slices among them: the GEMV reads pinned rows).
-    if (pipelined) {
-      copy_pool_->Copy(x_host_[slot_index].get(), x_src, x_bytes);
-      x_src = x_host_[slot_index].get();
-    }
-    RETURN_IF_ERROR(Enqueue(x_src, n, call, /*graph=*/false, pipelined, slot_index, rows_buffer));
+    // (Several slices are staged, and so are GEMV slices among them: the GEMV reads pinned rows.)
+    RETURN_IF_ERROR(Enqueue(x_src, rows, n, call, /*graph=*/false, pipelined, slot_index, rows_buffer));
   }
   RETURN_IF_ERROR(EnqueueSampling(batch, call, ResultsFor(graph), slot));
   for (int64_t r = 0; r < n; ++r) {

@@ -6,6 +6,7 @@
 #include <cfloat>
 #include <cmath>
 #include <cooperative_groups.h>
+#include <type_traits>
 #include <cub/block/block_reduce.cuh>
 
 #include "kernels/cuda/dependent_launch.h"
@@ -113,13 +114,17 @@ struct RowSlice {
   int64_t begin, end;
   float v[PER];
 
-  // Loads the registers; returns the largest |x| of this thread's elements.
-  __device__ __forceinline__ float LoadAbsMax() {
+  // Loads the registers.
+  __device__ __forceinline__ void Load() {
 #pragma unroll
     for (int j = 0; j < PER; ++j) {
       const int64_t i = begin + threadIdx.x + j * int64_t{THREADS};
       v[j] = i < end ? LoadElement(row + i) : 0.0f;
     }
+  }
+  // Loads the registers; returns the largest |x| of this thread's elements.
+  __device__ __forceinline__ float LoadAbsMax() {
+    Load();
     float amax = 0.0f;
 #pragma unroll
     for (int j = 0; j < PER; ++j) amax = fmaxf(amax, fabsf(v[j]));
@@ -154,12 +159,20 @@ __device__ __forceinline__ float BlockMax(float value) {
   return result;
 }
 
+// Rows of fp16 the host already scaled (kernels/half_rows.h): their scales come with them
+// (host_inv_scales), and the activation kernels only lay the values out. Other row types (fp32,
+// bf16 bits) get each row's scale here.
+template <typename In>
+inline constexpr bool kHostScaled = std::is_same_v<In, __half>;
+
 // The GEMV's planes (batches of up to kGemvMaxRows rows): one block per row. x may be pinned host
 // memory read over PCIe: every element the block needs is requested up front (kActPerThread
 // independent loads per thread), so a row costs about one round trip, and is read once.
+// host_inv_scales: see kHostScaled (one plane only).
 template <typename In>
-__global__ void __launch_bounds__(kActThreads) GemvActivationsKernel(const In* __restrict__ x, int64_t hidden,
-                                                                     int64_t stride, int planes,
+__global__ void __launch_bounds__(kActThreads) GemvActivationsKernel(const In* __restrict__ x,
+                                                                     const float* __restrict__ host_inv_scales,
+                                                                     int64_t hidden, int64_t stride, int planes,
                                                                      int wgmma_columns,
                                                                      __half* __restrict__ act,
                                                                      float* __restrict__ inv_scales,
@@ -169,10 +182,15 @@ __global__ void __launch_bounds__(kActThreads) GemvActivationsKernel(const In* _
   row_words.Start();
   const int64_t b = blockIdx.x;
   RowSlice<In, kActThreads, kActPerThread> slice{x + b * hidden, 0, hidden};
-  const int e = PlaneExponent(BlockMax<kActThreads>(slice.LoadAbsMax()));
+  int e = 14;  // host-scaled rows: s = 1
+  if constexpr (kHostScaled<In>) {
+    slice.Load();
+  } else {
+    e = PlaneExponent(BlockMax<kActThreads>(slice.LoadAbsMax()));
+  }
   const float s = ldexpf(1.0f, 14 - e);
   slice.ForEach([&](int64_t i, float value) { StorePlanes(act, b, i, value, s, planes, wgmma_columns, stride); });
-  if (threadIdx.x == 0) inv_scales[b] = ldexpf(1.0f, e - 14);
+  if (threadIdx.x == 0) inv_scales[b] = kHostScaled<In> ? host_inv_scales[b] : ldexpf(1.0f, e - 14);
   row_words.Finish();
 }
 
@@ -233,8 +251,9 @@ constexpr int kGemmActRows = 4;
 constexpr int kGemmActThreads = 1024;
 
 template <typename In>
-__global__ void __launch_bounds__(kGemmActThreads) GemmActivationsKernel(const In* __restrict__ x, int64_t rows,
-                                                                         int64_t hidden, int64_t stride,
+__global__ void __launch_bounds__(kGemmActThreads) GemmActivationsKernel(const In* __restrict__ x,
+                                                                         const float* __restrict__ host_inv_scales,
+                                                                         int64_t rows, int64_t hidden, int64_t stride,
                                                                          __half* __restrict__ act,
                                                                          float* __restrict__ inv_scales,
                                                                          RowWords row_extra) {
@@ -245,7 +264,13 @@ __global__ void __launch_bounds__(kGemmActThreads) GemmActivationsKernel(const I
   const int64_t b0 = blockIdx.x * int64_t{kGemmActRows};
   RowWordsCopy row_words{row_extra, b0, min(int64_t{kGemmActRows}, rows - b0)};
   row_words.Start();
-  {
+  if constexpr (kHostScaled<In>) {
+    if (threadIdx.x < kGemmActRows) {
+      scales[threadIdx.x] = 1.0f;
+      if (b0 + threadIdx.x < rows) inv_scales[b0 + threadIdx.x] = host_inv_scales[b0 + threadIdx.x];
+    }
+    __syncthreads();
+  } else {
     const int r = threadIdx.x / kPerRow;
     float amax = 0.0f;
     if (b0 + r < rows) {
@@ -762,9 +787,11 @@ int WgmmaColumns(int64_t rows) {
 int64_t GemvActivationStride(int64_t hidden_pad) { return (hidden_pad + kMaxChunk - 1) / kMaxChunk * kMaxChunk; }
 
 template <typename In>
-cudaError_t LaunchActivations(const In* x, int64_t rows, int64_t hidden, int64_t hidden_pad, __half* act,
-                              float* inv_scales, cudaStream_t stream, const RowWords& words) {
+cudaError_t LaunchActivations(const In* x, const float* host_inv_scales, int64_t rows, int64_t hidden,
+                              int64_t hidden_pad, __half* act, float* inv_scales, cudaStream_t stream,
+                              const RowWords& words) {
   if (rows <= 0) return cudaSuccess;
+  if (kHostScaled<In> && (rows <= kGemvExactRows || host_inv_scales == nullptr)) return cudaErrorInvalidValue;
   if (words.zero_per_row < 0 || (words.zero_per_row > 0 && words.zero == nullptr) || words.ids_per_row < 0 ||
       (words.ids_per_row > 0 && (words.ids_from == nullptr || words.ids_to == nullptr))) {
     return cudaErrorInvalidValue;
@@ -772,29 +799,39 @@ cudaError_t LaunchActivations(const In* x, int64_t rows, int64_t hidden, int64_t
   if (WgmmaColumns(rows) == kGemmTileRows) {
     const int64_t blocks = (rows + kGemmActRows - 1) / kGemmActRows;
     GemmActivationsKernel<In><<<static_cast<unsigned>(blocks), kGemmActThreads, 0, stream>>>(
-        x, rows, hidden, GemvActivationStride(hidden_pad), act, inv_scales, words);
+        x, host_inv_scales, rows, hidden, GemvActivationStride(hidden_pad), act, inv_scales, words);
     return cudaGetLastError();
   }
   const int planes = static_cast<int>(GemvPlanes(rows));
-  if (g_row_clusters && rows <= kGemvExactRows) {
-    cudaLaunchAttribute cluster;
-    const cudaLaunchConfig_t config = RowClusterLaunch(rows, stream, &cluster);
-    return cudaLaunchKernelEx(&config, GemvActivationsClusterKernel<In>, x, hidden, planes, WgmmaColumns(rows), act,
-                              inv_scales, words);
+  if constexpr (!kHostScaled<In>) {
+    if (g_row_clusters && rows <= kGemvExactRows) {
+      cudaLaunchAttribute cluster;
+      const cudaLaunchConfig_t config = RowClusterLaunch(rows, stream, &cluster);
+      return cudaLaunchKernelEx(&config, GemvActivationsClusterKernel<In>, x, hidden, planes, WgmmaColumns(rows),
+                                act, inv_scales, words);
+    }
   }
   GemvActivationsKernel<In><<<static_cast<unsigned>(rows), kActThreads, 0, stream>>>(
-      x, hidden, GemvActivationStride(hidden_pad), planes, WgmmaColumns(rows), act, inv_scales, words);
+      x, host_inv_scales, hidden, GemvActivationStride(hidden_pad), planes, WgmmaColumns(rows), act, inv_scales,
+      words);
   return cudaGetLastError();
 }
 
 cudaError_t LaunchGemvActivations(const float* x, int64_t rows, int64_t hidden, int64_t hidden_pad, __half* act,
                                   float* inv_scales, cudaStream_t stream, const RowWords& words) {
-  return LaunchActivations(x, rows, hidden, hidden_pad, act, inv_scales, stream, words);
+  return LaunchActivations(x, nullptr, rows, hidden, hidden_pad, act, inv_scales, stream, words);
 }
 
 cudaError_t LaunchGemvActivations(const uint16_t* x_bf16, int64_t rows, int64_t hidden, int64_t hidden_pad,
                                   __half* act, float* inv_scales, cudaStream_t stream, const RowWords& words) {
-  return LaunchActivations(x_bf16, rows, hidden, hidden_pad, act, inv_scales, stream, words);
+  return LaunchActivations(x_bf16, nullptr, rows, hidden, hidden_pad, act, inv_scales, stream, words);
+}
+
+cudaError_t LaunchGemvActivationsFromHalf(const uint16_t* x_half, const float* host_inv_scales, int64_t rows,
+                                          int64_t hidden, int64_t hidden_pad, __half* act, float* inv_scales,
+                                          cudaStream_t stream, const RowWords& words) {
+  return LaunchActivations(reinterpret_cast<const __half*>(x_half), host_inv_scales, rows, hidden, hidden_pad, act,
+                           inv_scales, stream, words);
 }
 
 int64_t GemvMaxRows() { return g_wgmma ? kGemvMaxRows : kGemvMmaRows; }

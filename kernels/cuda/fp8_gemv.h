@@ -82,6 +82,13 @@ cudaError_t LaunchGemvActivations(const float* x, int64_t rows, int64_t hidden, 
 // The same from rows of bf16 bits (each exact in fp32: the planes are those of the fp32 values).
 cudaError_t LaunchGemvActivations(const uint16_t* x_bf16, int64_t rows, int64_t hidden, int64_t hidden_pad,
                                   __half* act, float* inv_scales, cudaStream_t stream, const RowWords& words = {});
+// The same from fp32 rows the host already scaled and rounded (ScaleRowToHalf, kernels/half_rows.h):
+// x_half [rows, hidden] fp16 bits, host_inv_scales [rows] their 1 / s (both in device or pinned host
+// memory). The planes and scales are those of the fp32 rows; one plane only, so rows must be more
+// than kGemvExactRows (else cudaErrorInvalidValue).
+cudaError_t LaunchGemvActivationsFromHalf(const uint16_t* x_half, const float* host_inv_scales, int64_t rows,
+                                          int64_t hidden, int64_t hidden_pad, __half* act, float* inv_scales,
+                                          cudaStream_t stream, const RowWords& words = {});
 
 // Allows the GEMV variants their shared memory on the current device, and checks whether the
 // activation kernel's thread-block clusters (Hopper, up to kGemvExactRows rows) can run there

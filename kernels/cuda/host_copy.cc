@@ -51,30 +51,45 @@ CopyPool::~CopyPool() {
   for (std::thread& t : helpers_) t.join();
 }
 
-void CopyPool::CopyPart(size_t part) const {
-  const size_t begin = std::min(bytes_, part * per_), end = std::min(bytes_, begin + per_);
-  StreamingCopy(dst_ + begin, src_ + begin, end - begin);
+size_t CopyPool::PartsFor(size_t bytes) const {
+  return std::clamp<size_t>(bytes / kMinBytesPerThread, 1, helpers_.size() + 1);
 }
 
 void CopyPool::Copy(void* dst, const void* src, size_t bytes) {
-  const size_t parts = std::clamp<size_t>(bytes / kMinBytesPerThread, 1, helpers_.size() + 1);
+  const size_t parts = PartsFor(bytes);
+  // Part boundaries on 64-byte lines, so that no two threads write one cache line.
+  const size_t per = ((bytes + parts - 1) / parts + 63) / 64 * 64;
+  Run(parts, [&](size_t part) {
+    const size_t begin = std::min(bytes, part * per), end = std::min(bytes, begin + per);
+    StreamingCopy(static_cast<char*>(dst) + begin, static_cast<const char*>(src) + begin, end - begin);
+  });
+}
+
+void CopyPool::ToHalfRows(const float* src, int64_t rows, int64_t hidden, HalfRows dst) {
+  const size_t parts = std::min<size_t>(PartsFor(rows * hidden * sizeof(float)), std::max<int64_t>(rows, 1));
+  const int64_t per = (rows + static_cast<int64_t>(parts) - 1) / static_cast<int64_t>(parts);
+  Run(parts, [&](size_t part) {
+    const int64_t end = std::min(rows, (static_cast<int64_t>(part) + 1) * per);
+    for (int64_t r = static_cast<int64_t>(part) * per; r < end; ++r) {
+      dst.inv_scales[r] = ScaleRowToHalf(src + r * hidden, hidden, dst.values + r * hidden);
+    }
+  });
+}
+
+void CopyPool::Run(size_t parts, const std::function<void(size_t)>& part) {
   if (parts == 1) {
-    StreamingCopy(static_cast<char*>(dst), static_cast<const char*>(src), bytes);
+    part(0);
     return;
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
-    dst_ = static_cast<char*>(dst);
-    src_ = static_cast<const char*>(src);
-    bytes_ = bytes;
+    part_ = &part;
     parts_ = parts;
-    // Part boundaries on 64-byte lines, so that no two threads write one cache line.
-    per_ = ((bytes + parts - 1) / parts + 63) / 64 * 64;
     pending_ = parts - 1;
     ++generation_;
   }
   start_.notify_all();
-  CopyPart(0);
+  part(0);
   std::unique_lock<std::mutex> lock(mu_);
   done_.wait(lock, [this] { return pending_ == 0; });
 }
@@ -86,9 +101,10 @@ void CopyPool::Work(size_t index) {
     start_.wait(lock, [&] { return stop_ || generation_ != seen; });
     if (stop_) return;
     seen = generation_;
-    if (index >= parts_) continue;  // this copy needs fewer threads
+    if (index >= parts_) continue;  // this job needs fewer threads
+    const std::function<void(size_t)>& part = *part_;  // the job stays fixed until every part is done
     lock.unlock();
-    CopyPart(index);  // the job's fields stay fixed until every part is done
+    part(index);
     lock.lock();
     if (--pending_ == 0) done_.notify_one();
   }

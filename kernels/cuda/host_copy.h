@@ -1,4 +1,5 @@
-// Host memcpy split over a pool of threads, with streaming (cache-bypassing) stores: staging a
+// Host memcpy (and fp32 -> scaled fp16 row conversion) split over a pool of threads, with
+// streaming (cache-bypassing) stores: staging a
 // large batch's rows into pinned memory runs at one core's copy rate otherwise (13 GB/s measured
 // on an H100 machine's host, 37 GB/s on 8 threads), below what the GPU consumes; and rows left
 // dirty in the CPU caches slow the DMA that reads them next (streaming stores: 14.2-14.5 instead
@@ -11,9 +12,12 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <thread>
 #include <vector>
+
+#include "kernels/half_rows.h"
 
 namespace lmhead::cuda {
 
@@ -29,22 +33,30 @@ class CopyPool {
   CopyPool& operator=(const CopyPool&) = delete;
 
   // Copies `bytes` from src to dst (not overlapping); returns when the copy is done. One caller
-  // at a time (the backend's compute thread).
+  // at a time (the backend's compute thread), for this and ToHalfRows.
   void Copy(void* dst, const void* src, size_t bytes);
 
+  // Converts `rows` fp32 rows of `hidden` values at src into dst with ScaleRowToHalf (row r's
+  // values at dst.values + r * hidden, its 1 / s at dst.inv_scales[r]), whole rows per thread;
+  // returns when every row is done.
+  void ToHalfRows(const float* src, int64_t rows, int64_t hidden, HalfRows dst);
+
  private:
-  void CopyPart(size_t part) const;
+  // Runs part(0) .. part(parts - 1), part 0 on the caller's thread and the others on as many
+  // helpers (parts <= helpers + 1); returns when all are done.
+  void Run(size_t parts, const std::function<void(size_t)>& part);
+  // How many parts a job over `bytes` of source takes (at least kMinBytesPerThread each).
+  size_t PartsFor(size_t bytes) const;
   void Work(size_t index);
 
   std::mutex mu_;
   std::condition_variable start_, done_;
-  uint64_t generation_ = 0;  // one per Copy that uses helpers
-  size_t pending_ = 0;       // helper parts of the current copy not yet done
+  uint64_t generation_ = 0;  // one per job that uses helpers
+  size_t pending_ = 0;       // helper parts of the current job not yet done
   bool stop_ = false;
-  // The current copy, split into parts_ parts of per_ bytes (part 0 is the caller's).
-  char* dst_ = nullptr;
-  const char* src_ = nullptr;
-  size_t bytes_ = 0, per_ = 0, parts_ = 0;
+  // The current job: parts_ parts (part 0 is the caller's).
+  const std::function<void(size_t)>* part_ = nullptr;
+  size_t parts_ = 0;
   std::vector<std::thread> helpers_;
 };
 

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "kernels/half_rows.h"
 
 namespace lmhead {
 namespace {
@@ -233,6 +234,19 @@ absl::Status Batcher::Compute(const std::vector<Queued>& batch, std::vector<RowO
     uint16_t* dst = gather16;
     for (const auto& q : batch) dst = std::copy(q.task->hidden_bf16.begin(), q.task->hidden_bf16.end(), dst);
     logits_batch.hidden_bf16 = gather16;
+    return backend_->ComputeLogits(logits_batch, out);
+  }
+  // fp32 rows go as scaled fp16 where the backend multiplies nothing finer (half the bytes), each
+  // row converted as it is gathered.
+  if (HalfRows half = backend_->HalfInputBuffer(*rows); half.values != nullptr) {
+    int64_t r = 0;
+    for (const auto& q : batch) {
+      for (int64_t i = 0; i < q.task->rows; ++i, ++r) {
+        half.inv_scales[r] = ScaleRowToHalf(q.task->hidden.data() + i * hidden, hidden, half.values + r * hidden);
+      }
+    }
+    logits_batch.hidden_half = half.values;
+    logits_batch.half_inv_scales = half.inv_scales;
     return backend_->ComputeLogits(logits_batch, out);
   }
   // One task's rows go as they are, unless the backend offers a buffer of its own (pinned

@@ -1,0 +1,103 @@
+#include "kernels/half_rows.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/half.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace lmhead {
+namespace {
+
+size_t ValuesBytes(int64_t rows, int64_t hidden) {
+  return (static_cast<size_t>(rows * hidden) * sizeof(uint16_t) + 63) / 64 * 64;
+}
+
+// The exponent e of the row's scale 2^(14 - e) (the CUDA kernels' PlaneExponent).
+int ScaleExponent(float amax) {
+  int e = 14;
+  if (amax > 0.0f && std::isfinite(amax)) {
+    std::frexp(amax, &e);
+    e = std::max(e, -100);
+  }
+  return e;
+}
+
+float MaxAbsPortable(const float* x, int64_t n) {
+  float amax = 0.0f;
+  for (int64_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
+  return amax;
+}
+
+void ConvertPortable(const float* x, int64_t n, float s, uint16_t* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = FloatToHalf(x[i] * s);  // x * s is exact: s is a power of two
+}
+
+#if defined(__x86_64__)
+// (Masked forms, the integer AND and a stored reduction: GCC 12's plain _mm512_max_ps,
+// _mm512_abs_ps, _mm512_reduce_max_ps and _mm512_cvtps_ph warn of their own undefined temporaries.)
+__attribute__((target("avx512f"))) __m512 Abs(__m512 v) {
+  return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x7fffffff)));
+}
+
+__attribute__((target("avx512f"))) float MaxAbsAvx512(const float* x, int64_t n) {
+  __m512 m0 = _mm512_setzero_ps(), m1 = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    m0 = _mm512_maskz_max_ps(0xffff, m0, Abs(_mm512_loadu_ps(x + i)));
+    m1 = _mm512_maskz_max_ps(0xffff, m1, Abs(_mm512_loadu_ps(x + i + 16)));
+  }
+  for (; i + 16 <= n; i += 16) m0 = _mm512_maskz_max_ps(0xffff, m0, Abs(_mm512_loadu_ps(x + i)));
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, _mm512_maskz_max_ps(0xffff, m0, m1));
+  return std::max(MaxAbsPortable(lanes, 16), MaxAbsPortable(x + i, n - i));
+}
+
+// 16 values per step: one rounding conversion (nearest even, as FloatToHalf).
+__attribute__((target("avx512f"))) void ConvertAvx512(const float* x, int64_t n, float s, uint16_t* out) {
+  const __m512 scale = _mm512_set1_ps(s);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256i h = _mm512_maskz_cvtps_ph(0xffff, _mm512_mul_ps(_mm512_loadu_ps(x + i), scale),
+                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), h);
+  }
+  ConvertPortable(x + i, n - i, s, out + i);
+}
+
+bool HasAvx512() {
+  static const bool has = __builtin_cpu_supports("avx512f");
+  return has;
+}
+#endif
+
+}  // namespace
+
+size_t HalfRowsBytes(int64_t rows, int64_t hidden) { return ValuesBytes(rows, hidden) + rows * sizeof(float); }
+
+HalfRows HalfRowsIn(void* buffer, int64_t rows, int64_t hidden) {
+  char* base = static_cast<char*>(buffer);
+  return {reinterpret_cast<uint16_t*>(base), reinterpret_cast<float*>(base + ValuesBytes(rows, hidden))};
+}
+
+float ScaleRowToHalfPortable(const float* row, int64_t n, uint16_t* out) {
+  const int e = ScaleExponent(MaxAbsPortable(row, n));
+  ConvertPortable(row, n, std::ldexp(1.0f, 14 - e), out);
+  return std::ldexp(1.0f, e - 14);
+}
+
+float ScaleRowToHalf(const float* row, int64_t n, uint16_t* out) {
+#if defined(__x86_64__)
+  if (HasAvx512()) {
+    const int e = ScaleExponent(MaxAbsAvx512(row, n));
+    ConvertAvx512(row, n, std::ldexp(1.0f, 14 - e), out);
+    return std::ldexp(1.0f, e - 14);
+  }
+#endif
+  return ScaleRowToHalfPortable(row, n, out);
+}
+
+}  // namespace lmhead
