@@ -210,8 +210,19 @@ TEST(CpuBackendErrorsTest, RejectsBadBatchesAndOverflow) {
   const RowSpec ok{1, {}, false};
   EXPECT_EQ((*backend)->ComputeLogits({x.data(), 2, {&ok, 1}}, &out).code(),
             absl::StatusCode::kInvalidArgument);
+  // Rows in a form only the CUDA backend's buffers take: refused, not read as fp32.
+  std::vector<uint16_t> half(kHidden);
+  float inv_scale = 1.0f;
+  LogitsBatch half_rows{nullptr, 1, {&ok, 1}};
+  half_rows.hidden_half = half.data(), half_rows.half_inv_scales = &inv_scale;
+  absl::Status s = (*backend)->ComputeLogits(half_rows, &out);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("fp32 rows only"), std::string::npos) << s;
+  LogitsBatch bf16_rows{nullptr, 1, {&ok, 1}};
+  bf16_rows.hidden_bf16 = half.data();
+  EXPECT_EQ((*backend)->ComputeLogits(bf16_rows, &out).code(), absl::StatusCode::kInvalidArgument);
   std::fill(x.begin(), x.end(), 3e38f);  // finite input, overflowing logits
-  absl::Status s = (*backend)->ComputeLogits({x.data(), 1, {&ok, 1}}, &out);
+  s = (*backend)->ComputeLogits({x.data(), 1, {&ok, 1}}, &out);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("not finite"), std::string::npos) << s;
 }

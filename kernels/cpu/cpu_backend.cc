@@ -322,9 +322,12 @@ absl::Status CpuBackend::ComputeLogits(const LogitsBatch& batch, std::vector<Row
   const int64_t rows = batch.rows;
   const int64_t vocab = w_.vocab;
   const int64_t hidden = w_.hidden;
-  if (rows <= 0 || batch.hidden == nullptr || static_cast<int64_t>(batch.specs.size()) != rows) {
+  if (rows <= 0 || static_cast<int64_t>(batch.specs.size()) != rows) {
     return absl::InvalidArgumentError(
         absl::StrCat("batch has ", rows, " rows and ", batch.specs.size(), " row specs"));
+  }
+  if (batch.hidden == nullptr || batch.hidden_bf16 != nullptr || batch.hidden_half != nullptr) {
+    return absl::InvalidArgumentError("the CPU backend takes fp32 rows only (LogitsBatch::hidden)");
   }
   for (int64_t b = 0; b < rows; ++b) {
     const RowSpec& spec = batch.specs[b];
