@@ -130,6 +130,12 @@ class CudaBackend final : public Backend {
            : format == RowFormat::kBf16 ? n * hidden_ * sizeof(uint16_t)
                                         : n * hidden_ * sizeof(float);
   }
+  // Where a valid batch's rows start, and their format (exactly one row pointer is set).
+  static std::pair<const void*, RowFormat> GivenRows(const LogitsBatch& batch) {
+    if (batch.hidden_bf16 != nullptr) return {batch.hidden_bf16, RowFormat::kBf16};
+    if (batch.hidden_half != nullptr) return {batch.hidden_half, RowFormat::kHalf};
+    return {batch.hidden, RowFormat::kFp32};
+  }
   // Whether a slice of n rows multiplies one fp16 per activation (the GEMV above kGemvExactRows
   // rows, the FP8 x fp16 GEMM): scaled fp16 rows give it the same values as fp32 ones.
   bool TakesHalfRows(int64_t n) const {
@@ -706,9 +712,7 @@ absl::Status CudaBackend::ComputeLogits(const LogitsBatch& batch, std::vector<Ro
   std::deque<int> in_flight;  // slots, oldest first
   absl::Status status;
   for (int64_t start = 0, i = 0, n = first; start < rows && status.ok(); start += n, n = per, ++i) {
-    const bool graph = slices == 1 && UseGraph(n, batch.hidden_bf16 != nullptr   ? static_cast<const void*>(batch.hidden_bf16)
-                                                  : batch.hidden_half != nullptr ? static_cast<const void*>(batch.hidden_half)
-                                                                                 : static_cast<const void*>(batch.hidden));
+    const bool graph = slices == 1 && UseGraph(n, GivenRows(batch).first);
     const int slot = graph ? 0 : static_cast<int>(i % kSlots);
     status = EnqueueSlice(batch, start, n, call, graph, slices > 1, slot, static_cast<int>(i % 2), out);
     if (status.ok()) in_flight.push_back(slot);
@@ -885,12 +889,8 @@ absl::Status CudaBackend::EnqueueSlice(const LogitsBatch& batch, int64_t start, 
   // The slice's rows as given (bf16 and fp16 rows: one slice, in x_host_[0]); a graph slice reads
   // them from x_host_[0] and a slice of several from its slot's buffer, where the host stages them
   // first -- fp32 rows as scaled fp16 where the slice TakesHalfRows (half the bytes to move).
-  RowFormat rows = batch.hidden_bf16 != nullptr ? RowFormat::kBf16
-                   : batch.hidden_half != nullptr ? RowFormat::kHalf
-                                                  : RowFormat::kFp32;
-  const void* x_src = rows == RowFormat::kBf16   ? static_cast<const void*>(batch.hidden_bf16)
-                      : rows == RowFormat::kHalf ? static_cast<const void*>(batch.hidden_half)
-                                                 : static_cast<const void*>(batch.hidden + start * hidden_);
+  auto [x_src, rows] = GivenRows(batch);
+  if (rows == RowFormat::kFp32) x_src = batch.hidden + start * hidden_;
   void* staging = x_host_[graph ? 0 : slot_index].get();
   if (graph ? x_src != staging : pipelined) {
     if (rows == RowFormat::kFp32 && TakesHalfRows(n)) {
