@@ -779,7 +779,7 @@ int WgmmaColumns(int64_t rows) {
   if (!g_wgmma) return 0;
   if (rows > kGemvMaxRows) return kGemmTileRows;  // the large-batch GEMM
   const int64_t columns = GemvPlanes(rows) * rows;
-  return columns <= 16 ? 16 : columns <= 32 ? 32 : 64;
+  return columns <= 16 ? 16 : columns <= 32 ? 32 : columns <= 48 ? 48 : 64;
 }
 
 }  // namespace
@@ -854,6 +854,7 @@ cudaError_t PrepareFp8Gemv() {
   using TwoBlocks32 = WgmmaGemvShape<32, 2>;
   if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<32, 1, 2>, TwoBlocks32::kSmemBytes);
   if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<32, 1>, WgmmaGemvShape<32>::kSmemBytes);
+  if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<48, 1>, WgmmaGemvShape<48>::kSmemBytes);
   if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<64, 1>, WgmmaGemvShape<64>::kSmemBytes);
   g_row_clusters = false;
   if (err == cudaSuccess && g_wgmma) {
@@ -923,12 +924,15 @@ cudaError_t LaunchFp8Gemv(const GemvWeights& w, const __half* act, const Epilogu
   static_assert(GemvShape<1, 2>::kBatchRows == kGemvFusedRows && GemvShape<2, 2>::kBatchRows == kGemvExactRows &&
                     GemvShape<2, 1>::kBatchRows == kGemvMmaRows,
                 "the mma.sync variants cover every batch up to kGemvMmaRows rows");
-  static_assert(kGemvMaxRows == 64 && kGemvExactRows == 8, "the wgmma variants cover N = 16 (hi + lo or one plane), 32, 64");
+  static_assert(kGemvMaxRows == 64 && kGemvExactRows == 8,
+                "the wgmma variants cover N = 16 (hi + lo or one plane), 32, 48, 64");
   switch (const int n = WgmmaColumns(p.rows)) {
     case 16:
     case 32:
       return (n == 16 ? w.blocks_per_sm_16 : w.blocks_per_sm_32) == 2 ? LaunchWgmmaUpTo32<2>(n, w, act, p, stream)
                                                                        : LaunchWgmmaUpTo32<1>(n, w, act, p, stream);
+    case 48:
+      return LaunchWgmma<48, 1>(w, act, p, stream);
     case 64:
       return LaunchWgmma<64, 1>(w, act, p, stream);
     default:

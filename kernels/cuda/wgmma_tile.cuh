@@ -28,7 +28,9 @@ template <int N, int PLANES>
 struct TileStoreShape {
   static constexpr int kRows = 256;                    // vocab rows per block (16 warps x 16)
   static constexpr int kColumns = N / PLANES;          // batch rows per token tile
-  static constexpr int kThreadsPerColumn = 512 / kColumns < 32 ? 512 / kColumns : 32;
+  // A power of two (the reduction's shuffles), at most 32 and 512 / kColumns.
+  static constexpr int kThreadsPerColumn = 512 / kColumns >= 32 ? 32 : 512 / kColumns >= 16 ? 16
+                                           : 512 / kColumns >= 8 ? 8 : 4;
   static constexpr int kStride = kRows + kThreadsPerColumn;  // floats per column: conflict-free reads
   // The logits, then 1 / scales and whether each batch row's logits are stored.
   static constexpr int kBytes = (kColumns * kStride + 2 * kColumns) * 4;
