@@ -483,7 +483,7 @@ absl::Status CudaBackend::ChooseGemvBlocksPerSm(int requested, std::mt19937& rng
   // Whole argmax calls on random rows in the input buffer, as served (one graph each; the kernel
   // alone, launched back to back, overlaps its own tails and says nothing here): each variant's
   // fastest call of three rounds of 10, the rounds alternating (clocks drift). N = 16 is timed on
-  // kGemvExactRows rows, N = 32 on 24.
+  // kGemvExactRows rows; N = 24 on 24 rows, for N = 24 and 32 (17-32 rows).
   struct Choice {
     int64_t rows;
     int* blocks;

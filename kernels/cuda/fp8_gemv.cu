@@ -566,22 +566,22 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
 // - The epilogue's first pass is done on the accumulators (StoreWgmmaTile): per batch row one
 //   partial statistic per block, and the finished logits only when a later pass reads them.
 // The large-batch GEMM (fp8_gemm.cu) runs the same product over tiles of 128 batch rows.
-// BLOCKS: blocks per SM. Two (N = 16 and 32: 48 registers, half the shared memory each, one step
-// less in each warp's ring, at N = 32 chunks of two steps) let one block's tile store overlap the
-// other's weight stream, which measured 1.3-6 us faster on 128256x4096 and 131072x5120 but 15-25 us
-// slower on 152064x8192 (on an H100, whole calls), so the backend times both on its head at
-// startup (GemvWeights::blocks_per_sm_16 and _32).
+// BLOCKS: blocks per SM. Two (N = 16, 24 and 32: 48 registers, half the shared memory each, one
+// step less in each warp's ring, above N = 16 chunks of two steps) let one block's tile store
+// overlap the other's weight stream, which measured 1.3-6 us faster on 128256x4096 and 131072x5120
+// but 15-25 us slower on 152064x8192 (on an H100, whole calls), so the backend times both on its
+// head at startup (GemvWeights::blocks_per_sm_16, and _32 for N = 24 and 32).
 template <int N, int BLOCKS = 1>
 struct WgmmaGemvShape {
   static_assert(N <= kGemvMaxRows, "N MMA columns of one batch");
-  static_assert(BLOCKS == 1 || (BLOCKS == 2 && N <= 32), "two blocks per SM at N = 16 and 32 only");
+  static_assert(BLOCKS == 1 || (BLOCKS == 2 && N <= 32), "two blocks per SM at N = 16, 24 and 32 only");
   static constexpr int kWarps = 16;
   static constexpr int kThreads = kWarps * 32;
   // 128-column steps per activation chunk (the block synchronizes once per chunk: 4 steps measured
-  // ~1% faster than 2 at N = 32 on an H100; 2 where two blocks share an SM at N = 32, for the
+  // ~1% faster than 2 at N = 32 on an H100; 2 where two blocks share an SM above N = 16, for the
   // shared memory), and the chunk buffers: three where they fit beside the rings (N <= 32, one
   // block per SM), else two (see the kernel's loop).
-  static constexpr int kSteps = BLOCKS == 2 && N == 32 ? 2 : 4;
+  static constexpr int kSteps = BLOCKS == 2 && N > 16 ? 2 : 4;
   static constexpr int kChunk = kSteps * kStep;       // activation columns per chunk
   static constexpr int kBuffers = N <= 32 && BLOCKS == 1 ? 3 : 2;
   static constexpr int kChunkBytes = N * kChunk * 2;  // fp16
@@ -745,12 +745,13 @@ cudaError_t LaunchWgmma(const GemvWeights& w, const __half* act, const EpilogueP
                              static_cast<int>(w.hidden_pad), act, write_logits, p);
 }
 
-// N = 16 (1-16 rows: hi + lo planes up to kGemvExactRows rows, one plane above) and N = 32 (17-32
-// rows, one plane).
+// N = 16 (1-16 rows: hi + lo planes up to kGemvExactRows rows, one plane above), 24 (17-24 rows)
+// and 32 (25-32 rows, one plane).
 template <int BLOCKS>
 cudaError_t LaunchWgmmaUpTo32(int n, const GemvWeights& w, const __half* act, const EpilogueParams& p,
                               cudaStream_t stream) {
   if (n == 32) return LaunchWgmma<32, 1, BLOCKS>(w, act, p, stream);
+  if (n == 24) return LaunchWgmma<24, 1, BLOCKS>(w, act, p, stream);
   return p.rows <= kGemvExactRows ? LaunchWgmma<16, 2, BLOCKS>(w, act, p, stream)
                                   : LaunchWgmma<16, 1, BLOCKS>(w, act, p, stream);
 }
@@ -779,7 +780,7 @@ int WgmmaColumns(int64_t rows) {
   if (!g_wgmma) return 0;
   if (rows > kGemvMaxRows) return kGemmTileRows;  // the large-batch GEMM
   const int64_t columns = GemvPlanes(rows) * rows;
-  return columns <= 16 ? 16 : columns <= 32 ? 32 : columns <= 48 ? 48 : 64;
+  return columns <= 16 ? 16 : columns <= 24 ? 24 : columns <= 32 ? 32 : columns <= 48 ? 48 : 64;
 }
 
 }  // namespace
@@ -851,6 +852,9 @@ cudaError_t PrepareFp8Gemv() {
   using TwoBlocks = WgmmaGemvShape<16, 2>;
   if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<16, 2, 2>, TwoBlocks::kSmemBytes);
   if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<16, 1, 2>, TwoBlocks::kSmemBytes);
+  using TwoBlocks24 = WgmmaGemvShape<24, 2>;
+  if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<24, 1, 2>, TwoBlocks24::kSmemBytes);
+  if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<24, 1>, WgmmaGemvShape<24>::kSmemBytes);
   using TwoBlocks32 = WgmmaGemvShape<32, 2>;
   if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<32, 1, 2>, TwoBlocks32::kSmemBytes);
   if (err == cudaSuccess && g_wgmma) err = AllowSmem(Fp8GemvWgmmaKernel<32, 1>, WgmmaGemvShape<32>::kSmemBytes);
@@ -925,9 +929,10 @@ cudaError_t LaunchFp8Gemv(const GemvWeights& w, const __half* act, const Epilogu
                     GemvShape<2, 1>::kBatchRows == kGemvMmaRows,
                 "the mma.sync variants cover every batch up to kGemvMmaRows rows");
   static_assert(kGemvMaxRows == 64 && kGemvExactRows == 8,
-                "the wgmma variants cover N = 16 (hi + lo or one plane), 32, 48, 64");
+                "the wgmma variants cover N = 16 (hi + lo or one plane), 24, 32, 48, 64");
   switch (const int n = WgmmaColumns(p.rows)) {
     case 16:
+    case 24:
     case 32:
       return (n == 16 ? w.blocks_per_sm_16 : w.blocks_per_sm_32) == 2 ? LaunchWgmmaUpTo32<2>(n, w, act, p, stream)
                                                                        : LaunchWgmmaUpTo32<1>(n, w, act, p, stream);

@@ -10,7 +10,7 @@
 //   ~2^-22 relative and the products match an fp32 dot product over the same FP8 codes;
 // - above that: one fp16 value (11 significant bits, relative rounding error <= 2^-11 per
 //   element, finer than bf16's 2^-8), which halves the tensor-core work.
-// On Hopper the warpgroup MMA (wgmma, N = 16, 32, 48 or 64 columns) with the weights and activations
+// On Hopper the warpgroup MMA (wgmma, N = 16, 24, 32, 48 or 64 columns) with the weights and activations
 // brought into shared memory by the copy engine (TMA) takes every batch (1-64 rows) and does the
 // epilogue's first pass on its products (GemvPartials); elsewhere mma.sync m16n8k16 with the
 // weights loaded straight into registers takes up to kGemvMmaRows rows (the first pass too up to
@@ -35,7 +35,7 @@ inline constexpr int64_t kGemvMaxRows = 64;
 // Batches of up to this many rows carry activations as fp16 hi + lo; larger ones as one fp16.
 inline constexpr int64_t kGemvExactRows = 8;
 // Most rows the mma.sync GEMV takes (GPUs other than Hopper; on Hopper 1-64 rows run the wgmma
-// GEMV, with N = 16, 32, 48 or 64 MMA columns, hi + lo planes counting two columns per row).
+// GEMV, with N = 16, 24, 32, 48 or 64 MMA columns, hi + lo planes counting two columns per row).
 inline constexpr int64_t kGemvMmaRows = 16;
 
 // fp16 planes per batch row for a batch of `rows` rows (2 = hi + lo, 1 = single).
@@ -68,7 +68,7 @@ struct RowWords {
 // GemvActivationStride, columns permuted within each 128 for the GEMV's loads: with two planes
 // row 2b is hi_b = fp16(x_b * s_b) and row 2b + 1 is lo_b = fp16(x_b * s_b - hi_b); with one, row
 // b is hi_b. For the wgmma GEMV the same planes, plane p of row b as MMA column
-// GemvPlanes(rows) * b + p, in the shared-memory layout of its MMAs (N = 16, 32, 48 or 64 columns per
+// GemvPlanes(rows) * b + p, in the shared-memory layout of its MMAs (N = 16, 24, 32, 48 or 64 columns per
 // k16 block, one run of k16 blocks per staged chunk). s_b is a power of two that puts
 // max|x_b| in [2^13, 2^14), and inv_scales[b] = 1 / s_b. Only the columns below `hidden`
 // are written: `act` must be zeroed once when allocated. `words`: what the kernel also prepares
@@ -120,7 +120,7 @@ struct GemvWeights {
   int64_t vocab_pad = 0;           // multiples of 16
   int64_t hidden_pad = 0;
   CUtensorMap tensor_map{};        // Hopper: the codes for the wgmma GEMV's TMA reads
-  // The wgmma GEMV at 1-16 rows (N = 16) and at 17-32 rows (N = 32) in one or two blocks per SM:
+  // The wgmma GEMV at 1-16 rows (N = 16) and at 17-32 rows (N = 24, 32) in one or two blocks per SM:
   // which is faster depends on the head (the caller times both; see WgmmaGemvShape in fp8_gemv.cu).
   int blocks_per_sm_16 = 1;
   int blocks_per_sm_32 = 1;

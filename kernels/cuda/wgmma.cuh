@@ -95,7 +95,7 @@ __device__ __forceinline__ void WaitForAccumulators(float (&acc)[kFragments][4])
   }
 }
 
-// d[N / 2] += A (64 x 16, registers) x B (16 x N, descriptor b). Defined for N = 16, 32, 48, 64 and 128.
+// d[N / 2] += A (64 x 16, registers) x B (16 x N, descriptor b). Defined for N = 16, 24, 32, 48, 64 and 128.
 template <int N>
 __device__ __forceinline__ void Wgmma(float* d, const uint32_t (&a)[4], uint64_t b);
 
@@ -107,6 +107,17 @@ __device__ __forceinline__ void Wgmma<16>(float* d, const uint32_t (&a)[4], uint
       "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 "
       "{%0, %1, %2, %3, %4, %5, %6, %7}, {%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+}
+
+template <>
+__device__ __forceinline__ void Wgmma<24>(float* d, const uint32_t (&a)[4], uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %17, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n24k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11}, {%12, %13, %14, %15}, %16, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
 }
 
