@@ -253,7 +253,7 @@ int main(int argc, char** argv) {
         "the batcher passes fp32 rows of batches with one fp16 per activation, 9-64 rows and bf16-act GEMM "
         "batches; the `argmax` and `top20` columns' calls stage their rows so too). B <= " << lmhead::cuda::GemvMaxRows()
      << " runs lmhead's FP8 GEMV in both modes (fp16 hi + lo activations up to 8 rows, one fp16 above; "
-        "wgmma with TMA-fed shared memory, N = 16, 32, 48 or 64). Above that `bf16 act` "
+        "wgmma with TMA-fed shared memory, N = 16, 24, 32, 48 or 64). Above that `bf16 act` "
         "(the default) runs lmhead's FP8 GEMM (the same wgmma kernel over tiles of 128 rows, one fp16 per "
         "activation, the epilogue's first pass on its accumulators) and `fp8 act` lmhead's FP8 x FP8 GEMM over "
         "one E4M3 row per token (per-token scale; the epilogue's first pass on its accumulators); `fp8 act lt` = "
