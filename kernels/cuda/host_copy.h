@@ -1,5 +1,5 @@
-// Host memcpy (and fp32 -> scaled fp16 row conversion) split over a pool of threads, with
-// streaming (cache-bypassing) stores: staging a
+// Host memcpy split over a pool of threads, with streaming (cache-bypassing) stores (and the
+// fp32 -> scaled fp16 row conversion, ScaleRowToHalf's plain stores, over the same threads): staging a
 // large batch's rows into pinned memory runs at one core's copy rate otherwise (13 GB/s measured
 // on an H100 machine's host, 37 GB/s on 8 threads), below what the GPU consumes; and rows left
 // dirty in the CPU caches slow the DMA that reads them next (streaming stores: 14.2-14.5 instead
