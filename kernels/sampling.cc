@@ -11,8 +11,8 @@ namespace lmhead {
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-// Largest value GumbelNoise can return (u <= 1 - 2^-25): a token with z + this below the best
-// score so far cannot win.
+// Above the largest value GumbelNoise returns (16.64, at u = 1 - 2^-24): a token with z + this
+// below the best score so far cannot win.
 constexpr float kMaxGumbel = 17.5f;
 constexpr uint32_t kNoToken = 0xffffffffu;
 

@@ -26,15 +26,18 @@ LMHEAD_HD uint64_t Mix64(uint64_t x) {
   return x;
 }
 
-// Uniform in (0, 1) from (seed, step, token id): 24 random bits, centred in their cell, so the
-// value is never 0 or 1. A token's noise depends only on these three numbers, never on the
-// batch, the backend or (for vocab shards) which process holds the token.
+// Uniform in (0, 1) from (seed, step, token id): 24 random bits k, (k + 1/2) / 2^24 in float. A
+// token's noise depends only on these three numbers, never on the batch, the backend or (for
+// vocab shards) which process holds the token. The top value of k would round to exactly 1 in
+// float (noise +inf: that token would win every draw it takes part in, about 1 in 2^24 tokens
+// per draw, and the bound kMaxGumbel would not hold), so it gives the float just below 1.
 LMHEAD_HD float SamplingUniform(uint64_t seed, uint64_t step, uint32_t token) {
   const uint64_t h = Mix64(Mix64(Mix64(seed ^ 0x6a09e667f3bcc909ull) ^ step) ^ token);
-  return (static_cast<float>(h >> 40) + 0.5f) * (1.0f / 16777216.0f);
+  const float u = (static_cast<float>(h >> 40) + 0.5f) * (1.0f / 16777216.0f);
+  return u < 1.0f ? u : 1.0f - 1.0f / 16777216.0f;
 }
 
-// Standard Gumbel noise: -log(-log(u)). In [-2.85, 17.4] for the u above.
+// Standard Gumbel noise: -log(-log(u)). In [-2.85, 16.64] for the u above.
 LMHEAD_HD float GumbelNoise(uint64_t seed, uint64_t step, uint32_t token) {
 #if defined(__CUDA_ARCH__)
   return -logf(-logf(SamplingUniform(seed, step, token)));

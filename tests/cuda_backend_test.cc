@@ -38,8 +38,12 @@ constexpr double kGemvTolerance = 1e-3;
 constexpr double kAbsTolerance = 2e-3;
 constexpr double kRelTolerance = 1e-3;
 
-// A fresh seed for each run (the tests trace it, so a failure can be replayed).
+// A fresh seed for each run, or $LMHEAD_TEST_SEED: the tests trace their seed, so a failure can be
+// replayed with it.
 uint64_t FreshSeed() {
+  if (const char* fixed = std::getenv("LMHEAD_TEST_SEED"); fixed != nullptr && *fixed != '\0') {
+    return std::strtoull(fixed, nullptr, 10);
+  }
   std::random_device source;
   return (uint64_t{source()} << 32) | source();
 }
@@ -821,6 +825,12 @@ TEST_P(CudaConformanceTest, SamplingMatchesTheCpuReference) {
         if (ref.sampled_id == g.sampled_id) {
           ++same_on_gpu_logits;
           EXPECT_NEAR(g.sampled_logprob, ref.sampled_logprob, 1e-4 + 1e-5 * std::fabs(ref.sampled_logprob));
+        } else {  // allowed near an exact tie (see above): say how near
+          std::printf("[ sampling ] rows %lld row %lld scale %g mix %zu: GPU token %u (score %.9g, logit %.9g), "
+                      "CPU reference %u (score %.9g, logit %.9g)\n",
+                      static_cast<long long>(rows), static_cast<long long>(r), scale, r % mix.size(), g.sampled_id,
+                      g.sampled_score, g.logits[g.sampled_id], ref.sampled_id, ref.sampled_score,
+                      g.logits[ref.sampled_id]);
         }
         if (cpu_out[r].sampled_id == g.sampled_id) ++same_on_cpu_logits;
         const SamplingSpec& spec = *specs[r].sampling;

@@ -274,6 +274,24 @@ TEST(SamplingTest, NoiseDependsOnlyOnSeedStepAndToken) {
   EXPECT_NEAR(sum / 100000, 0.5, 0.005);
 }
 
+// The one 24-bit value whose centred uniform rounds to 1 in float (about 1 token in 2^24 per draw):
+// its noise must stay finite and under the bound the draws prune by, and such a token must not win
+// a draw its logit loses by more than the noise's range.
+TEST(SamplingTest, TheTopUniformStaysBelowOne) {
+  uint32_t token = 0;
+  while ((Mix64(Mix64(Mix64(99 ^ 0x6a09e667f3bcc909ull) ^ 0) ^ token) >> 40) != 0xffffffu) ++token;
+  EXPECT_LT(SamplingUniform(99, 0, token), 1.0f);
+  const float noise = GumbelNoise(99, 0, token);
+  EXPECT_TRUE(std::isfinite(noise));
+  EXPECT_NEAR(noise, 16.64f, 0.01f);
+  // Two tokens (a vocab shard's offset puts id 1 at that token), id 1 trailing id 0's score by
+  // 0.43 after its noise, and near enough for the draw not to prune it (within kMaxGumbel).
+  SamplingSpec s;
+  s.temperature = 1.0f, s.seed = 99, s.step = 0, s.token_offset = token - 1;
+  const float gap = 17.07f - GumbelNoise(99, 0, token - 1);
+  EXPECT_EQ(Draw(s, {0.0f, -gap}), 0u);
+}
+
 TEST(SamplingTest, TopPMassTargetRoundsUp) {
   EXPECT_EQ(TopPTarget(0.5f, 10), 5u);
   EXPECT_EQ(TopPTarget(0.3f, 10), 4u);  // 0.3f is slightly above 0.3: 3.0000001 -> 4
