@@ -24,14 +24,24 @@ size_t HalfRowsBytes(int64_t rows, int64_t hidden);
 // bytes) for `rows` rows: values first, scales after them.
 HalfRows HalfRowsIn(void* buffer, int64_t rows, int64_t hidden);
 
+// How ScaleRowToHalf computes: every path gives the same bits.
+enum class HalfRowsPath { kPortable, kAvx2F16c, kAvx512 };
+
+// The fastest path this CPU runs.
+HalfRowsPath BestHalfRowsPath();
+// Whether this CPU runs a vector path. The portable one (scalar conversions) costs several times a
+// copy of the rows, more than half the bytes across PCIe save: backends offer fp16 rows only
+// where this holds.
+inline bool HalfRowsAreFast() { return BestHalfRowsPath() != HalfRowsPath::kPortable; }
+// Whether this CPU can run `path`.
+bool HalfRowsPathRuns(HalfRowsPath path);
+
 // Writes row[0, n) (finite fp32) to out[0, n) as fp16(x * s), rounded to nearest even, with
 // s = 2^(14 - e) where max|x| = m * 2^e, m in [0.5, 1) (e = 14 for an all-zero row; e >= -100), so
-// that max|x| * s lies in [2^13, 2^14) and no value overflows. Returns 1 / s. Uses AVX-512 where
-// the CPU has it; the result is the same bits either way.
+// that max|x| * s lies in [2^13, 2^14) and no value overflows. Returns 1 / s. BestHalfRowsPath().
 float ScaleRowToHalf(const float* row, int64_t n, uint16_t* out);
-
-// The portable path of ScaleRowToHalf (for tests: the vector path must match it bit for bit).
-float ScaleRowToHalfPortable(const float* row, int64_t n, uint16_t* out);
+// The same on a given path (HalfRowsPathRuns(path) must hold): for tests.
+float ScaleRowToHalfOn(HalfRowsPath path, const float* row, int64_t n, uint16_t* out);
 
 }  // namespace lmhead
 

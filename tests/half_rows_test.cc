@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -54,20 +55,31 @@ std::vector<std::vector<float>> Rows() {
   return rows;
 }
 
+// Every path this CPU runs (portable always; AVX2 + F16C and AVX-512 on most x86-64 machines,
+// the dev VM and the GPU machines included), and the default one.
 TEST(HalfRowsTest, MatchesTheGpuRuleOnEveryPathAndAlignment) {
-  for (const std::vector<float>& x : Rows()) {
-    std::vector<uint16_t> want;
-    const float want_inv = Reference(x, &want);
-    SCOPED_TRACE(::testing::Message() << "n " << x.size() << " first " << x[0]);
-    for (int offset : {0, 1, 5, 16}) {  // output misaligned by offset fp16 values
-      std::vector<uint16_t> fast(x.size() + offset + 16, 0xdead), portable(x.size() + offset, 0xdead);
-      EXPECT_EQ(ScaleRowToHalf(x.data(), x.size(), fast.data() + offset), want_inv);
-      EXPECT_EQ(ScaleRowToHalfPortable(x.data(), x.size(), portable.data() + offset), want_inv);
-      EXPECT_TRUE(std::equal(want.begin(), want.end(), fast.begin() + offset)) << "offset " << offset;
-      EXPECT_TRUE(std::equal(want.begin(), want.end(), portable.begin() + offset)) << "offset " << offset;
-      EXPECT_EQ(fast[x.size() + offset], 0xdead) << "wrote past the row";
+  int paths = 0;
+  for (HalfRowsPath path : {HalfRowsPath::kPortable, HalfRowsPath::kAvx2F16c, HalfRowsPath::kAvx512}) {
+    if (!HalfRowsPathRuns(path)) continue;
+    ++paths;
+    SCOPED_TRACE(::testing::Message() << "path " << static_cast<int>(path));
+    for (const std::vector<float>& x : Rows()) {
+      std::vector<uint16_t> want;
+      const float want_inv = Reference(x, &want);
+      SCOPED_TRACE(::testing::Message() << "n " << x.size() << " first " << x[0]);
+      for (int offset : {0, 1, 5, 16}) {  // output misaligned by offset fp16 values
+        std::vector<uint16_t> out(x.size() + offset + 16, 0xdead);
+        EXPECT_EQ(ScaleRowToHalfOn(path, x.data(), x.size(), out.data() + offset), want_inv);
+        EXPECT_TRUE(std::equal(want.begin(), want.end(), out.begin() + offset)) << "offset " << offset;
+        EXPECT_EQ(out[x.size() + offset], 0xdead) << "wrote past the row";
+        std::vector<uint16_t> best(x.size());
+        EXPECT_EQ(ScaleRowToHalf(x.data(), x.size(), best.data()), want_inv);
+        EXPECT_EQ(best, want);
+      }
     }
   }
+  std::printf("[ paths ] %d of 3 run here; the default is %d\n", paths, static_cast<int>(BestHalfRowsPath()));
+  EXPECT_EQ(HalfRowsAreFast(), BestHalfRowsPath() != HalfRowsPath::kPortable);
 }
 
 TEST(HalfRowsTest, ScaledRowsSpanTheHalfRangeAndRoundTrip) {

@@ -53,9 +53,9 @@ class CudaBackend final : public Backend {
     const bool kernels = rows <= gemv_max_rows_ || (fp8_gemms_ && rows > kGemvMaxRows);
     return rows <= slice_rows_ && kernels ? reinterpret_cast<uint16_t*>(x_host_[0].get()) : nullptr;
   }
-  // Scaled fp16 rows where the kernels multiply one fp16 per activation (TakesHalfRows).
+  // Scaled fp16 rows where the kernels multiply one fp16 per activation (StagesHalfRows).
   HalfRows HalfInputBuffer(int64_t rows) override {
-    return rows <= slice_rows_ && TakesHalfRows(rows) ? HalfRowsIn(x_host_[0].get(), rows, hidden_) : HalfRows{};
+    return rows <= slice_rows_ && StagesHalfRows(rows) ? HalfRowsIn(x_host_[0].get(), rows, hidden_) : HalfRows{};
   }
   std::string TakeStageTimings() override;
   std::string Tuning() const override { return tuning_; }
@@ -141,6 +141,9 @@ class CudaBackend final : public Backend {
   bool TakesHalfRows(int64_t n) const {
     return n > kGemvExactRows && (n <= gemv_max_rows_ || (fp8_gemms_ && split_ && n > kGemvMaxRows));
   }
+  // Whether fp32 rows of such a slice are made fp16 on the host: where the host converts them with
+  // vector instructions (HalfRowsAreFast), else they go as they are.
+  bool StagesHalfRows(int64_t n) const { return TakesHalfRows(n) && HalfRowsAreFast(); }
 
   // Whether a later step reads the row's finished logits (its top-k, full logits or sampling).
   static bool ReadsLogits(const RowSpec& spec) {
@@ -888,12 +891,12 @@ absl::Status CudaBackend::EnqueueSlice(const LogitsBatch& batch, int64_t start, 
   }
   // The slice's rows as given (bf16 and fp16 rows: one slice, in x_host_[0]); a graph slice reads
   // them from x_host_[0] and a slice of several from its slot's buffer, where the host stages them
-  // first -- fp32 rows as scaled fp16 where the slice TakesHalfRows (half the bytes to move).
+  // first -- fp32 rows as scaled fp16 where StagesHalfRows (half the bytes to move).
   auto [x_src, rows] = GivenRows(batch);
   if (rows == RowFormat::kFp32) x_src = batch.hidden + start * hidden_;
   void* staging = x_host_[graph ? 0 : slot_index].get();
   if (graph ? x_src != staging : pipelined) {
-    if (rows == RowFormat::kFp32 && TakesHalfRows(n)) {
+    if (rows == RowFormat::kFp32 && StagesHalfRows(n)) {
       copy_pool_->ToHalfRows(static_cast<const float*>(x_src), n, hidden_, HalfRowsIn(staging, n, hidden_));
       rows = RowFormat::kHalf;
     } else {
