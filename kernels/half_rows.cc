@@ -7,6 +7,8 @@
 
 #if defined(__x86_64__)
 #include <immintrin.h>
+#elif defined(__aarch64__)
+#include <arm_neon.h>
 #endif
 
 namespace lmhead {
@@ -93,6 +95,28 @@ __attribute__((target("avx2,f16c"))) void ConvertAvx2F16c(const float* x, int64_
   }
   ConvertPortable(x + i, n - i, s, out + i);
 }
+#elif defined(__aarch64__)
+// 8 values per step; the conversion rounds as FPCR says, to nearest even by default (as
+// FloatToHalf), with fp16 subnormals kept (FZ16 off).
+float MaxAbsNeon(const float* x, int64_t n) {
+  float32x4_t m0 = vdupq_n_f32(0.0f), m1 = vdupq_n_f32(0.0f);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    m0 = vmaxq_f32(m0, vabsq_f32(vld1q_f32(x + i)));
+    m1 = vmaxq_f32(m1, vabsq_f32(vld1q_f32(x + i + 4)));
+  }
+  return std::max(vmaxvq_f32(vmaxq_f32(m0, m1)), MaxAbsPortable(x + i, n - i));
+}
+
+void ConvertNeon(const float* x, int64_t n, float s, uint16_t* out) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const float16x4_t lo = vcvt_f16_f32(vmulq_n_f32(vld1q_f32(x + i), s));
+    const float16x4_t hi = vcvt_f16_f32(vmulq_n_f32(vld1q_f32(x + i + 4), s));
+    vst1q_u16(out + i, vreinterpretq_u16_f16(vcombine_f16(lo, hi)));
+  }
+  ConvertPortable(x + i, n - i, s, out + i);
+}
 #endif
 
 }  // namespace
@@ -107,6 +131,7 @@ HalfRows HalfRowsIn(void* buffer, int64_t rows, int64_t hidden) {
 HalfRowsPath BestHalfRowsPath() {
   static const HalfRowsPath best = HalfRowsPathRuns(HalfRowsPath::kAvx512)     ? HalfRowsPath::kAvx512
                                    : HalfRowsPathRuns(HalfRowsPath::kAvx2F16c) ? HalfRowsPath::kAvx2F16c
+                                   : HalfRowsPathRuns(HalfRowsPath::kNeon)     ? HalfRowsPath::kNeon
                                                                                 : HalfRowsPath::kPortable;
   return best;
 }
@@ -120,6 +145,9 @@ bool HalfRowsPathRuns(HalfRowsPath path) {
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
     case HalfRowsPath::kAvx512:
       return __builtin_cpu_supports("avx512f");
+#elif defined(__aarch64__)
+    case HalfRowsPath::kNeon:
+      return true;  // (Advanced SIMD with fp16 conversions is part of every AArch64 core)
 #endif
     default:
       return false;
@@ -136,6 +164,10 @@ float ScaleRowToHalfOn(HalfRowsPath path, const float* row, int64_t n, uint16_t*
     case HalfRowsPath::kAvx2F16c:
       amax = MaxAbsAvx2(row, n);
       break;
+#elif defined(__aarch64__)
+    case HalfRowsPath::kNeon:
+      amax = MaxAbsNeon(row, n);
+      break;
 #endif
     default:
       amax = MaxAbsPortable(row, n);
@@ -149,6 +181,10 @@ float ScaleRowToHalfOn(HalfRowsPath path, const float* row, int64_t n, uint16_t*
       break;
     case HalfRowsPath::kAvx2F16c:
       ConvertAvx2F16c(row, n, s, out);
+      break;
+#elif defined(__aarch64__)
+    case HalfRowsPath::kNeon:
+      ConvertNeon(row, n, s, out);
       break;
 #endif
     default:

@@ -25,7 +25,7 @@ size_t HalfRowsBytes(int64_t rows, int64_t hidden);
 HalfRows HalfRowsIn(void* buffer, int64_t rows, int64_t hidden);
 
 // How ScaleRowToHalf computes: every path gives the same bits.
-enum class HalfRowsPath { kPortable, kAvx2F16c, kAvx512 };
+enum class HalfRowsPath { kPortable, kAvx2F16c, kAvx512, kNeon };
 
 // The fastest path this CPU runs.
 HalfRowsPath BestHalfRowsPath();

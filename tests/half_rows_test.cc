@@ -56,10 +56,11 @@ std::vector<std::vector<float>> Rows() {
 }
 
 // Every path this CPU runs (portable always; AVX2 + F16C and AVX-512 on most x86-64 machines,
-// the dev VM and the GPU machines included), and the default one.
+// the dev VM and the GPU machines included; NEON on AArch64), and the default one.
 TEST(HalfRowsTest, MatchesTheGpuRuleOnEveryPathAndAlignment) {
   int paths = 0;
-  for (HalfRowsPath path : {HalfRowsPath::kPortable, HalfRowsPath::kAvx2F16c, HalfRowsPath::kAvx512}) {
+  for (HalfRowsPath path :
+       {HalfRowsPath::kPortable, HalfRowsPath::kAvx2F16c, HalfRowsPath::kAvx512, HalfRowsPath::kNeon}) {
     if (!HalfRowsPathRuns(path)) continue;
     ++paths;
     SCOPED_TRACE(::testing::Message() << "path " << static_cast<int>(path));
@@ -78,7 +79,7 @@ TEST(HalfRowsTest, MatchesTheGpuRuleOnEveryPathAndAlignment) {
       }
     }
   }
-  std::printf("[ paths ] %d of 3 run here; the default is %d\n", paths, static_cast<int>(BestHalfRowsPath()));
+  std::printf("[ paths ] %d of 4 run here; the default is %d\n", paths, static_cast<int>(BestHalfRowsPath()));
   EXPECT_EQ(HalfRowsAreFast(), BestHalfRowsPath() != HalfRowsPath::kPortable);
 }
 
