@@ -155,46 +155,38 @@ bool HalfRowsPathRuns(HalfRowsPath path) {
 }
 
 float ScaleRowToHalfOn(HalfRowsPath path, const float* row, int64_t n, uint16_t* out) {
-  float amax;
+  // The path's two passes: the row's largest |x|, then the scaled conversion.
+  float (*max_abs)(const float*, int64_t) = MaxAbsPortable;
+  void (*convert)(const float*, int64_t, float, uint16_t*) = ConvertPortable;
   switch (path) {
 #if defined(__x86_64__)
     case HalfRowsPath::kAvx512:
-      amax = MaxAbsAvx512(row, n);
+      max_abs = MaxAbsAvx512, convert = ConvertAvx512;
       break;
     case HalfRowsPath::kAvx2F16c:
-      amax = MaxAbsAvx2(row, n);
+      max_abs = MaxAbsAvx2, convert = ConvertAvx2F16c;
       break;
 #elif defined(__aarch64__)
     case HalfRowsPath::kNeon:
-      amax = MaxAbsNeon(row, n);
+      max_abs = MaxAbsNeon, convert = ConvertNeon;
       break;
 #endif
     default:
-      amax = MaxAbsPortable(row, n);
+      break;
   }
-  const int e = ScaleExponent(amax);
-  const float s = std::ldexp(1.0f, 14 - e);
-  switch (path) {
-#if defined(__x86_64__)
-    case HalfRowsPath::kAvx512:
-      ConvertAvx512(row, n, s, out);
-      break;
-    case HalfRowsPath::kAvx2F16c:
-      ConvertAvx2F16c(row, n, s, out);
-      break;
-#elif defined(__aarch64__)
-    case HalfRowsPath::kNeon:
-      ConvertNeon(row, n, s, out);
-      break;
-#endif
-    default:
-      ConvertPortable(row, n, s, out);
-  }
+  const int e = ScaleExponent(max_abs(row, n));
+  convert(row, n, std::ldexp(1.0f, 14 - e), out);
   return std::ldexp(1.0f, e - 14);
 }
 
 float ScaleRowToHalf(const float* row, int64_t n, uint16_t* out) {
   return ScaleRowToHalfOn(BestHalfRowsPath(), row, n, out);
+}
+
+void ScaleRowsToHalf(const float* src, int64_t rows, int64_t hidden, HalfRows dst, int64_t first) {
+  for (int64_t r = 0; r < rows; ++r) {
+    dst.inv_scales[first + r] = ScaleRowToHalf(src + r * hidden, hidden, dst.values + (first + r) * hidden);
+  }
 }
 
 }  // namespace lmhead

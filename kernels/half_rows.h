@@ -43,6 +43,10 @@ float ScaleRowToHalf(const float* row, int64_t n, uint16_t* out);
 // The same on a given path (HalfRowsPathRuns(path) must hold): for tests.
 float ScaleRowToHalfOn(HalfRowsPath path, const float* row, int64_t n, uint16_t* out);
 
+// ScaleRowToHalf over `rows` consecutive rows of `hidden` values at src, into rows [first,
+// first + rows) of dst.
+void ScaleRowsToHalf(const float* src, int64_t rows, int64_t hidden, HalfRows dst, int64_t first = 0);
+
 }  // namespace lmhead
 
 #endif  // LMHEAD_KERNELS_HALF_ROWS_H_

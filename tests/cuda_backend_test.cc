@@ -562,9 +562,7 @@ TEST(CudaBackendTest, Fp16RowsGiveTheSameResultsAsFp32Rows) {
     ASSERT_TRUE(gpu->ComputeLogits({buffer, rows, specs}, &want).ok());  // fp32 rows, scaled on the GPU
     const HalfRows half = gpu->HalfInputBuffer(rows);
     ASSERT_NE(half.values, nullptr) << "one fp16 per activation: the backend takes scaled fp16 rows";
-    for (int64_t r = 0; r < rows; ++r) {
-      half.inv_scales[r] = ScaleRowToHalf(x.data() + r * hidden, hidden, half.values + r * hidden);
-    }
+    ScaleRowsToHalf(x.data(), rows, hidden, half);
     LogitsBatch batch{nullptr, rows, specs};
     batch.hidden_half = half.values;
     batch.half_inv_scales = half.inv_scales;

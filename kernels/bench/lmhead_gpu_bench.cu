@@ -377,11 +377,7 @@ int main(int argc, char** argv) {
       }
       double t_staged_half = NAN;
       if (const lmhead::HalfRows half = split->HalfInputBuffer(b); half.values != nullptr) {
-        auto convert = [&] {
-          for (int64_t r = 0; r < b; ++r) {
-            half.inv_scales[r] = lmhead::ScaleRowToHalf(x.data() + r * hidden, hidden, half.values + r * hidden);
-          }
-        };
+        auto convert = [&] { lmhead::ScaleRowsToHalf(x.data(), b, hidden, half); };
         lmhead::LogitsBatch half_batch{nullptr, b, argmax_specs};
         half_batch.hidden_half = half.values;
         half_batch.half_inv_scales = half.inv_scales;

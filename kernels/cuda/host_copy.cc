@@ -69,10 +69,8 @@ void CopyPool::ToHalfRows(const float* src, int64_t rows, int64_t hidden, HalfRo
   const size_t parts = std::min<size_t>(PartsFor(rows * hidden * sizeof(float)), std::max<int64_t>(rows, 1));
   const int64_t per = (rows + static_cast<int64_t>(parts) - 1) / static_cast<int64_t>(parts);
   Run(parts, [&](size_t part) {
-    const int64_t end = std::min(rows, (static_cast<int64_t>(part) + 1) * per);
-    for (int64_t r = static_cast<int64_t>(part) * per; r < end; ++r) {
-      dst.inv_scales[r] = ScaleRowToHalf(src + r * hidden, hidden, dst.values + r * hidden);
-    }
+    const int64_t begin = std::min(rows, static_cast<int64_t>(part) * per), end = std::min(rows, begin + per);
+    ScaleRowsToHalf(src + begin * hidden, end - begin, hidden, dst, begin);
   });
 }
 

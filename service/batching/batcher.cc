@@ -241,9 +241,8 @@ absl::Status Batcher::Compute(const std::vector<Queued>& batch, std::vector<RowO
   if (HalfRows half = backend_->HalfInputBuffer(*rows); half.values != nullptr) {
     int64_t r = 0;
     for (const auto& q : batch) {
-      for (int64_t i = 0; i < q.task->rows; ++i, ++r) {
-        half.inv_scales[r] = ScaleRowToHalf(q.task->hidden.data() + i * hidden, hidden, half.values + r * hidden);
-      }
+      ScaleRowsToHalf(q.task->hidden.data(), q.task->rows, hidden, half, r);
+      r += q.task->rows;
     }
     logits_batch.hidden_half = half.values;
     logits_batch.half_inv_scales = half.inv_scales;
