@@ -37,6 +37,11 @@ constexpr double kGemvTolerance = 1e-3;
 // gpu_bench_results.md).
 constexpr double kAbsTolerance = 2e-3;
 constexpr double kRelTolerance = 1e-3;
+// On wider rows the absolute part grows with sqrt(hidden / 1024): the FP8 tensor cores sum 128
+// columns at a time keeping ~14 bits, and those roundings add up over the row's chunks (2048 x
+// 16400 with fp8 activations, 65 rows on the FP8 x FP8 GEMM: one logit 2.3e-3 off on an H100 with
+// LMHEAD_TEST_SEED=208688255106279657, the same before and after session 17's kernel changes).
+double AbsTolerance(int64_t hidden) { return kAbsTolerance * std::max(1.0, std::sqrt(hidden / 1024.0)); }
 
 // A fresh seed for each run, or $LMHEAD_TEST_SEED: the tests trace their seed, so a failure can be
 // replayed with it.
@@ -244,8 +249,8 @@ TEST_P(CudaConformanceTest, MatchesCpuBackendOnTheSameFp8Weights) {
   for (int64_t rows : batches) {
     const bool gemv = RunsOnFp8Kernels(rows, s.precision, /*fp8_gemm=*/true);
     const Path path = rows <= kCudaGemvExactRows ? kExact : gemv ? kHalf : kLt;
-    auto Tol = [gemv](double a, double b = 0) {
-      return gemv ? kGemvTolerance : kAbsTolerance + kRelTolerance * (std::fabs(a) + std::fabs(b));
+    auto Tol = [gemv, abs_tol = AbsTolerance(s.hidden)](double a, double b = 0) {
+      return gemv ? kGemvTolerance : abs_tol + kRelTolerance * (std::fabs(a) + std::fabs(b));
     };
     for (int run = 0; run < 2; ++run) {  // a second run must not see the first one's values
       std::normal_distribution<float> normal(0.0f, (run == 0 ? 1.0f : 3.0f) * s.row_scale);
@@ -325,8 +330,8 @@ std::vector<int64_t> PathBatches(const Shape& s) {
 void ExpectCallMatches(Backend* cpu, Backend* gpu, const Shape& s, int64_t rows, float scale,
                        const std::vector<RowSpec>& specs, std::mt19937_64& rng) {
   const bool gemv = RunsOnFp8Kernels(rows, s.precision, /*fp8_gemm=*/true);
-  auto tol = [gemv](double a, double b = 0) {
-    return gemv ? kGemvTolerance : kAbsTolerance + kRelTolerance * (std::fabs(a) + std::fabs(b));
+  auto tol = [gemv, abs_tol = AbsTolerance(s.hidden)](double a, double b = 0) {
+    return gemv ? kGemvTolerance : abs_tol + kRelTolerance * (std::fabs(a) + std::fabs(b));
   };
   std::normal_distribution<float> normal(0.0f, scale * s.row_scale);
   std::vector<float> x(rows * s.hidden);
@@ -390,6 +395,25 @@ TEST_P(CudaConformanceTest, TokenLogitsAloneMatchCpuBackend) {
         SCOPED_TRACE(::testing::Message() << "ids " << id_count << " run " << run);
         ASSERT_NO_FATAL_FAILURE(ExpectCallMatches(cpu_.get(), gpu_.get(), s, rows, run == 0 ? 4.0f : 1.0f, specs, rng));
       }
+    }
+  }
+}
+
+// Calls that ask for nothing but the argmax and logsumexp store no logits at all; with fp8
+// activations above the GEMV's rows they run the warp-specialized FP8 x FP8 kernel, whose partial
+// statistics cover 192 vocab rows (also past a batch's last full tile of 128 rows, and on the
+// soft-capped head).
+TEST_P(CudaConformanceTest, ArgmaxAloneMatchesCpuBackend) {
+  const Shape s = GetParam();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed_);
+  std::mt19937_64 rng(seed_);
+  std::vector<int64_t> batches = PathBatches(s);
+  batches.push_back(129);
+  for (int64_t rows : batches) {
+    const std::vector<RowSpec> specs(rows, RowSpec{0, {}, false});
+    for (int run = 0; run < 2; ++run) {
+      SCOPED_TRACE(::testing::Message() << "rows " << rows << " run " << run);
+      ASSERT_NO_FATAL_FAILURE(ExpectCallMatches(cpu_.get(), gpu_.get(), s, rows, run == 0 ? 4.0f : 1.0f, specs, rng));
     }
   }
 }

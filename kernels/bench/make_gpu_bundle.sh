@@ -9,7 +9,7 @@ rm -rf .gpu && mkdir -p .gpu/bin .gpu/lib
 cp $B/service/lmhead-server $B/service/lmhead-make-checkpoint $B/client/lmhead \
    $B/tests/cuda_backend_test $B/kernels/bench/lmhead-gpu-bench $B/service/liblmhead_cuda.so \
    $B/client/lmhead-bench $B/service/lmhead-echo-server $B/kernels/lmhead-selection-bench \
-   $B/client/lmhead-shard-check $B/kernels/bench/lmhead-fp8-gemm-experiment .gpu/bin/
+   $B/client/lmhead-shard-check .gpu/bin/
 for f in .gpu/bin/*; do
   ldd "$f" | awk '/=> \//{print $3}'
 done | sort -u | grep -v -E '/(libc|libm|libstdc\+\+|libgcc_s|libpthread|libdl|librt|ld-linux[^/]*|libcuda|libcublas[^/]*|libcudart[^/]*)\.so' \

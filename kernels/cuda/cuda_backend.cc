@@ -433,7 +433,7 @@ absl::Status CudaBackend::Init(const CudaModuleArgs& args) {
   RETURN_IF_ERROR(raw_.Allocate(std::max(n_pad, slice_rows_) * vocab_pad_));
   // Partial statistics: the epilogue's first pass, or the GEMV's or the FP8 GEMM's per-block ones.
   const int64_t partials = std::max({slice_rows_ * chunks, gemv_max_rows_ * GemvMaxPartials(vocab_pad_),
-                                     fp8_gemms_ ? slice_rows_ * Fp8GemmPartials(vocab_pad_) : 0});
+                                     fp8_gemms_ ? slice_rows_ * Fp8GemmMaxPartials(vocab_pad_) : 0});
   RETURN_IF_ERROR(part_max_.Allocate(partials));
   RETURN_IF_ERROR(part_sum_.Allocate(partials));
   RETURN_IF_ERROR(part_arg_.Allocate(partials));
@@ -786,6 +786,10 @@ absl::Status CudaBackend::Enqueue(const void* x_src, RowFormat rows, int64_t n, 
   // stored (unless the epilogue reads every row's token logits from them). The flags cost a read
   // over PCIe in every block, so uniform batches go without.
   p.kernel_token_logits = (gemv || fp8_gemm || fp8_act_gemm) && KernelsFinishTokenLogits(n, call.max_ids);
+  if (fp8_act_gemm) {  // a call that stores no logits runs a kernel with finer partial statistics
+    p.ready_partials = Fp8ActGemmPartials(vocab_pad_, p);
+    p.partial_rows = Fp8ActGemmPartialRows(p);
+  }
   const bool token_logits_need_no_store = call.max_ids == 0 || p.kernel_token_logits;
   if (call.keep_logits && call.rows_without_logits && token_logits_need_no_store) {
     p.store_rows = slots_[slot].logit_rows.get();

@@ -1,5 +1,8 @@
 #include "kernels/cuda/fp8_gemm.h"
 
+#include <algorithm>
+#include <type_traits>
+
 #include "kernels/cuda/dependent_launch.h"
 #include "kernels/cuda/fp8_gemv.h"
 #include "kernels/cuda/wgmma.cuh"
@@ -100,7 +103,7 @@ template <typename S>
 __device__ __forceinline__ S MakeStages(int steps) {
   extern __shared__ uint8_t smem_unaligned[];
   __shared__ int released[S::kStages];
-  uint8_t* base = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_unaligned) + 1023) & ~uintptr_t{1023});
+  uint8_t* base = AlignShared1024(smem_unaligned);
   return S{base, reinterpret_cast<uint64_t*>(base + S::kStages * S::kStageBytes), released, steps};
 }
 
@@ -231,6 +234,195 @@ __global__ void __launch_bounds__(kThreads, 1)
                                    reinterpret_cast<float*>(stages.base));
 }
 
+// FP8 x FP8 for calls that store no logits (argmax / logsumexp only): a warp-specialized,
+// persistent kernel. One producer warpgroup (one thread issues the TMA loads) and three consumer
+// warpgroups of 64 vocab rows x 128 batch rows (m64n128k32 MMAs), tiles of 192 vocab rows, 4 stages
+// of 128 columns behind full / empty barriers, the same promotion as Fp8ActGemmKernel (bit-identical
+// sums). The statistics are finished per tile through a small per-warp shared-memory transpose
+// (one lane per batch row) instead of the tile store: on an H100 the kept kernel spent ~a third of
+// its time there (kernels/bench/gpu_bench_results.md, "Session 17").
+namespace stats {
+constexpr int kConsumers = 3;
+constexpr int kThreads = 128 * (kConsumers + 1);
+constexpr int kTileVocab = 64 * kConsumers;
+constexpr int kStages = 4;
+constexpr int kWBytes = kTileVocab * kColumns;
+constexpr int kABytes = kTileRows * kColumns;
+constexpr int kStageBytes = kWBytes + kABytes;
+constexpr int kCWarps = 4 * kConsumers;
+constexpr int kScratchStride = 33;                // floats per vocab row of a warp's scratch
+constexpr int kWarpScratch = 16 * kScratchStride;  // a warp's 16 vocab rows x 32 batch rows
+// Stages, barriers, per-warp statistics ([kCWarps][128] each of max, argmax, sum), the tile's
+// activation scales, the warps' scratch.
+constexpr int kSmemBytes = 1024 + kStages * kStageBytes + 2 * kStages * 8 + 3 * kCWarps * kTileRows * 4 +
+                           kTileRows * 4 + kCWarps * kWarpScratch * 4;
+static_assert(kSmemBytes <= 227 * 1024, "fits the H100's shared memory per block");
+}  // namespace stats
+
+__device__ __forceinline__ void ConsumerBarrier() {
+  asm volatile("bar.sync 1, %0;" ::"n"(128 * stats::kConsumers) : "memory");
+}
+
+__global__ void __launch_bounds__(stats::kThreads, 1)
+    Fp8ActGemmStatsKernel(const __grid_constant__ CUtensorMap weights, const __grid_constant__ CUtensorMap activations,
+                          int steps, int64_t token_tiles, int64_t vocab_tiles, EpilogueParams e) {
+  using namespace stats;
+  extern __shared__ uint8_t smem_unaligned[];
+  uint8_t* base = AlignShared1024(smem_unaligned);
+  uint64_t* full = reinterpret_cast<uint64_t*>(base + kStages * kStageBytes);
+  uint64_t* empty = full + kStages;
+  float* red_max = reinterpret_cast<float*>(empty + kStages);
+  int32_t* red_arg = reinterpret_cast<int32_t*>(red_max + kCWarps * kTileRows);
+  float* red_sum = reinterpret_cast<float*>(red_arg + kCWarps * kTileRows);
+  float* tile_scales = red_sum + kCWarps * kTileRows;
+  float* warp_scratch = tile_scales + kTileRows;
+  const int wg = threadIdx.x / 128;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      BarrierInit(&full[s], 1);
+      BarrierInit(&empty[s], kCWarps);
+    }
+  }
+  __syncthreads();
+  const int64_t tiles = token_tiles * vocab_tiles;
+  if (wg == 0) {  // the producer
+    DecreaseRegisters<24>();
+    if (threadIdx.x == 0) {
+      WaitForPrerequisites();  // the activations
+      int stage = 0;
+      uint32_t phase = 0;
+      for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+        int64_t token_tile, vocab_tile;
+        BlockTile(tile, token_tiles, vocab_tiles, &token_tile, &vocab_tile);
+        for (int k = 0; k < steps; ++k) {
+          BarrierWait(&empty[stage], phase ^ 1);
+          uint8_t* w = base + stage * kStageBytes;
+          BarrierExpectBytes(&full[stage], kStageBytes);
+          TensorCopyToShared(w, &weights, k * kColumns, static_cast<int>(vocab_tile * kTileVocab), &full[stage]);
+          TensorCopyToShared(w + kWBytes, &activations, k * kColumns, static_cast<int>(token_tile * kTileRows),
+                             &full[stage]);
+          if (++stage == kStages) stage = 0, phase ^= 1;
+        }
+      }
+    }
+    LaunchDependents();
+    return;
+  }
+  IncreaseRegisters<160>();
+  WaitForPrerequisites();  // the activation scales
+  const int cw = wg - 1;                  // consumer warpgroup: vocab rows 64 cw .. of a tile
+  const int warp = threadIdx.x / 32 - 4;  // consumer warp 0..11
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int ct = threadIdx.x - 128;  // consumer thread 0..383
+  int stage = 0;
+  uint32_t phase = 0;
+  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    int64_t token_tile, vocab_tile;
+    BlockTile(tile, token_tiles, vocab_tiles, &token_tile, &vocab_tile);
+    const int64_t b0 = token_tile * kTileRows, v0 = vocab_tile * kTileVocab;
+    // Read now, used after the main loop: the tile's activation scales (every consumer has passed
+    // the previous tile's last barrier, so none still reads them) and this thread's rows' scales.
+    if (ct < kTileRows) tile_scales[ct] = b0 + ct < e.rows ? e.act_scales[b0 + ct] : 0.0f;
+    const int64_t va = v0 + 64 * cw + 16 * (warp & 3) + g, vb = va + 8;
+    const bool ina = va < e.vocab, inb = vb < e.vocab;
+    const float rsa = ina && e.row_scales != nullptr ? e.row_scales[va] : 1.0f;
+    const float rsb = inb && e.row_scales != nullptr ? e.row_scales[vb] : 1.0f;
+    float acc[kTileRows / 8][4], fresh[kTileRows / 8][4];
+#pragma unroll
+    for (int i = 0; i < kTileRows / 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
+    for (int k = 0; k < steps; ++k) {
+      BarrierWait(&full[stage], phase);
+      const uint8_t* a = base + stage * kStageBytes + cw * 64 * kColumns;
+      const uint8_t* b = base + stage * kStageBytes + kWBytes;
+      WgmmaFence();
+#pragma unroll
+      for (int kk = 0; kk < kColumns / 32; ++kk) {
+        WgmmaE4m3N128(&fresh[0][0], SwizzledDescriptor(a + kk * 32), SwizzledDescriptor(b + kk * 32), kk > 0);
+      }
+      WgmmaCommit();
+      WgmmaWait<0>();
+      if (lane == 0) BarrierArrive(&empty[stage]);  // the MMAs have read the stage
+#pragma unroll
+      for (int i = 0; i < kTileRows / 8; ++i) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          PinRegister(fresh[i][r]);
+          acc[i][r] += fresh[i][r];
+        }
+      }
+      if (++stage == kStages) stage = 0, phase ^= 1;
+    }
+    ConsumerBarrier();  // tile_scales written
+    // Per round of 32 batch rows: the thread's finished logits into its warp's scratch, then lane c
+    // takes batch row c over the warp's 16 vocab rows. Soft-capping is decided once per tile.
+    auto reduce_rows = [&](auto softcap) {
+      float* scratch = warp_scratch + warp * kWarpScratch;
+      const int row0 = 64 * cw + 16 * (warp & 3);
+#pragma unroll
+      for (int round = 0; round < 4; ++round) {
+#pragma unroll
+        for (int n = 0; n < 4; ++n) {
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int nt = 4 * round + n, lc = 8 * n + 2 * t + j;
+            const float inv = tile_scales[32 * round + lc];
+            const float la = FinishLogitAs<decltype(softcap)::value>(acc[nt][j] * inv, rsa, e.logit_scale, e.softcap);
+            const float lb =
+                FinishLogitAs<decltype(softcap)::value>(acc[nt][2 + j] * inv, rsb, e.logit_scale, e.softcap);
+            scratch[g * kScratchStride + lc] = ina ? la : -INFINITY;
+            scratch[(g + 8) * kScratchStride + lc] = inb ? lb : -INFINITY;
+          }
+        }
+        __syncwarp();
+        float l[16];
+#pragma unroll
+        for (int r = 0; r < 16; ++r) l[r] = scratch[r * kScratchStride + lane];
+        float m = l[0];
+        int best = 0;
+#pragma unroll
+        for (int r = 1; r < 16; ++r) {
+          if (l[r] > m) m = l[r], best = r;  // ascending ids: ties keep the lowest
+        }
+        float sum = 0.0f;
+        if (m != -INFINITY) {
+#pragma unroll
+          for (int r = 0; r < 16; ++r) sum += __expf(l[r] - m);
+        }
+        const int c = 32 * round + lane;
+        red_max[warp * kTileRows + c] = m;
+        red_arg[warp * kTileRows + c] = static_cast<int32_t>(v0 + row0 + best);
+        red_sum[warp * kTileRows + c] = sum;
+        __syncwarp();  // the scratch is rewritten next round
+      }
+    };
+    if (e.softcap > 0.0f) {
+      reduce_rows(std::true_type{});
+    } else {
+      reduce_rows(std::false_type{});
+    }
+    ConsumerBarrier();
+    if (ct < kTileRows && b0 + ct < e.rows) {  // one thread per batch row: over the 12 warps
+      Stat st{red_max[ct], red_arg[ct], red_sum[ct]};
+      for (int w = 1; w < kCWarps; ++w) {  // (warps in ascending vocab order: ties keep the lowest id)
+        const float m = red_max[w * kTileRows + ct], s = red_sum[w * kTileRows + ct];
+        if (s == 0.0f) continue;
+        if (m > st.m || st.s == 0.0f) {
+          st.s = st.s * __expf(st.m - m) + s;
+          st.m = m;
+          st.a = red_arg[w * kTileRows + ct];
+        } else {
+          st.s += s * __expf(m - st.m);
+        }
+      }
+      const int64_t at = (b0 + ct) * vocab_tiles + vocab_tile;
+      e.part_max[at] = st.m;
+      e.part_arg[at] = st.a;
+      e.part_sum[at] = st.s;
+    }
+  }
+  LaunchDependents();  // the epilogue may launch; it waits for this grid's partial statistics
+}
+
 // A GEMM's steps over the hidden size (columns past it are TMA's zeros).
 template <typename S>
 int Steps(const Fp8GemmOperands& ops) {
@@ -244,7 +436,10 @@ cudaError_t PrepareFp8Gemms() {
   cudaError_t err = cudaFuncSetAttribute(Fp8GemmKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          HalfStages::kSmemBytes);
   if (err != cudaSuccess) return err;
-  return cudaFuncSetAttribute(Fp8ActGemmKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Fp8Stages::kSmemBytes);
+  err = cudaFuncSetAttribute(Fp8ActGemmKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Fp8Stages::kSmemBytes);
+  if (err != cudaSuccess) return err;
+  return cudaFuncSetAttribute(Fp8ActGemmStatsKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                              stats::kSmemBytes);
 }
 
 cudaError_t DescribeFp8Gemm(const uint8_t* codes, int64_t vocab_pad, int64_t hidden_pad, const uint8_t* fp8_rows,
@@ -258,10 +453,29 @@ cudaError_t DescribeFp8Gemm(const uint8_t* codes, int64_t vocab_pad, int64_t hid
   cudaError_t err = DescribeByteMatrix(codes, hidden_pad, vocab_pad, kVocabRows, &out->weights);
   if (err != cudaSuccess || fp8_rows == nullptr) return err;
   out->fp8_rows_capacity = fp8_rows_capacity;
+  err = DescribeByteMatrix(codes, hidden_pad, vocab_pad, stats::kTileVocab, &out->stats_weights);
+  if (err != cudaSuccess) return err;
+  int device = 0;
+  err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&out->sms, cudaDevAttrMultiProcessorCount, device);
+  if (err != cudaSuccess) return err;
   return DescribeByteMatrix(fp8_rows, hidden_pad, fp8_rows_capacity, kTileRows, &out->fp8_rows);
 }
 
 int64_t Fp8GemmPartials(int64_t vocab_pad) { return (vocab_pad + kVocabRows - 1) / kVocabRows; }
+
+int64_t Fp8GemmMaxPartials(int64_t vocab_pad) { return (vocab_pad + stats::kTileVocab - 1) / stats::kTileVocab; }
+
+bool Fp8ActGemmStoresNoLogits(const EpilogueParams& p) { return !p.keep_logits && p.max_token_ids == 0; }
+
+int64_t Fp8ActGemmPartialRows(const EpilogueParams& p) {
+  return Fp8ActGemmStoresNoLogits(p) ? stats::kTileVocab : kVocabRows;
+}
+
+int64_t Fp8ActGemmPartials(int64_t vocab_pad, const EpilogueParams& p) {
+  const int64_t rows = Fp8ActGemmPartialRows(p);
+  return (vocab_pad + rows - 1) / rows;
+}
 
 cudaError_t LaunchFp8Gemm(const Fp8GemmOperands& ops, const __half* act, const EpilogueParams& p,
                           cudaStream_t stream) {
@@ -280,6 +494,13 @@ cudaError_t LaunchFp8ActGemm(const Fp8GemmOperands& ops, const EpilogueParams& p
     return cudaErrorInvalidValue;
   }
   const int64_t token_tiles = (p.rows + kGemmTileRows - 1) / kGemmTileRows;
+  if (Fp8ActGemmStoresNoLogits(p) && ops.sms > 0) {
+    const int64_t vocab_tiles = Fp8ActGemmPartials(ops.vocab_pad, p);
+    const int64_t blocks = std::min<int64_t>(ops.sms, token_tiles * vocab_tiles);
+    return LaunchAfterPrevious(Fp8ActGemmStatsKernel, dim3(static_cast<unsigned>(blocks)), dim3(stats::kThreads),
+                               stats::kSmemBytes, stream, ops.stats_weights, ops.fp8_rows, Steps<HalfStages>(ops),
+                               token_tiles, vocab_tiles, p);
+  }
   const bool write_logits = p.keep_logits || (p.max_token_ids > 0 && !p.kernel_token_logits);
   return LaunchAfterPrevious(Fp8ActGemmKernel,
                              dim3(static_cast<unsigned>(Fp8GemmPartials(ops.vocab_pad) * token_tiles)), dim3(kThreads),

@@ -31,6 +31,8 @@ struct Fp8GemmOperands {
   int64_t vocab_pad = 0;
   int64_t hidden_pad = 0;
   int64_t fp8_rows_capacity = 0;  // 0: no fp8 rows described
+  CUtensorMap stats_weights{};     // the codes again, in the boxes of LaunchFp8ActGemm's statistics-only kernel
+  int sms = 0;                     // multiprocessors of the device (that kernel's persistent blocks)
 };
 
 // Allows both kernels their shared memory on the current device (Hopper, after PrepareFp8Gemv
@@ -44,8 +46,16 @@ cudaError_t PrepareFp8Gemms();
 cudaError_t DescribeFp8Gemm(const uint8_t* codes, int64_t vocab_pad, int64_t hidden_pad, const uint8_t* fp8_rows,
                             int64_t fp8_rows_capacity, Fp8GemmOperands* out);
 
-// Partial statistics per batch row: one per block of 256 vocab rows.
+// Partial statistics per batch row: one per block of 256 vocab rows (LaunchFp8Gemm, and
+// LaunchFp8ActGemm where it stores logits).
 int64_t Fp8GemmPartials(int64_t vocab_pad);
+// LaunchFp8ActGemm for a call that stores no logits (Fp8ActGemmStoresNoLogits: argmax / logsumexp
+// only) runs a warp-specialized kernel whose partial statistics cover 192 vocab rows each: for p,
+// Fp8ActGemmPartials per batch row of Fp8ActGemmPartialRows vocab rows; at most Fp8GemmMaxPartials.
+bool Fp8ActGemmStoresNoLogits(const EpilogueParams& p);
+int64_t Fp8ActGemmPartials(int64_t vocab_pad, const EpilogueParams& p);
+int64_t Fp8ActGemmPartialRows(const EpilogueParams& p);
+int64_t Fp8GemmMaxPartials(int64_t vocab_pad);
 
 // Both: p.rows rows; the logits FinishLogit(p.act_scales[b] * sum_k W[v, k] * a_b[k]) with
 // p.row_scales, p.logit_scale and p.softcap; per batch row and block the partial statistic in

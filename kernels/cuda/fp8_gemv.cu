@@ -610,7 +610,7 @@ __global__ void __launch_bounds__(WgmmaGemvShape<N, BLOCKS>::kThreads, BLOCKS)
   static_assert(PLANES == 1 || N == 16, "two planes only for the smallest batches");
   constexpr int kRing = Shape::kRing;
   extern __shared__ uint8_t smem_unaligned[];
-  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_unaligned) + 1023) & ~uintptr_t{1023});
+  uint8_t* smem = AlignShared1024(smem_unaligned);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
   uint8_t* ring = smem + warp * kRing * Shape::kStepBytes;  // [kRing][16 rows][128 bytes], swizzled

@@ -16,6 +16,17 @@ __device__ __forceinline__ float FinishLogit(float l, const float* row_scale, fl
   return l;
 }
 
+// FinishLogit with the row scale given (1 for unscaled weights) and soft-capping decided by the
+// caller once, outside its loop over logits (kSoftcap: softcap > 0): a per-logit branch keeps the
+// compiler from interleaving the loop's iterations. The same bits as FinishLogit.
+template <bool kSoftcap>
+__device__ __forceinline__ float FinishLogitAs(float l, float row_scale, float logit_scale, float softcap) {
+  l *= row_scale;
+  l *= logit_scale;
+  if constexpr (kSoftcap) l = softcap * tanhf(l / softcap);
+  return l;
+}
+
 // (max, argmax, sum of exp(l - max)) with ties on the lower id; sum == 0 marks "empty".
 struct Stat {
   float m;

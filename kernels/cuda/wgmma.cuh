@@ -39,6 +39,15 @@ __device__ __forceinline__ uint64_t EvictFirstPolicy() {
 #define LMHEAD_HAS_WGMMA 0
 #endif
 
+// A kernel's dynamic shared memory `smem` (the extern __shared__ array) rounded up to a 1024-byte
+// boundary, as the 128-byte-swizzled boxes need. Pointer arithmetic on the array itself (no round
+// trip through an integer) lets the compiler see that every access through the result is to
+// shared memory (LDS / STS rather than generic loads and stores).
+__device__ __forceinline__ uint8_t* AlignShared1024(uint8_t* smem) {
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  return smem + ((1024u - (addr & 1023u)) & 1023u);
+}
+
 // Shared-memory matrix descriptor, no swizzle: address, leading (k) and stride (n) byte offsets.
 __device__ __forceinline__ uint64_t SmemDescriptor(const void* smem, uint32_t lbo, uint32_t sbo) {
   const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
@@ -198,6 +207,38 @@ __device__ __forceinline__ void WgmmaE4m3(float* d, uint64_t a, uint64_t b, bool
       : "l"(a), "l"(b), "r"(accumulate ? 1 : 0));
 }
 
+// The same with N = 128 (d[64], D layout as Wgmma<128>).
+__device__ __forceinline__ void WgmmaE4m3N128(float* d, uint64_t a, uint64_t b, bool accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+      "%64, %65, p, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(a), "l"(b), "r"(accumulate ? 1 : 0));
+}
+
+// Warp-specialized kernels: a warpgroup gives up registers (DecreaseRegisters) so that others can
+// take them (IncreaseRegisters); every warp of the warpgroup executes it.
+template <int N>
+__device__ __forceinline__ void IncreaseRegisters() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(N));
+}
+template <int N>
+__device__ __forceinline__ void DecreaseRegisters() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(N));
+}
+
 // Shared-memory barrier (mbarrier) completed by the bulk copies of BulkCopyToShared.
 __device__ __forceinline__ uint32_t SharedAddress(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -269,6 +310,11 @@ __device__ __forceinline__ void TensorCopyToShared(void*, const void*, int, int,
 __device__ __forceinline__ void BarrierExpectBytes(uint64_t*, uint32_t) { __trap(); }
 __device__ __forceinline__ void BarrierArrive(uint64_t*) { __trap(); }
 __device__ __forceinline__ void WgmmaE4m3(float*, uint64_t, uint64_t, bool) { __trap(); }
+__device__ __forceinline__ void WgmmaE4m3N128(float*, uint64_t, uint64_t, bool) { __trap(); }
+template <int N>
+__device__ __forceinline__ void IncreaseRegisters() {}
+template <int N>
+__device__ __forceinline__ void DecreaseRegisters() {}
 __device__ __forceinline__ void BarrierWait(uint64_t*, uint32_t) { __trap(); }
 template <int N>
 __device__ __forceinline__ void Wgmma(float*, const uint32_t (&)[4], uint64_t) {

@@ -7,6 +7,7 @@
 #define LMHEAD_KERNELS_CUDA_WGMMA_TILE_CUH_
 
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/cuda/kernels.h"
 #include "kernels/cuda/logit_stats.cuh"
@@ -72,24 +73,32 @@ __device__ __forceinline__ void StoreWgmmaTile(const float (&acc)[N / 8][4], int
   }
   __syncthreads();
   // Accumulator d[nt][j] is vocab row 16 warp + g + 8 (j / 2), MMA column 8 nt + 2t + j % 2: with
-  // two planes the hi and lo of batch row 4 nt + t, with one batch row 8 nt + 2t + j % 2.
+  // two planes the hi and lo of batch row 4 nt + t, with one batch row 8 nt + 2t + j % 2. Soft-capping
+  // is decided once for the whole loop (FinishLogitAs).
+  auto finish = [&](auto softcap) {
 #pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int r = warp * 16 + g + 8 * half;
-    const int64_t v = v0 + r;
-    const bool in = v < e.vocab;
-    const float row_scale = in && e.row_scales != nullptr ? e.row_scales[v] : 1.0f;
+    for (int half = 0; half < 2; ++half) {
+      const int r = warp * 16 + g + 8 * half;
+      const int64_t v = v0 + r;
+      const bool in = v < e.vocab;
+      const float row_scale = in && e.row_scales != nullptr ? e.row_scales[v] : 1.0f;
 #pragma unroll
-    for (int nt = 0; nt < N / 8; ++nt) {
+      for (int nt = 0; nt < N / 8; ++nt) {
 #pragma unroll
-      for (int j = 0; j < 2 / PLANES; ++j) {
-        const int c = PLANES == 2 ? 4 * nt + t : 8 * nt + 2 * t + j;
-        const float product = PLANES == 2 ? acc[nt][2 * half] + acc[nt][2 * half + 1] : acc[nt][2 * half + j];
-        const bool live = in && b0 + c < e.rows;
-        logits[c * T::kStride + r] =
-            live ? FinishLogit(product * inv_scales[c], &row_scale, e.logit_scale, e.softcap) : -INFINITY;
+        for (int j = 0; j < 2 / PLANES; ++j) {
+          const int c = PLANES == 2 ? 4 * nt + t : 8 * nt + 2 * t + j;
+          const float product = PLANES == 2 ? acc[nt][2 * half] + acc[nt][2 * half + 1] : acc[nt][2 * half + j];
+          const float l = FinishLogitAs<decltype(softcap)::value>(product * inv_scales[c], row_scale, e.logit_scale,
+                                                                   e.softcap);
+          logits[c * T::kStride + r] = in && b0 + c < e.rows ? l : -INFINITY;
+        }
       }
     }
+  };
+  if (e.softcap > 0.0f) {
+    finish(std::true_type{});
+  } else {
+    finish(std::false_type{});
   }
   __syncthreads();
   if (id >= v0 && id < v0 + T::kRows) e.token_logits[b0 * e.max_token_ids + id_slot] = logits[id_row * T::kStride + (id - v0)];
