@@ -402,7 +402,8 @@ TEST_P(CudaConformanceTest, TokenLogitsAloneMatchCpuBackend) {
 // Calls that ask for nothing but the argmax and logsumexp store no logits at all; with fp8
 // activations above the GEMV's rows they run the warp-specialized FP8 x FP8 kernel, whose partial
 // statistics cover 192 vocab rows (also past a batch's last full tile of 128 rows, and on the
-// soft-capped head).
+// soft-capped head). Token logprobs of up to 4 ids per row run it too
+// (TokenLogitsAloneMatchCpuBackend's 3-id calls).
 TEST_P(CudaConformanceTest, ArgmaxAloneMatchesCpuBackend) {
   const Shape s = GetParam();
   SCOPED_TRACE(::testing::Message() << "seed " << seed_);

@@ -774,10 +774,11 @@ absl::Status CudaBackend::Enqueue(const void* x_src, RowFormat rows, int64_t n, 
   p.top_k = call.top_k;
   p.top_ids = reinterpret_cast<int32_t*>(d + layout.top_ids);
   p.top_logits = reinterpret_cast<float*>(d + layout.top_logits);
-  // The FP8 kernels' activation kernel copies the ids to the device with the rows (RowWords); the
-  // other paths read them in place over PCIe (a few ids per row: a copy node between the GEMM and
-  // the epilogue would also end the epilogue's early launch).
-  const bool ids_on_device = (gemv || fp8_gemm) && call.max_ids > 0;
+  // The FP8 kernels' activation kernel copies the ids to the device with the rows (RowWords), the
+  // FP8 x FP8 GEMM's path copies them before its activations; cuBLASLt's read them in place over
+  // PCIe (a few ids per row: a copy node between the GEMM and the epilogue would also end the
+  // epilogue's early launch).
+  const bool ids_on_device = (gemv || fp8_gemm || fp8_act_gemm) && call.max_ids > 0;
   p.token_ids = ids_on_device ? token_ids_dev_.get() : slots_[slot].token_ids.get();
   p.max_token_ids = static_cast<int>(call.max_ids);
   p.token_logits = reinterpret_cast<float*>(d + layout.token_logits);
@@ -850,6 +851,10 @@ absl::Status CudaBackend::Enqueue(const void* x_src, RowFormat rows, int64_t n, 
   } else if (fp8_gemm) {
     CUDA_RETURN_IF_ERROR(fp8_kernel_activations(x_dev));
   } else {  // LaunchFp8ActGemm's E4M3 rows need no padding rows (the kernel masks them)
+    if (ids_on_device) {
+      CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(token_ids_dev_.get(), slots_[slot].token_ids.get(),
+                                           n * call.max_ids * sizeof(int32_t), cudaMemcpyHostToDevice, s));
+    }
     CUDA_RETURN_IF_ERROR(LaunchGemmActivations(x_dev, rows == RowFormat::kBf16, n, fp8_act_gemm ? n : n_pad, s));
   }
   if (pipelined) CUDA_RETURN_IF_ERROR(cudaEventRecord(rows_read_[rows_buffer].get(), s));

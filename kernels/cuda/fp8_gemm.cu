@@ -252,10 +252,11 @@ constexpr int kStageBytes = kWBytes + kABytes;
 constexpr int kCWarps = 4 * kConsumers;
 constexpr int kScratchStride = 33;                // floats per vocab row of a warp's scratch
 constexpr int kWarpScratch = 16 * kScratchStride;  // a warp's 16 vocab rows x 32 batch rows
+constexpr int kMaxIds = 512 / kTileRows;  // requested ids per batch row (KernelsFinishTokenLogits)
 // Stages, barriers, per-warp statistics ([kCWarps][128] each of max, argmax, sum), the tile's
-// activation scales, the warps' scratch.
+// activation scales, the warps' scratch, the tile's requested ids.
 constexpr int kSmemBytes = 1024 + kStages * kStageBytes + 2 * kStages * 8 + 3 * kCWarps * kTileRows * 4 +
-                           kTileRows * 4 + kCWarps * kWarpScratch * 4;
+                           kTileRows * 4 + kCWarps * kWarpScratch * 4 + kTileRows * kMaxIds * 4;
 static_assert(kSmemBytes <= 227 * 1024, "fits the H100's shared memory per block");
 }  // namespace stats
 
@@ -276,6 +277,7 @@ __global__ void __launch_bounds__(stats::kThreads, 1)
   float* red_sum = reinterpret_cast<float*>(red_arg + kCWarps * kTileRows);
   float* tile_scales = red_sum + kCWarps * kTileRows;
   float* warp_scratch = tile_scales + kTileRows;
+  int32_t* tile_ids = reinterpret_cast<int32_t*>(warp_scratch + kCWarps * kWarpScratch);  // [128][max ids]
   const int wg = threadIdx.x / 128;
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
@@ -323,6 +325,10 @@ __global__ void __launch_bounds__(stats::kThreads, 1)
     // Read now, used after the main loop: the tile's activation scales (every consumer has passed
     // the previous tile's last barrier, so none still reads them) and this thread's rows' scales.
     if (ct < kTileRows) tile_scales[ct] = b0 + ct < e.rows ? e.act_scales[b0 + ct] : 0.0f;
+    const int ids = e.kernel_token_logits ? e.max_token_ids : 0;  // (device memory: the backend copies them)
+    for (int i = ct; i < kTileRows * ids; i += 128 * kConsumers) {
+      tile_ids[i] = b0 + i / ids < e.rows ? e.token_ids[b0 * ids + i] : -1;
+    }
     const int64_t va = v0 + 64 * cw + 16 * (warp & 3) + g, vb = va + 8;
     const bool ina = va < e.vocab, inb = vb < e.vocab;
     const float rsa = ina && e.row_scales != nullptr ? e.row_scales[va] : 1.0f;
@@ -352,9 +358,10 @@ __global__ void __launch_bounds__(stats::kThreads, 1)
       }
       if (++stage == kStages) stage = 0, phase ^= 1;
     }
-    ConsumerBarrier();  // tile_scales written
+    ConsumerBarrier();  // tile_scales and tile_ids written
     // Per round of 32 batch rows: the thread's finished logits into its warp's scratch, then lane c
-    // takes batch row c over the warp's 16 vocab rows. Soft-capping is decided once per tile.
+    // takes batch row c over the warp's 16 vocab rows (and the logits of its requested ids among
+    // them). Soft-capping is decided once per tile.
     auto reduce_rows = [&](auto softcap) {
       float* scratch = warp_scratch + warp * kWarpScratch;
       const int row0 = 64 * cw + 16 * (warp & 3);
@@ -389,6 +396,15 @@ __global__ void __launch_bounds__(stats::kThreads, 1)
           for (int r = 0; r < 16; ++r) sum += __expf(l[r] - m);
         }
         const int c = 32 * round + lane;
+        for (int i = 0; i < ids; ++i) {
+          const int64_t at = int64_t{tile_ids[c * ids + i]} - (v0 + row0);  // unused slots: -1
+          if (at >= 0 && at < 16) {
+            float x = l[0];
+#pragma unroll
+            for (int r = 1; r < 16; ++r) x = at == r ? l[r] : x;
+            e.token_logits[(b0 + c) * ids + i] = x;
+          }
+        }
         red_max[warp * kTileRows + c] = m;
         red_arg[warp * kTileRows + c] = static_cast<int32_t>(v0 + row0 + best);
         red_sum[warp * kTileRows + c] = sum;
@@ -466,7 +482,9 @@ int64_t Fp8GemmPartials(int64_t vocab_pad) { return (vocab_pad + kVocabRows - 1)
 
 int64_t Fp8GemmMaxPartials(int64_t vocab_pad) { return (vocab_pad + stats::kTileVocab - 1) / stats::kTileVocab; }
 
-bool Fp8ActGemmStoresNoLogits(const EpilogueParams& p) { return !p.keep_logits && p.max_token_ids == 0; }
+bool Fp8ActGemmStoresNoLogits(const EpilogueParams& p) {
+  return !p.keep_logits && (p.max_token_ids == 0 || (p.kernel_token_logits && p.max_token_ids <= stats::kMaxIds));
+}
 
 int64_t Fp8ActGemmPartialRows(const EpilogueParams& p) {
   return Fp8ActGemmStoresNoLogits(p) ? stats::kTileVocab : kVocabRows;

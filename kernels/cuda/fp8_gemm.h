@@ -49,8 +49,9 @@ cudaError_t DescribeFp8Gemm(const uint8_t* codes, int64_t vocab_pad, int64_t hid
 // Partial statistics per batch row: one per block of 256 vocab rows (LaunchFp8Gemm, and
 // LaunchFp8ActGemm where it stores logits).
 int64_t Fp8GemmPartials(int64_t vocab_pad);
-// LaunchFp8ActGemm for a call that stores no logits (Fp8ActGemmStoresNoLogits: argmax / logsumexp
-// only) runs a warp-specialized kernel whose partial statistics cover 192 vocab rows each: for p,
+// LaunchFp8ActGemm for a call that stores no logits (Fp8ActGemmStoresNoLogits: argmax / logsumexp,
+// and token logits finished in the kernel -- p.kernel_token_logits, p.token_ids in device memory)
+// runs a warp-specialized kernel whose partial statistics cover 192 vocab rows each: for p,
 // Fp8ActGemmPartials per batch row of Fp8ActGemmPartialRows vocab rows; at most Fp8GemmMaxPartials.
 bool Fp8ActGemmStoresNoLogits(const EpilogueParams& p);
 int64_t Fp8ActGemmPartials(int64_t vocab_pad, const EpilogueParams& p);
