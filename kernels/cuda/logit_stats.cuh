@@ -8,23 +8,22 @@
 namespace lmhead::cuda {
 
 // A raw product already multiplied by its activation scale -> the served logit: per-row weight
-// scale (1 when row_scale is null), logit scale, then soft-capping (softcap 0 = none).
-__device__ __forceinline__ float FinishLogit(float l, const float* row_scale, float logit_scale, float softcap) {
-  if (row_scale != nullptr) l *= *row_scale;
-  l *= logit_scale;
-  if (softcap > 0.0f) l = softcap * tanhf(l / softcap);
-  return l;
-}
-
-// FinishLogit with the row scale given (1 for unscaled weights) and soft-capping decided by the
-// caller once, outside its loop over logits (kSoftcap: softcap > 0): a per-logit branch keeps the
-// compiler from interleaving the loop's iterations. The same bits as FinishLogit.
+// scale, logit scale, then soft-capping (kSoftcap: softcap > 0). Loops over many logits decide
+// kSoftcap once, outside the loop: a per-logit branch keeps the compiler from interleaving the
+// iterations (session 17: a third of the FP8 x FP8 GEMM's time on an H100).
 template <bool kSoftcap>
 __device__ __forceinline__ float FinishLogitAs(float l, float row_scale, float logit_scale, float softcap) {
   l *= row_scale;
   l *= logit_scale;
   if constexpr (kSoftcap) l = softcap * tanhf(l / softcap);
   return l;
+}
+
+// The same for one logit (row_scale null: unscaled weights; softcap 0: none). The same bits.
+__device__ __forceinline__ float FinishLogit(float l, const float* row_scale, float logit_scale, float softcap) {
+  const float rs = row_scale != nullptr ? *row_scale : 1.0f;
+  return softcap > 0.0f ? FinishLogitAs<true>(l, rs, logit_scale, softcap)
+                        : FinishLogitAs<false>(l, rs, logit_scale, softcap);
 }
 
 // (max, argmax, sum of exp(l - max)) with ties on the lower id; sum == 0 marks "empty".
