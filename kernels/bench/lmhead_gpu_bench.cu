@@ -423,9 +423,9 @@ int main(int argc, char** argv) {
           CHECK_CUDA(cudaMemset(gemv_act.get(), 0, gemv_act.bytes()));
           CHECK_OK(gemv_scales.Allocate(b));
           for (DeviceBuffer<float>* part : {&part_max, &part_sum}) {
-            CHECK_OK(part->Allocate(b * lmhead::cuda::Fp8GemmPartials(vocab)));
+            CHECK_OK(part->Allocate(b * lmhead::cuda::Fp8GemmMaxPartials(vocab)));
           }
-          CHECK_OK(part_arg.Allocate(b * lmhead::cuda::Fp8GemmPartials(vocab)));
+          CHECK_OK(part_arg.Allocate(b * lmhead::cuda::Fp8GemmMaxPartials(vocab)));
           gemv_epilogue.act_scales = gemv_scales.get();
           gemv_epilogue.part_max = part_max.get();
           gemv_epilogue.part_arg = part_arg.get();
