@@ -234,8 +234,8 @@ __global__ void __launch_bounds__(kThreads, 1)
                                    reinterpret_cast<float*>(stages.base));
 }
 
-// FP8 x FP8 for calls that store no logits (argmax / logsumexp only): a warp-specialized,
-// persistent kernel. One producer warpgroup (one thread issues the TMA loads) and three consumer
+// FP8 x FP8 for calls that store no logits (argmax / logsumexp, and token logits of up to kMaxIds
+// ids per row finished here): a warp-specialized, persistent kernel. One producer warpgroup (one thread issues the TMA loads) and three consumer
 // warpgroups of 64 vocab rows x 128 batch rows (m64n128k32 MMAs), tiles of 192 vocab rows, 4 stages
 // of 128 columns behind full / empty barriers, the same promotion as Fp8ActGemmKernel (bit-identical
 // sums). The statistics are finished per tile through a small per-warp shared-memory transpose
@@ -311,7 +311,7 @@ __global__ void __launch_bounds__(stats::kThreads, 1)
     return;
   }
   IncreaseRegisters<160>();
-  WaitForPrerequisites();  // the activation scales
+  WaitForPrerequisites();  // the activation scales and token ids
   const int cw = wg - 1;                  // consumer warpgroup: vocab rows 64 cw .. of a tile
   const int warp = threadIdx.x / 32 - 4;  // consumer warp 0..11
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -322,8 +322,9 @@ __global__ void __launch_bounds__(stats::kThreads, 1)
     int64_t token_tile, vocab_tile;
     BlockTile(tile, token_tiles, vocab_tiles, &token_tile, &vocab_tile);
     const int64_t b0 = token_tile * kTileRows, v0 = vocab_tile * kTileVocab;
-    // Read now, used after the main loop: the tile's activation scales (every consumer has passed
-    // the previous tile's last barrier, so none still reads them) and this thread's rows' scales.
+    // Read now, used after the main loop: the tile's activation scales and requested ids (every
+    // consumer has passed the previous tile's last barrier, so none still reads them) and this
+    // thread's rows' scales.
     if (ct < kTileRows) tile_scales[ct] = b0 + ct < e.rows ? e.act_scales[b0 + ct] : 0.0f;
     const int ids = e.kernel_token_logits ? e.max_token_ids : 0;  // (device memory: the backend copies them)
     for (int i = ct; i < kTileRows * ids; i += 128 * kConsumers) {
