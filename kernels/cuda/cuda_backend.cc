@@ -763,8 +763,6 @@ absl::Status CudaBackend::Enqueue(const void* x_src, RowFormat rows, int64_t n, 
   p.rows = n;
   p.vocab = vocab_;
   p.split = split_ && !gemv && !fp8_gemm;
-  p.ready_partials = fp8_gemm || fp8_act_gemm ? Fp8GemmPartials(vocab_pad_) : gemv ? GemvPartials(n, vocab_pad_) : 0;
-  p.partial_rows = p.ready_partials > 0 ? GemvPartialRows(n) : 0;
   p.logit_scale = transform_.scale;
   p.softcap = transform_.softcap;
   p.keep_logits = call.keep_logits;
@@ -787,10 +785,13 @@ absl::Status CudaBackend::Enqueue(const void* x_src, RowFormat rows, int64_t n, 
   // stored (unless the epilogue reads every row's token logits from them). The flags cost a read
   // over PCIe in every block, so uniform batches go without.
   p.kernel_token_logits = (gemv || fp8_gemm || fp8_act_gemm) && KernelsFinishTokenLogits(n, call.max_ids);
-  if (fp8_act_gemm) {  // a call that stores no logits runs a kernel with finer partial statistics
-    p.ready_partials = Fp8ActGemmPartials(vocab_pad_, p);
-    p.partial_rows = Fp8ActGemmPartialRows(p);
-  }
+  // The kernels' partial statistics per row (the FP8 x FP8 GEMM's statistics-only kernel, for calls
+  // that store no logits, writes finer ones than its tile-store kernel).
+  p.ready_partials = fp8_gemm       ? Fp8GemmPartials(vocab_pad_)
+                     : fp8_act_gemm ? Fp8ActGemmPartials(vocab_pad_, p)
+                     : gemv         ? GemvPartials(n, vocab_pad_)
+                                    : 0;
+  p.partial_rows = fp8_act_gemm ? Fp8ActGemmPartialRows(p) : p.ready_partials > 0 ? GemvPartialRows(n) : 0;
   const bool token_logits_need_no_store = call.max_ids == 0 || p.kernel_token_logits;
   if (call.keep_logits && call.rows_without_logits && token_logits_need_no_store) {
     p.store_rows = slots_[slot].logit_rows.get();

@@ -171,6 +171,20 @@ __global__ void __launch_bounds__(kThreads, 1)
                                    reinterpret_cast<float*>(stages.base));
 }
 
+// The FP8 x FP8 kernels' promotion: a few MMAs' sums, waited for, added into the fp32
+// accumulators acc[0 .. N) (the tensor cores' own accumulation keeps ~14 bits).
+template <int N>
+__device__ __forceinline__ void AddPromoted(float (&fresh)[N][4], float (*acc)[4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      PinRegister(fresh[i][r]);
+      acc[i][r] += fresh[i][r];
+    }
+  }
+}
+
 // FP8 x FP8: both operands in shared memory (the activations one TMA box of 128 rows x 128 bytes
 // per part of a stage); per 128 columns and half of the batch rows, 4 m64n64k32 MMAs sum into
 // fresh registers, which are then added into the fp32 accumulators (the tensor cores' own
@@ -217,14 +231,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
         WgmmaCommit();
         WgmmaWait<0>();
-#pragma unroll
-        for (int nt = 0; nt < kHalfColumns; ++nt) {
-#pragma unroll
-          for (int r = 0; r < 4; ++r) {
-            PinRegister(stage_sum[nt][r]);
-            acc[half * kHalfColumns + nt][r] += stage_sum[nt][r];
-          }
-        }
+        AddPromoted(stage_sum, &acc[half * kHalfColumns]);
       }
     }
     if (lane == 0) stages.Release(step, &weights, vocab_row, load_acts);
@@ -349,14 +356,7 @@ __global__ void __launch_bounds__(stats::kThreads, 1)
       WgmmaCommit();
       WgmmaWait<0>();
       if (lane == 0) BarrierArrive(&empty[stage]);  // the MMAs have read the stage
-#pragma unroll
-      for (int i = 0; i < kTileRows / 8; ++i) {
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-          PinRegister(fresh[i][r]);
-          acc[i][r] += fresh[i][r];
-        }
-      }
+      AddPromoted(fresh, acc);
       if (++stage == kStages) stage = 0, phase ^= 1;
     }
     ConsumerBarrier();  // tile_scales and tile_ids written
@@ -420,16 +420,8 @@ __global__ void __launch_bounds__(stats::kThreads, 1)
     ConsumerBarrier();
     if (ct < kTileRows && b0 + ct < e.rows) {  // one thread per batch row: over the 12 warps
       Stat st{red_max[ct], red_arg[ct], red_sum[ct]};
-      for (int w = 1; w < kCWarps; ++w) {  // (warps in ascending vocab order: ties keep the lowest id)
-        const float m = red_max[w * kTileRows + ct], s = red_sum[w * kTileRows + ct];
-        if (s == 0.0f) continue;
-        if (m > st.m || st.s == 0.0f) {
-          st.s = st.s * __expf(st.m - m) + s;
-          st.m = m;
-          st.a = red_arg[w * kTileRows + ct];
-        } else {
-          st.s += s * __expf(m - st.m);
-        }
+      for (int w = 1; w < kCWarps; ++w) {
+        st = Combine(st, Stat{red_max[w * kTileRows + ct], red_arg[w * kTileRows + ct], red_sum[w * kTileRows + ct]});
       }
       const int64_t at = (b0 + ct) * vocab_tiles + vocab_tile;
       e.part_max[at] = st.m;
