@@ -33,10 +33,11 @@ TEST(CopyPoolTest, CopiesEveryByteForAnySizeAndThreadCount) {
 // Rows split over the threads (at least kMinBytesPerThread of fp32 each) convert as ScaleRowToHalf
 // converts each alone; rows with very different magnitudes get their own scales.
 TEST(CopyPoolTest, ConvertsRowsToScaledHalfOnAnyThreadCount) {
-  constexpr int64_t kHidden = 5000;  // 20000 bytes a row: 53 rows per thread's share
+  constexpr int64_t kHidden = 5000;
+  constexpr int64_t kShare = CopyPool::kMinBytesPerThread / (kHidden * sizeof(float));  // rows per thread's share
   for (int threads : {1, 3, 8}) {
     CopyPool pool(threads);
-    for (int64_t rows : {1, 9, 52, 53, 160, 384}) {
+    for (int64_t rows : {int64_t{1}, kShare - 1, kShare, kShare + 1, 4 * kShare + 1, int64_t{160}, int64_t{384}}) {
       SCOPED_TRACE(::testing::Message() << rows << " rows, " << threads << " threads");
       std::mt19937_64 rng(rows * 10 + threads);
       std::normal_distribution<float> normal(0.0f, 1.0f);

@@ -104,49 +104,6 @@ __device__ __forceinline__ void StorePlanes(__half* __restrict__ act, int64_t b,
   if (planes == 2) hi[stride + at] = __float2half_rn(scaled - __half2float(h));
 }
 
-// A block's slice [begin, end) of one row, read by THREADS threads: thread t keeps elements begin +
-// t + j * THREADS (j < PER) in registers, all requested up front (independent loads: about one
-// round trip when the row is in pinned host memory); elements past those are read again where
-// used (rows wider than the registers hold).
-template <typename In, int THREADS, int PER>
-struct RowSlice {
-  const In* row;
-  int64_t begin, end;
-  float v[PER];
-
-  // Loads the registers.
-  __device__ __forceinline__ void Load() {
-#pragma unroll
-    for (int j = 0; j < PER; ++j) {
-      const int64_t i = begin + threadIdx.x + j * int64_t{THREADS};
-      v[j] = i < end ? LoadElement(row + i) : 0.0f;
-    }
-  }
-  // Loads the registers; returns the largest |x| of this thread's elements.
-  __device__ __forceinline__ float LoadAbsMax() {
-    Load();
-    float amax = 0.0f;
-#pragma unroll
-    for (int j = 0; j < PER; ++j) amax = fmaxf(amax, fabsf(v[j]));
-    for (int64_t i = begin + threadIdx.x + PER * int64_t{THREADS}; i < end; i += THREADS) {
-      amax = fmaxf(amax, fabsf(LoadElement(row + i)));
-    }
-    return amax;
-  }
-  // store(i, value) for each of this thread's elements (after LoadAbsMax).
-  template <typename Store>
-  __device__ __forceinline__ void ForEach(Store store) const {
-#pragma unroll
-    for (int j = 0; j < PER; ++j) {
-      const int64_t i = begin + threadIdx.x + j * int64_t{THREADS};
-      if (i < end) store(i, v[j]);
-    }
-    for (int64_t i = begin + threadIdx.x + PER * int64_t{THREADS}; i < end; i += THREADS) {
-      store(i, LoadElement(row + i));
-    }
-  }
-};
-
 // The largest `value` over the block's THREADS threads, returned to every thread. Once per kernel.
 template <int THREADS>
 __device__ __forceinline__ float BlockMax(float value) {

@@ -38,11 +38,19 @@ __device__ __forceinline__ float BlockMaxAbs(float v, float* shared) {
 
 __device__ __forceinline__ float DecodeE4m3(__nv_fp8_e4m3 q) { return static_cast<float>(q); }
 
-// Blocks [0, rows) quantize one row each; blocks past that zero one padding row each.
+// Blocks [0, rows) quantize one row each; blocks past that zero one padding row each. Each thread
+// keeps up to kQuantPerThread elements of its row in registers, all loaded up front: one pass over
+// memory (a loop that read the row twice, one load in flight per thread, was latency-bound: the
+// activation stage of a 384 x 5120 fp32 slice took 20.6 us, launch to GEMM start, against 16.8
+// now; median of 7 calls each, on an H100).
+constexpr int kQuantPerThread = 32;  // rows up to 8192 wide stay in registers
+
 template <typename In>
-__global__ void QuantizeActivationsKernel(const In* __restrict__ x, int64_t rows, int64_t hidden,
-                                          int64_t ld, bool split, __nv_fp8_e4m3* __restrict__ out,
-                                          float* __restrict__ scales) {
+__global__ void __launch_bounds__(kQuantThreads) QuantizeActivationsKernel(const In* __restrict__ x, int64_t rows,
+                                                                          int64_t hidden, int64_t ld, bool split,
+                                                                          __nv_fp8_e4m3* __restrict__ out,
+                                                                          float* __restrict__ scales) {
+  LaunchDependents();  // the GEMM may start loading weights; it waits for these rows
   __shared__ float shared;
   const int64_t r = blockIdx.x;
   if (r >= rows) {
@@ -51,29 +59,27 @@ __global__ void QuantizeActivationsKernel(const In* __restrict__ x, int64_t rows
     if (threadIdx.x == 0) scales[pad] = 0.0f;
     return;
   }
-  const In* row = x + r * hidden;
-  float amax = 0.0f;
-  for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) amax = fmaxf(amax, fabsf(LoadElement(row + i)));
-  amax = BlockMaxAbs(amax, &shared);
+  RowSlice<In, kQuantThreads, kQuantPerThread> row{x + r * hidden, 0, hidden};
+  const float amax = BlockMaxAbs(row.LoadAbsMax(), &shared);
   const float s_hi = amax > 0.0f ? amax / 448.0f : 1.0f;
   __nv_fp8_e4m3* hi = out + r * ld;
+  for (int64_t i = hidden + threadIdx.x; i < ld; i += blockDim.x) hi[i] = __nv_fp8_e4m3(0.0f);
+  // The residual of v against its code (__fmul_rn/__fsub_rn: no FMA contraction, so the CPU can
+  // reproduce it).
+  auto residual = [s_hi](float v, __nv_fp8_e4m3 q) { return __fsub_rn(v, __fmul_rn(DecodeE4m3(q), s_hi)); };
   float ramax = 0.0f;
-  for (int64_t i = threadIdx.x; i < ld; i += blockDim.x) {
-    const float v = i < hidden ? LoadElement(row + i) : 0.0f;
+  row.ForEach([&](int64_t i, float v) {
     const __nv_fp8_e4m3 q(v / s_hi);  // round to nearest even, saturating to finite
     hi[i] = q;
-    // __fmul_rn/__fsub_rn: no FMA contraction, so the residual is reproducible on the CPU.
-    ramax = fmaxf(ramax, fabsf(__fsub_rn(v, __fmul_rn(DecodeE4m3(q), s_hi))));
-  }
+    ramax = fmaxf(ramax, fabsf(residual(v, q)));
+  });
   if (threadIdx.x == 0) scales[r] = s_hi;
   if (!split) return;
   ramax = BlockMaxAbs(ramax, &shared);
   const float s_lo = ramax > 0.0f ? ramax / 448.0f : 1.0f;
   __nv_fp8_e4m3* lo = out + (rows + r) * ld;
-  for (int64_t i = threadIdx.x; i < ld; i += blockDim.x) {
-    const float residual = i < hidden ? __fsub_rn(LoadElement(row + i), __fmul_rn(DecodeE4m3(hi[i]), s_hi)) : 0.0f;
-    lo[i] = __nv_fp8_e4m3(residual / s_lo);
-  }
+  for (int64_t i = hidden + threadIdx.x; i < ld; i += blockDim.x) lo[i] = __nv_fp8_e4m3(0.0f);
+  row.ForEach([&](int64_t i, float v) { lo[i] = __nv_fp8_e4m3(residual(v, __nv_fp8_e4m3(v / s_hi)) / s_lo); });
   if (threadIdx.x == 0) scales[rows + r] = ramax > 0.0f ? s_lo : 0.0f;
 }
 
