@@ -894,8 +894,9 @@ TEST_P(CudaConformanceTest, SamplingMatchesTheCpuReference) {
 // rows over PCIe) or one of 16 (the GEMV) and 3 of 128 (the FP8 GEMM -- FP8 x fp16 with bf16
 // activations, FP8 x FP8 with fp8 activations) must give what the CPU backend gives: argmax-only
 // calls with token logprobs (no logits are stored: the token logits come from the raw products or
-// the kernels' tile store), mixed top-k / full-logit rows, and sampled rows; an overflowing row
-// fails the call without harming the next one.
+// the kernels' tile store; with the FP8 GEMMs in wide slices of 128 and 272 rows instead, see
+// StatisticsOnlyBatchesInWideSlicesMatchTheCpuBackend), mixed top-k / full-logit rows, and sampled
+// rows; an overflowing row fails the call without harming the next one.
 struct Slicing {
   int64_t rows;
   bool fp8_gemm;
@@ -939,6 +940,8 @@ TEST_P(SlicedBatchTest, MatchesTheCpuBackend) {
       const std::vector<float> effective = GpuEffectiveActivations(part, n, hidden, precision, n, fp8_gemm);
       x_gpu.insert(x_gpu.end(), effective.begin(), effective.end());
     }
+    // Calls that store no logits run in wide slices with the FP8 GEMMs: every row on the GEMMs.
+    const std::vector<float> x_wide = fp8_gemm ? GpuEffectiveActivations(x, rows, hidden, precision, rows) : x_gpu;
     const std::vector<uint32_t> ids = {0, static_cast<uint32_t>(vocab - 1), static_cast<uint32_t>(rng() % vocab)};
     for (int kind = 0; kind < 3; ++kind) {
       SCOPED_TRACE(::testing::Message() << "kind " << kind);
@@ -954,7 +957,7 @@ TEST_P(SlicedBatchTest, MatchesTheCpuBackend) {
       ASSERT_TRUE(st.ok()) << st;
       std::vector<RowSpec> ref_specs = specs;
       for (RowSpec& spec : ref_specs) spec.top_k += 2, spec.sampling = nullptr;
-      ASSERT_TRUE((*cpu)->ComputeLogits({x_gpu.data(), rows, ref_specs}, &want).ok());
+      ASSERT_TRUE((*cpu)->ComputeLogits({(kind == 0 ? x_wide : x_gpu).data(), rows, ref_specs}, &want).ok());
       ASSERT_EQ(got.size(), static_cast<size_t>(rows));
       int64_t same_tokens = 0;
       for (int64_t r = 0; r < rows; ++r) {
@@ -972,8 +975,9 @@ TEST_P(SlicedBatchTest, MatchesTheCpuBackend) {
         EXPECT_GE(same_tokens, rows - 1);
       }
     }
-    // A row whose logits overflow, in a middle slice with later slices already queued: the call
-    // fails naming the row, and the next call (the batcher retries each request alone) is exact.
+    // A row whose logits overflow, in a middle slice with later slices already queued (the last of
+    // the wide ones): the call fails naming the row, and the next call (the batcher retries each
+    // request alone) is exact.
     std::vector<float> bad = x;
     std::fill(bad.begin() + 200 * hidden, bad.begin() + 201 * hidden, 3e38f);
     const std::vector<RowSpec> argmax_specs(rows, RowSpec{0, {}, false});
@@ -983,7 +987,7 @@ TEST_P(SlicedBatchTest, MatchesTheCpuBackend) {
     EXPECT_NE(failed.message().find("row 200"), std::string::npos) << failed;
     std::vector<RowOutput> want;
     ASSERT_TRUE(gpu->ComputeLogits({x.data(), rows, argmax_specs}, &got).ok());
-    ASSERT_TRUE((*cpu)->ComputeLogits({x_gpu.data(), rows, argmax_specs}, &want).ok());
+    ASSERT_TRUE((*cpu)->ComputeLogits({x_wide.data(), rows, argmax_specs}, &want).ok());
     for (int64_t r = 0; r < rows; ++r) {
       ASSERT_NEAR(got[r].logsumexp, want[r].logsumexp, tol(want[r].logsumexp)) << "row " << r << " after the failure";
     }
@@ -998,6 +1002,68 @@ INSTANTIATE_TEST_SUITE_P(SliceRows, SlicedBatchTest,
                                   : info.param.fp8_gemm             ? "Fp8GemmSlicesOf" + rows
                                                                     : "CublasLtSlicesOf" + rows;
                          });
+
+// A batch of several slices whose kernels store no logits (argmax / logsumexp, up to 4 token logits
+// per row) runs in wide slices, carved out of the logits workspace: 936 rows in slices of 128, 256
+// and 552 where the workspace holds 128 rows of logits. With fp8 activations the narrow slicing's
+// first slice (40 rows) would run the GEMV on fp16 activations instead of E4M3 ones, so the
+// comparison below also shows that the wide slices ran. A call that stores logits in that
+// workspace (top-k) comes first, so the wide slices' buffers start out holding its logits (their
+// padding columns must be cleared); a row that overflows in the last slice fails the call, and the
+// next call is exact.
+TEST(CudaBackendTest, StatisticsOnlyBatchesInWideSlicesMatchTheCpuBackend) {
+  const int64_t vocab = 4096, hidden = 250, rows = 936, workspace_rows = 128;  // 250: padding columns
+  const uint64_t seed = FreshSeed();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  const HeadWeights head = Fp8Head(vocab, hidden, seed);
+  auto cpu = NewCpuBackend(head, {}, 4);
+  ASSERT_TRUE(cpu.ok());
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> x(rows * hidden);
+  for (float& v : x) v = normal(rng);
+  auto tol = [](double a, double b = 0) { return kAbsTolerance + kRelTolerance * (std::fabs(a) + std::fabs(b)); };
+  for (ActivationPrecision precision : {ActivationPrecision::kBf16, ActivationPrecision::kFp8}) {
+    SCOPED_TRACE(precision == ActivationPrecision::kBf16 ? "bf16 activations" : "fp8 activations");
+    std::string skip;
+    auto gpu = CudaOrSkip(head, {}, precision, &skip, workspace_rows * vocab * 4);
+    if (gpu == nullptr) GTEST_SKIP() << "no CUDA backend here: " << skip;
+    std::vector<RowOutput> got;
+    ASSERT_TRUE(gpu->ComputeLogits({x.data(), rows, std::vector<RowSpec>(rows, RowSpec{5, {}, false})}, &got).ok());
+    // Every slice runs an FP8 GEMM (more than kCudaGemvMaxRows rows).
+    const std::vector<float> x_gpu = GpuEffectiveActivations(x, rows, hidden, precision, rows);
+    const std::vector<uint32_t> ids = {static_cast<uint32_t>(vocab - 1), static_cast<uint32_t>(rng() % vocab)};
+    for (const std::vector<uint32_t>& row_ids : {std::vector<uint32_t>{}, ids}) {
+      SCOPED_TRACE(::testing::Message() << row_ids.size() << " token ids");
+      const std::vector<RowSpec> specs(rows, RowSpec{0, row_ids, false});
+      got.assign(rows, RowOutput{});
+      for (auto& o : got) o.argmax_id = 0xdeadbeef, o.logsumexp = NAN;  // poisoned
+      const absl::Status st = gpu->ComputeLogits({x.data(), rows, specs}, &got);
+      ASSERT_TRUE(st.ok()) << st;
+      std::vector<RowSpec> ref_specs = specs;
+      for (RowSpec& spec : ref_specs) spec.top_k += 2;
+      std::vector<RowOutput> want;
+      ASSERT_TRUE((*cpu)->ComputeLogits({x_gpu.data(), rows, ref_specs}, &want).ok());
+      ASSERT_EQ(got.size(), static_cast<size_t>(rows));
+      for (int64_t r = 0; r < rows; ++r) {
+        SCOPED_TRACE(::testing::Message() << "row " << r);
+        ASSERT_NO_FATAL_FAILURE(ExpectMatchesReference(want[r], got[r], specs[r], vocab, tol));
+      }
+    }
+    std::vector<float> bad = x;
+    std::fill(bad.begin() + 700 * hidden, bad.begin() + 701 * hidden, 3e38f);
+    const std::vector<RowSpec> argmax_specs(rows, RowSpec{0, {}, false});
+    const absl::Status failed = gpu->ComputeLogits({bad.data(), rows, argmax_specs}, &got);
+    EXPECT_EQ(failed.code(), absl::StatusCode::kInvalidArgument) << failed;
+    EXPECT_NE(failed.message().find("row 700"), std::string::npos) << failed;
+    std::vector<RowOutput> want;
+    ASSERT_TRUE(gpu->ComputeLogits({x.data(), rows, argmax_specs}, &got).ok());
+    ASSERT_TRUE((*cpu)->ComputeLogits({x_gpu.data(), rows, argmax_specs}, &want).ok());
+    for (int64_t r = 0; r < rows; ++r) {
+      ASSERT_NEAR(got[r].logsumexp, want[r].logsumexp, tol(want[r].logsumexp)) << "row " << r << " after the failure";
+    }
+  }
+}
 
 }  // namespace
 }  // namespace lmhead

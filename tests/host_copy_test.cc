@@ -11,9 +11,11 @@ namespace lmhead::cuda {
 namespace {
 
 TEST(CopyPoolTest, CopiesEveryByteForAnySizeAndThreadCount) {
-  constexpr size_t kPart = CopyPool::kMinBytesPerThread;
-  // Sizes below one thread's share, at and around part boundaries, and large odd ones.
-  const size_t sizes[] = {0, 1, 63, 4096, kPart - 1, kPart, 2 * kPart + 1, 3 * kPart + 17, (size_t{37} << 20) + 5};
+  constexpr size_t kPart = CopyPool::kMinBytesPerThread, kHelpers = CopyPool::kMinBytesForHelpers;
+  // Sizes for the caller's thread alone, at and around the helpers' threshold and part boundaries,
+  // and large odd ones.
+  const size_t sizes[] = {0, 1, 63, 4096, kPart + 1, kHelpers - 1, kHelpers, kHelpers + kPart + 17,
+                          (size_t{37} << 20) + 5};
   for (int threads : {0, 1, 2, 3, 8}) {
     CopyPool pool(threads);  // one pool for many copies in a row, as the backend uses it
     for (size_t bytes : sizes) {
@@ -30,14 +32,16 @@ TEST(CopyPoolTest, CopiesEveryByteForAnySizeAndThreadCount) {
   }
 }
 
-// Rows split over the threads (at least kMinBytesPerThread of fp32 each) convert as ScaleRowToHalf
+// Rows split over the threads (see kMinBytesForHelpers) convert as ScaleRowToHalf
 // converts each alone; rows with very different magnitudes get their own scales.
 TEST(CopyPoolTest, ConvertsRowsToScaledHalfOnAnyThreadCount) {
   constexpr int64_t kHidden = 5000;
-  constexpr int64_t kShare = CopyPool::kMinBytesPerThread / (kHidden * sizeof(float));  // rows per thread's share
+  constexpr int64_t kRowBytes = kHidden * sizeof(float);
+  constexpr int64_t kShare = CopyPool::kMinBytesPerThread / kRowBytes;  // rows per thread's share
+  constexpr int64_t kAlone = CopyPool::kMinBytesForHelpers / kRowBytes;  // the most rows on one thread
   for (int threads : {1, 3, 8}) {
     CopyPool pool(threads);
-    for (int64_t rows : {int64_t{1}, kShare - 1, kShare, kShare + 1, 4 * kShare + 1, int64_t{160}, int64_t{384}}) {
+    for (int64_t rows : {int64_t{1}, kAlone, kAlone + 1, kAlone + kShare + 1, int64_t{160}, int64_t{384}}) {
       SCOPED_TRACE(::testing::Message() << rows << " rows, " << threads << " threads");
       std::mt19937_64 rng(rows * 10 + threads);
       std::normal_distribution<float> normal(0.0f, 1.0f);

@@ -52,6 +52,7 @@ CopyPool::~CopyPool() {
 }
 
 size_t CopyPool::PartsFor(size_t bytes) const {
+  if (bytes < kMinBytesForHelpers) return 1;
   return std::clamp<size_t>(bytes / kMinBytesPerThread, 1, helpers_.size() + 1);
 }
 

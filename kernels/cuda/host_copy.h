@@ -23,10 +23,15 @@ namespace lmhead::cuda {
 
 class CopyPool {
  public:
-  // Each thread takes at least this much of a copy. The first slice of a large batch (128 rows of
-  // 5120 fp32, 2.6 MB) is staged while the GPU waits: on an H100 machine's host it took 240 us in
-  // parts of >= 1 MiB (two threads) and 127 us in parts of >= 256 KiB (eight), with the threads
-  // asleep before; 64 rows (graph slices from the caller's memory) 167 -> 112 us.
+  // Jobs below kMinBytesForHelpers run on the caller's thread alone; larger ones in parts of at
+  // least kMinBytesPerThread. The first slice of a large batch (128 rows of 5120 fp32, 2.6 MB) is
+  // staged while the GPU waits: on an H100 machine's host it took 240 us in parts of >= 1 MiB (two
+  // threads) and 127 us in parts of >= 256 KiB (eight), the threads asleep before; 64 rows (1.3 MB)
+  // 167 -> 112 us. Below 1 MiB a sleeping helper's wake-up costs about what it saves: whole argmax
+  // calls from the caller's memory, two runs each of parts >= 256 KiB and of this threshold on one
+  // machine, 152064x8192 at 16 rows (0.52 MB) 0.482 / 0.488 -> 0.465 / 0.463 ms, 131072x5120 at
+  // 40-48 rows (0.82-0.98 MB) 0.302-0.324 -> 0.298-0.311 ms.
+  static constexpr size_t kMinBytesForHelpers = size_t{1} << 20;
   static constexpr size_t kMinBytesPerThread = size_t{256} << 10;
 
   // threads: how many threads may copy at once, the caller's among them (<= 1: no helpers).
@@ -48,7 +53,7 @@ class CopyPool {
   // Runs part(0) .. part(parts - 1), part 0 on the caller's thread and the others on as many
   // helpers (parts <= helpers + 1); returns when all are done.
   void Run(size_t parts, const std::function<void(size_t)>& part);
-  // How many parts a job over `bytes` of source takes (at least kMinBytesPerThread each).
+  // How many parts a job over `bytes` of source takes (see kMinBytesForHelpers).
   size_t PartsFor(size_t bytes) const;
   void Work(size_t index);
 
