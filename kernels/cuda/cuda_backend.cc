@@ -24,6 +24,7 @@
 #include "kernels/cuda/kernels.h"
 #include "kernels/cuda/lt_gemm.h"
 #include "kernels/cuda/sampling_kernels.h"
+#include "kernels/cuda/slice_plan.h"
 #include "kernels/cuda/weight_quant.h"
 #include "kernels/status_macros.h"
 
@@ -228,27 +229,18 @@ class CudaBackend final : public Backend {
   }
   // Slices of several are cut in multiples of this many rows (whole tiles for the FP8 GEMMs).
   int64_t SliceGranule() const { return fp8_gemms_ ? kGemmTileRows : 16; }
-  // Narrow slices: equal ones of at most slice_rows_ rows (whole granules), the remainder first:
-  // the GPU starts once the first slice's rows are up (host copy and PCIe), so a short first slice
-  // starts it sooner while the next ones are staged.
-  std::vector<int64_t> NarrowSliceSizes(int64_t rows) const;
-
   // Wide slices. A batch of several slices whose FP8 GEMMs store no logits (argmax / logsumexp and
   // the token logits the kernels finish: WideCall) leaves raw_ unused, so its slices may exceed
-  // slice_rows_, up to wide_rows_ rows, with their buffers carved out of raw_ (wide_): fewer GEMM
-  // launches, each with its own pipeline fill and partial last wave (on an H100, 131072x5120, the
-  // FP8 x FP8 statistics kernel took 1.31 us per row in slices of 384 rows, 1.22-1.25 in slices of
-  // 1024-2816).
+  // slice_rows_, up to wide_rows_ rows (WideSliceSizes), with their buffers carved out of raw_
+  // (wide_): fewer GEMM launches, each with its own pipeline fill and partial last wave (on an
+  // H100, 131072x5120, the FP8 x FP8 statistics kernel took 1.31 us per row in slices of 384 rows,
+  // 1.22-1.25 in slices of 1024-2816).
   static constexpr int64_t kMaxWideRows = 1536;
   bool WideCall(const LogitsBatch& batch, const CallShape& call) const {
-    return wide_rows_ > 0 && batch.rows > slice_rows_ && batch.rows >= 3 * kGemmTileRows && batch.hidden != nullptr &&
-           !call.keep_logits &&
+    return wide_rows_ > 0 && batch.rows > slice_rows_ && batch.rows >= MinWideRows(kGemmTileRows) &&
+           batch.hidden != nullptr && !call.keep_logits &&
            (call.max_ids == 0 || KernelsFinishTokenLogits(kGemvMaxRows + 1, call.max_ids));
   }
-  // Wide slice sizes: one tile, then each twice the one before (up to wide_rows_), so that the GPU
-  // starts as soon as with narrow slices and the host's staging (at over twice the GPU's rate)
-  // keeps ahead; a short remainder joins the last slice or shares it evenly.
-  std::vector<int64_t> WideSliceSizes(int64_t rows) const;
   // How a wide slice's rows reach the device: fp32 rows as given, or as scaled fp16 (StagesHalfRows).
   RowFormat WideRowFormat() const { return StagesHalfRows(kGemvMaxRows + 1) ? RowFormat::kHalf : RowFormat::kFp32; }
   // Points wide_ at the buffers of `rows` rows laid out from `base` (nullptr: only measures);
@@ -732,38 +724,6 @@ absl::Status CudaBackend::EnsureTokenCapacity(int64_t max_ids) {
   return absl::OkStatus();
 }
 
-std::vector<int64_t> CudaBackend::NarrowSliceSizes(int64_t rows) const {
-  const int64_t slices = (rows + slice_rows_ - 1) / slice_rows_;
-  const int64_t per =
-      slices == 1 ? rows : std::min(slice_rows_, RoundUp((rows + slices - 1) / slices, SliceGranule()));
-  std::vector<int64_t> sizes(slices, per);
-  sizes[0] = rows - (slices - 1) * per;
-  return sizes;
-}
-
-std::vector<int64_t> CudaBackend::WideSliceSizes(int64_t rows) const {
-  std::vector<int64_t> sizes;
-  for (int64_t left = rows, next = kGemmTileRows; left > 0; next = std::min(2 * next, wide_rows_)) {
-    sizes.push_back(std::min(next, left));
-    left -= sizes.back();
-  }
-  // (Batches of at least 3 tiles, WideCall: every slice but the last whole tiles, every slice above
-  // kGemvMaxRows rows -- the FP8 GEMMs' -- and at most wide_rows_; checked for every batch size up
-  // to 20000 and wide_rows_ 256-2048.)
-  const size_t k = sizes.size();
-  if (k >= 3 && sizes[k - 1] < sizes[k - 2] / 2) {
-    const int64_t both = sizes[k - 2] + sizes[k - 1];
-    if (both <= wide_rows_) {
-      sizes[k - 2] = both;
-      sizes.pop_back();
-    } else {
-      sizes[k - 2] = std::max(kGemmTileRows, both / 2 / kGemmTileRows * kGemmTileRows);
-      sizes[k - 1] = both - sizes[k - 2];
-    }
-  }
-  return sizes;
-}
-
 size_t CudaBackend::CarveWide(int64_t rows, uint8_t* base) {
   size_t used = 0;
   auto take = [&](size_t bytes) {
@@ -832,10 +792,10 @@ absl::Status CudaBackend::ComputeLogits(const LogitsBatch& batch, std::vector<Ro
   // Slot); with stage profiling, before the next one is enqueued.
   // Wide slices where they take fewer than narrow ones (at 512 rows in slices of 128, 256 and 128
   // against two of 256, an fp8-activation argmax call took 1.12 against 0.98 ms on an H100).
-  std::vector<int64_t> sizes = NarrowSliceSizes(rows);
+  std::vector<int64_t> sizes = NarrowSliceSizes(rows, slice_rows_, SliceGranule());
   bool wide = WideCall(batch, call);
   if (wide) {
-    std::vector<int64_t> wide_sizes = WideSliceSizes(rows);
+    std::vector<int64_t> wide_sizes = WideSliceSizes(rows, wide_rows_, kGemmTileRows);
     wide = wide_sizes.size() < sizes.size();
     if (wide) sizes = std::move(wide_sizes);
   }
