@@ -163,13 +163,13 @@ TEST_F(E2eTest, StreamAnswersInOrderAndSurvivesBadMessages) {
       if (is_bad(i)) h.data.resize(h.data.size() - 4);  // a malformed message
       OutputOptions out;
       out.top_k = 3;
-      EXPECT_TRUE(stream->Send(h, out, "s" + std::to_string(i)).ok());
+      EXPECT_TRUE(stream->Send(h, out, absl::StrCat("s", i)).ok());
     }
   });
   for (int i = 0; i < kSteps; ++i) {
     auto r = stream->Receive();
     ASSERT_TRUE(r.ok()) << r.status();
-    ASSERT_EQ(r->request_id, "s" + std::to_string(i));
+    ASSERT_EQ(r->request_id, absl::StrCat("s", i));
     if (is_bad(i)) {
       EXPECT_EQ(r->error.code(), absl::StatusCode::kInvalidArgument);
       EXPECT_NE(r->error.message().find("hidden_size"), std::string::npos) << r->error;
