@@ -11,6 +11,7 @@
 #include <set>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "kernels/backend_factory.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -888,6 +889,27 @@ TEST_P(CudaConformanceTest, SamplingMatchesTheCpuReference) {
   EXPECT_GE(same_on_cpu_logits, compared * 9 / 10);
 }
 
+// Row bad_row of x overflowing (3e38) fails an argmax call over `rows` rows with INVALID_ARGUMENT
+// naming the row, and the next call on x is exact against the CPU backend fed x_ref (the
+// activations the GPU multiplies).
+template <typename Tolerance>
+void ExpectOverflowFailsAndNextCallIsExact(Backend& gpu, Backend& cpu, const std::vector<float>& x,
+                                           const std::vector<float>& x_ref, int64_t rows, int64_t hidden,
+                                           int64_t bad_row, Tolerance tol) {
+  std::vector<float> bad = x;
+  std::fill(bad.begin() + bad_row * hidden, bad.begin() + (bad_row + 1) * hidden, 3e38f);
+  const std::vector<RowSpec> argmax_specs(rows, RowSpec{0, {}, false});
+  std::vector<RowOutput> got, want;
+  const absl::Status failed = gpu.ComputeLogits({bad.data(), rows, argmax_specs}, &got);
+  EXPECT_EQ(failed.code(), absl::StatusCode::kInvalidArgument) << failed;
+  EXPECT_NE(failed.message().find(absl::StrCat("row ", bad_row)), std::string::npos) << failed;
+  ASSERT_TRUE(gpu.ComputeLogits({x.data(), rows, argmax_specs}, &got).ok());
+  ASSERT_TRUE(cpu.ComputeLogits({x_ref.data(), rows, argmax_specs}, &want).ok());
+  for (int64_t r = 0; r < rows; ++r) {
+    ASSERT_NEAR(got[r].logsumexp, want[r].logsumexp, tol(want[r].logsumexp)) << "row " << r << " after the failure";
+  }
+}
+
 // A batch larger than the output workspace runs in slices, each enqueued while the host reads the
 // previous one's results (slots, rows staged through pinned memory, copies on a second stream).
 // 400 rows in 5 slices of 80 (cuBLASLt), one of 16 and 6 of 64 (the GEMV, which reads the staged
@@ -978,19 +1000,7 @@ TEST_P(SlicedBatchTest, MatchesTheCpuBackend) {
     // A row whose logits overflow, in a middle slice with later slices already queued (the last of
     // the wide ones): the call fails naming the row, and the next call (the batcher retries each
     // request alone) is exact.
-    std::vector<float> bad = x;
-    std::fill(bad.begin() + 200 * hidden, bad.begin() + 201 * hidden, 3e38f);
-    const std::vector<RowSpec> argmax_specs(rows, RowSpec{0, {}, false});
-    std::vector<RowOutput> got;
-    const absl::Status failed = gpu->ComputeLogits({bad.data(), rows, argmax_specs}, &got);
-    EXPECT_EQ(failed.code(), absl::StatusCode::kInvalidArgument) << failed;
-    EXPECT_NE(failed.message().find("row 200"), std::string::npos) << failed;
-    std::vector<RowOutput> want;
-    ASSERT_TRUE(gpu->ComputeLogits({x.data(), rows, argmax_specs}, &got).ok());
-    ASSERT_TRUE((*cpu)->ComputeLogits({x_wide.data(), rows, argmax_specs}, &want).ok());
-    for (int64_t r = 0; r < rows; ++r) {
-      ASSERT_NEAR(got[r].logsumexp, want[r].logsumexp, tol(want[r].logsumexp)) << "row " << r << " after the failure";
-    }
+    ASSERT_NO_FATAL_FAILURE(ExpectOverflowFailsAndNextCallIsExact(*gpu, **cpu, x, x_wide, rows, hidden, 200, tol));
   }
 }
 
@@ -1050,18 +1060,7 @@ TEST(CudaBackendTest, StatisticsOnlyBatchesInWideSlicesMatchTheCpuBackend) {
         ASSERT_NO_FATAL_FAILURE(ExpectMatchesReference(want[r], got[r], specs[r], vocab, tol));
       }
     }
-    std::vector<float> bad = x;
-    std::fill(bad.begin() + 700 * hidden, bad.begin() + 701 * hidden, 3e38f);
-    const std::vector<RowSpec> argmax_specs(rows, RowSpec{0, {}, false});
-    const absl::Status failed = gpu->ComputeLogits({bad.data(), rows, argmax_specs}, &got);
-    EXPECT_EQ(failed.code(), absl::StatusCode::kInvalidArgument) << failed;
-    EXPECT_NE(failed.message().find("row 700"), std::string::npos) << failed;
-    std::vector<RowOutput> want;
-    ASSERT_TRUE(gpu->ComputeLogits({x.data(), rows, argmax_specs}, &got).ok());
-    ASSERT_TRUE((*cpu)->ComputeLogits({x_gpu.data(), rows, argmax_specs}, &want).ok());
-    for (int64_t r = 0; r < rows; ++r) {
-      ASSERT_NEAR(got[r].logsumexp, want[r].logsumexp, tol(want[r].logsumexp)) << "row " << r << " after the failure";
-    }
+    ASSERT_NO_FATAL_FAILURE(ExpectOverflowFailsAndNextCallIsExact(*gpu, **cpu, x, x_gpu, rows, hidden, 700, tol));
   }
 }
 
